@@ -1,0 +1,157 @@
+//! A handler that misbehaves on request, for testing the sandbox and the
+//! consumer's outcome handling. The mode is the `mode` config key if set,
+//! otherwise the message body:
+//!
+//! - `ack`: ack.
+//! - `panic`: panic (a trap).
+//! - `loop`: spin forever (stopped by the CPU deadline).
+//! - `oom`: allocate until the memory cap stops it.
+//! - `recurse`: recurse until the stack overflows.
+//! - `escape`: try to read files, list `/`, read environment variables and
+//!   open a socket; publish what it found to `sandbox.report` and ack.
+//! - `logspam`: write 10,000 log lines and as much to stdout, then ack.
+//! - `retry`: ask to be retried after `retry_delay_ms` (config, default 100).
+//! - `retry-twice`: retry on attempts 1 and 2, ack on the third.
+//! - `reject`: reject with a reason.
+//! - `publish-denied`: publish to an exchange not allowed, report the error
+//!   as the reject reason.
+//! - `publish3`: publish three messages to `sandbox.out` and ack.
+//! - `sleep:N`: busy-wait N milliseconds of wall time, then ack.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use warren_guest::{Handler, Level, Message, Outbound, Outcome};
+
+struct Sandbox;
+
+impl Handler for Sandbox {
+    fn handle(msg: Message) -> Outcome {
+        let mode = warren_guest::config("mode")
+            .unwrap_or_else(|| String::from_utf8_lossy(&msg.body).trim().to_string());
+        match mode.as_str() {
+            "ack" => Outcome::Ack,
+            "panic" => panic!("the sandbox guest panics on purpose"),
+            "loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => Outcome::reject(format!("depth {}", recurse(black_box(1)))),
+            "escape" => {
+                let report = escape_report();
+                let out = Outbound::new("", "sandbox.report", report.clone());
+                match warren_guest::publish(out) {
+                    Ok(()) => Outcome::Ack,
+                    Err(e) => Outcome::reject(format!("{report}; publish failed: {e:?}")),
+                }
+            }
+            "logspam" => {
+                for i in 0..10_000 {
+                    warren_guest::log(
+                        Level::Info,
+                        &format!("log line {i} of a guest that will not stop talking"),
+                    );
+                    println!("stdout line {i} of a guest that will not stop talking");
+                }
+                Outcome::Ack
+            }
+            "retry" => {
+                let delay = warren_guest::config("retry_delay_ms")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(100);
+                Outcome::retry_after(delay, "the sandbox guest asked for a retry")
+            }
+            "retry-twice" if msg.attempt < 3 => {
+                Outcome::retry(format!("attempt {} is too early", msg.attempt))
+            }
+            "retry-twice" => Outcome::Ack,
+            "reject" => Outcome::reject("the sandbox guest rejects this on purpose"),
+            "publish-denied" => {
+                match warren_guest::publish(Outbound::new("forbidden", "x", "nope")) {
+                    Ok(()) => Outcome::Ack,
+                    Err(e) => Outcome::reject(format!("publish refused: {e:?}")),
+                }
+            }
+            "publish3" => {
+                for i in 0..3 {
+                    if let Err(e) =
+                        warren_guest::publish(Outbound::new("", "sandbox.out", format!("part {i}")))
+                    {
+                        return Outcome::reject(format!("publish {i} refused: {e:?}"));
+                    }
+                }
+                Outcome::Ack
+            }
+            other => match other
+                .strip_prefix("sleep:")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(ms) => {
+                    let until = Instant::now() + Duration::from_millis(ms);
+                    while Instant::now() < until {
+                        black_box(());
+                    }
+                    Outcome::Ack
+                }
+                None => Outcome::reject(format!("unknown sandbox mode {other:?}")),
+            },
+        }
+    }
+}
+
+/// Recursion on scalars, which live in wasm locals and so on the host's
+/// native stack, where wasmtime's stack limit catches them. (A guest whose
+/// frames live in linear memory overruns its own shadow stack first, which
+/// shows up as an out-of-bounds trap.)
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if black_box(depth) == 0 {
+        0
+    } else {
+        recurse(black_box(depth + 1)).wrapping_add(depth)
+    }
+}
+
+/// Tries every kind of ambient authority and says what it got, one
+/// `name=result` per line.
+fn escape_report() -> String {
+    let mut lines = Vec::new();
+    lines.push(format!(
+        "read_file={:?}",
+        std::fs::read_to_string("/etc/passwd")
+            .map(|s| s.len())
+            .map_err(|e| e.kind())
+    ));
+    lines.push(format!(
+        "read_dir={:?}",
+        std::fs::read_dir("/")
+            .map(|d| d.count())
+            .map_err(|e| e.kind())
+    ));
+    lines.push(format!(
+        "cwd_file={:?}",
+        std::fs::read("Cargo.toml")
+            .map(|b| b.len())
+            .map_err(|e| e.kind())
+    ));
+    lines.push(format!("env_home={:?}", std::env::var("HOME").ok()));
+    lines.push(format!("env_count={}", std::env::vars().count()));
+    lines.push(format!("args_count={}", std::env::args().count()));
+    lines.push(format!(
+        "tcp={:?}",
+        std::net::TcpStream::connect("127.0.0.1:5672")
+            .map(|_| "connected")
+            .map_err(|e| e.kind())
+    ));
+    lines.join("\n")
+}
+
+warren_guest::export!(Sandbox);

@@ -1,0 +1,207 @@
+//! Write warren message handlers in Rust.
+//!
+//! A handler is a type that implements [`Handler`], exported with
+//! [`export!`](crate::export):
+//!
+//! ```ignore
+//! use warren_guest::{Handler, Message, Outcome, Outbound};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn handle(msg: Message) -> Outcome {
+//!         let out = Outbound::new("", "replies", msg.body);
+//!         match warren_guest::publish(out) {
+//!             Ok(()) => Outcome::Ack,
+//!             Err(e) => Outcome::reject(format!("publish refused: {e:?}")),
+//!         }
+//!     }
+//! }
+//!
+//! warren_guest::export!(Echo);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm`
+//! file is a component that `warren check` accepts.
+//!
+//! The types are generated from `wit/handler.wit` by wit-bindgen; this crate
+//! adds constructors and lookups so handlers stay short.
+
+#[allow(missing_debug_implementations, unused_qualifications)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "handler",
+        pub_export_macro: true,
+        default_bindings_module: "warren_guest",
+        additional_derives: [PartialEq],
+    });
+}
+
+#[doc(hidden)]
+pub use bindings::*;
+
+pub use bindings::Guest as Handler;
+pub use bindings::warren::handler::types::{
+    Decimal, FieldValue, Header, Headers, Level, Message, Nested, Outbound, Outcome, PublishError,
+    Retry,
+};
+
+/// Buffers `msg` for publishing when the handler returns [`Outcome::Ack`].
+/// Refused when the exchange is not in the handler's `publish.allow` list or
+/// the message went over the host's publish limits.
+pub fn publish(msg: Outbound) -> Result<(), PublishError> {
+    warren::handler::host::publish(&msg)
+}
+
+/// The value of `key` in the handler's `[handler.config]` table.
+pub fn config(key: &str) -> Option<String> {
+    warren::handler::host::config(key)
+}
+
+/// Writes a line to the host's log, tagged with the handler and message.
+pub fn log(level: Level, message: &str) {
+    warren::handler::host::log(level, message)
+}
+
+/// `log(Level::Info, ..)`.
+pub fn info(message: &str) {
+    log(Level::Info, message)
+}
+
+/// `log(Level::Warn, ..)`.
+pub fn warn(message: &str) {
+    log(Level::Warn, message)
+}
+
+/// `log(Level::Error, ..)`.
+pub fn error(message: &str) {
+    log(Level::Error, message)
+}
+
+impl Outcome {
+    /// Retry after the handler's backoff for this attempt.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Outcome::Retry(Retry {
+            delay_ms: None,
+            reason: reason.into(),
+        })
+    }
+
+    /// Retry after `delay_ms` milliseconds.
+    pub fn retry_after(delay_ms: u64, reason: impl Into<String>) -> Self {
+        Outcome::Retry(Retry {
+            delay_ms: Some(delay_ms),
+            reason: reason.into(),
+        })
+    }
+
+    /// Dead-letter the message with `reason`.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Outcome::Reject(reason.into())
+    }
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            entries: Vec::new(),
+            nested: Vec::new(),
+        }
+    }
+}
+
+impl Headers {
+    /// The top-level value named `name`.
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.entries
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| &h.value)
+    }
+
+    /// A top-level text value.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        match self.get(name)? {
+            FieldValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The array or table a `FieldValue::Array` / `FieldValue::Table` points to.
+    pub fn resolve(&self, value: &FieldValue) -> Option<&Nested> {
+        match value {
+            FieldValue::Array(i) | FieldValue::Table(i) => self.nested.get(*i as usize),
+            _ => None,
+        }
+    }
+
+    /// Sets a top-level value, replacing one of the same name.
+    pub fn insert(&mut self, name: impl Into<String>, value: FieldValue) {
+        let name = name.into();
+        match self.entries.iter_mut().find(|h| h.name == name) {
+            Some(h) => h.value = value,
+            None => self.entries.push(Header { name, value }),
+        }
+    }
+}
+
+impl Message {
+    /// The body as UTF-8 text.
+    pub fn body_str(&self) -> Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.body)
+    }
+}
+
+impl Outbound {
+    /// A message to `exchange` with `routing_key`, no properties and no headers.
+    pub fn new(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        body: impl Into<Vec<u8>>,
+    ) -> Self {
+        Outbound {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body: body.into(),
+            content_type: None,
+            content_encoding: None,
+            correlation_id: None,
+            type_: None,
+            headers: Headers::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_insert_replaces_and_resolves_nested() {
+        let mut h = Headers::default();
+        h.insert("a", FieldValue::Text("x".into()));
+        h.insert("a", FieldValue::Text("y".into()));
+        assert_eq!(h.entries.len(), 1);
+        assert_eq!(h.get_str("a"), Some("y"));
+        h.nested.push(Nested::Array(vec![FieldValue::I32(7)]));
+        h.insert("arr", FieldValue::Array(0));
+        assert_eq!(
+            h.resolve(h.get("arr").unwrap()),
+            Some(&Nested::Array(vec![FieldValue::I32(7)]))
+        );
+        assert_eq!(h.get_str("arr"), None);
+    }
+
+    #[test]
+    fn outcome_helpers() {
+        assert_eq!(Outcome::reject("bad"), Outcome::Reject("bad".into()));
+        assert_eq!(
+            Outcome::retry_after(5, "later"),
+            Outcome::Retry(Retry {
+                delay_ms: Some(5),
+                reason: "later".into()
+            })
+        );
+    }
+}

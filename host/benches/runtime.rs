@@ -1,0 +1,124 @@
+//! One message through the sandbox: instantiate, call `handle`, drop, for
+//! each built guest, printing median and p99 per message.
+//!
+//! Run with `cargo bench -p warren --bench runtime` after
+//! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
+//! `WARREN_BENCH_ITERS` sets the number of messages (default 20000).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warren::runtime::{HandlerEnv, Headers, Limits, Message, Outcome, Runtime, RuntimeConfig};
+
+fn message() -> Message {
+    Message {
+        body: vec![b'x'; 256],
+        content_type: Some("application/octet-stream".into()),
+        content_encoding: None,
+        message_id: Some("bench-1".into()),
+        correlation_id: None,
+        reply_to: None,
+        timestamp: None,
+        type_: None,
+        app_id: None,
+        headers: Headers {
+            entries: Vec::new(),
+            nested: Vec::new(),
+        },
+        exchange: String::new(),
+        routing_key: "bench".into(),
+        redelivered: false,
+        attempt: 1,
+        dedup_key: Some("bench-1".into()),
+        fencing_token: 1,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} us", d.as_secs_f64() * 1e6)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let guests = if args.is_empty() {
+        vec!["echo".to_string()]
+    } else {
+        args
+    };
+    let iters: usize = std::env::var("WARREN_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guests/build");
+
+    let rt = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..Default::default()
+    })?;
+    let env = Arc::new(HandlerEnv {
+        name: "bench".into(),
+        config: BTreeMap::from([("out_routing_key".to_string(), "bench.out".to_string())]),
+        publish_allow: vec![String::new()],
+        limits: Limits::default(),
+    });
+    let msg = message();
+
+    println!(
+        "one message through the runtime: fresh instance + handle() + drop, {iters} messages per guest"
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "guest", "size", "compile", "median", "p99", "mean"
+    );
+    for name in &guests {
+        let path = root.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read {}: {e} (build the guests: bash guests/rust/build.sh)",
+                path.display()
+            )
+        })?;
+        let module = rt.compile(&bytes)?;
+        let permit = rt.try_acquire().expect("a free permit");
+        // Warm up: page in the code and the pool's slots.
+        for _ in 0..iters / 10 {
+            rt.run(&module, &env, &msg, &permit)?;
+        }
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters {
+            let t = Instant::now();
+            let done = rt.run(&module, &env, &msg, &permit)?;
+            times.push(t.elapsed());
+            anyhow::ensure!(
+                done.outcome == Outcome::Ack,
+                "{name} did not ack: {:?}",
+                done.outcome
+            );
+            if i % (iters / 4).max(1) == 0 {
+                eprint!(".");
+            }
+        }
+        eprintln!();
+        let mean = times.iter().sum::<Duration>() / iters as u32;
+        times.sort();
+        println!(
+            "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            name,
+            format!("{} KiB", module.size() / 1024),
+            format!("{:.1} ms", module.compile_time().as_secs_f64() * 1e3),
+            us(percentile(&times, 0.5)),
+            us(percentile(&times, 0.99)),
+            us(mean),
+        );
+    }
+    Ok(())
+}

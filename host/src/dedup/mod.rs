@@ -1,0 +1,1 @@
+//! Dedup store (being written): see ARCHITECTURE.md.

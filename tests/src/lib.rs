@@ -1,0 +1,75 @@
+//! Shared helpers for the black-box tests: where the built guests and the
+//! `warren` binary are, and how to make a message.
+//!
+//! The guests are built by `bash guests/rust/build.sh` and the binary by
+//! `cargo build`; `tests/run.sh` does both before running the tests.
+
+use std::path::{Path, PathBuf};
+
+use warren::runtime::{Headers, Message};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The built guest `name` (e.g. `echo`, `sandbox`), from `guests/build/`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("guests/build")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest {} is not built: run `bash guests/rust/build.sh` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The `warren` binary that `cargo build` put next to this test executable.
+pub fn warren_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARREN_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/warren
+    let exe = std::env::current_exe().expect("current test executable");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(format!("warren{}", std::env::consts::EXE_SUFFIX)))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "warren binary not found at {}: run `cargo build -p warren` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A message with `body` and every property unset, on its first attempt.
+pub fn message(body: impl Into<Vec<u8>>) -> Message {
+    Message {
+        body: body.into(),
+        content_type: None,
+        content_encoding: None,
+        message_id: Some("test-message".into()),
+        correlation_id: None,
+        reply_to: None,
+        timestamp: None,
+        type_: None,
+        app_id: None,
+        headers: Headers {
+            entries: Vec::new(),
+            nested: Vec::new(),
+        },
+        exchange: String::new(),
+        routing_key: "test".into(),
+        redelivered: false,
+        attempt: 1,
+        dedup_key: None,
+        fencing_token: 0,
+    }
+}

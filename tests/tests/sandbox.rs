@@ -1,0 +1,240 @@
+//! Every sandbox guest mode through the real runtime: each misbehaviour ends
+//! in its typed result, and the same runtime serves the next message normally.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warren::runtime::{
+    Completed, HandlerEnv, Limits, Module, Outcome, Retry, RunError, Runtime, RuntimeConfig,
+};
+use warren_tests::{guest, message};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+const MEMORY: usize = 32 << 20;
+
+fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
+    let rt = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        max_memory_bytes: 64 << 20,
+    })
+    .unwrap();
+    let bytes = std::fs::read(guest("sandbox")).unwrap();
+    let module = rt.compile(&bytes).unwrap();
+    let env = HandlerEnv {
+        name: "sandbox".into(),
+        config: BTreeMap::new(),
+        publish_allow: vec![String::new()],
+        limits: Limits {
+            timeout: TIMEOUT,
+            memory_bytes: MEMORY,
+            ..Limits::default()
+        },
+    };
+    (rt, module, Arc::new(env))
+}
+
+fn run(
+    rt: &Runtime,
+    module: &Module,
+    env: &Arc<HandlerEnv>,
+    body: &str,
+) -> Result<Completed, RunError> {
+    let permit = rt.try_acquire().expect("a free instance permit");
+    rt.run(module, env, &message(body), &permit)
+}
+
+/// After whatever came before, a well-behaved message still runs normally.
+fn assert_still_serves(rt: &Runtime, module: &Module, env: &Arc<HandlerEnv>) {
+    let done = run(rt, module, env, "ack").expect("the next message runs");
+    assert_eq!(done.outcome, Outcome::Ack);
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_deadline() {
+    let (rt, module, env) = setup();
+    let started = Instant::now();
+    let err = run(&rt, &module, &env, "loop").unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err, RunError::Timeout { limit: TIMEOUT });
+    assert!(
+        took >= TIMEOUT,
+        "stopped after {took:?}, before the {TIMEOUT:?} deadline"
+    );
+    assert!(
+        took < 2 * TIMEOUT,
+        "stopped after {took:?}, more than twice the {TIMEOUT:?} deadline"
+    );
+    assert_eq!(
+        err.to_string(),
+        "handler exceeded its CPU deadline of 300 ms"
+    );
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn memory_bomb_is_stopped_by_the_cap() {
+    let (rt, module, env) = setup();
+    let err = run(&rt, &module, &env, "oom").unwrap_err();
+    assert_eq!(err, RunError::MemoryCap { cap_bytes: MEMORY });
+    assert_eq!(err.to_string(), "handler exceeded its memory cap of 32 MiB");
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn deep_recursion_is_a_stack_overflow() {
+    let (rt, module, env) = setup();
+    let err = run(&rt, &module, &env, "recurse").unwrap_err();
+    assert_eq!(err, RunError::StackOverflow);
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn panic_is_a_trap_carrying_the_panic_message() {
+    let (rt, module, env) = setup();
+    let err = run(&rt, &module, &env, "panic").unwrap_err();
+    let RunError::Trap { message } = &err else {
+        panic!("expected a trap, got {err:?}")
+    };
+    assert!(message.contains("unreachable"), "{message}");
+    assert!(
+        message.contains("the sandbox guest panics on purpose"),
+        "{message}"
+    );
+    assert_eq!(err.kind(), "trap");
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn files_environment_and_network_are_out_of_reach() {
+    let (rt, module, env) = setup();
+    let done = run(&rt, &module, &env, "escape").unwrap();
+    assert_eq!(done.outcome, Outcome::Ack);
+    assert_eq!(done.publishes.len(), 1);
+    let report = String::from_utf8(done.publishes[0].body.clone()).unwrap();
+    let field = |name: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in report:\n{report}"))
+            .to_string()
+    };
+    assert!(field("read_file").starts_with("Err("), "{report}");
+    assert!(field("read_dir").starts_with("Err("), "{report}");
+    assert!(field("cwd_file").starts_with("Err("), "{report}");
+    assert_eq!(field("env_home"), "None", "{report}");
+    assert_eq!(field("env_count"), "0", "{report}");
+    assert_eq!(field("args_count"), "0", "{report}");
+    assert!(field("tcp").starts_with("Err("), "{report}");
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn log_spam_is_capped() {
+    let (rt, module, env) = setup();
+    // Spamming takes real time; this test is about the cap, not the deadline.
+    let mut env = (*env).clone();
+    env.limits.timeout = Duration::from_secs(30);
+    let env = Arc::new(env);
+    let done = run(&rt, &module, &env, "logspam").unwrap();
+    assert_eq!(done.outcome, Outcome::Ack);
+    let per_line = "log line 9999 of a guest that will not stop talking".len();
+    let kept_at_most = env.limits.log_bytes / (per_line - 5);
+    assert!(
+        done.logs_dropped >= 10_000 - kept_at_most as u64,
+        "only {} of 10000 log lines dropped",
+        done.logs_dropped
+    );
+    let stdout_total = (0..10_000)
+        .map(|i| format!("stdout line {i} of a guest that will not stop talking\n").len())
+        .sum::<usize>();
+    assert_eq!(
+        done.stdio_dropped,
+        (stdout_total - env.limits.stdio_bytes) as u64
+    );
+    assert_still_serves(&rt, &module, &env);
+}
+
+#[test]
+fn retry_and_reject_are_the_guests_own_outcomes() {
+    let (rt, module, env) = setup();
+    let retry = run(&rt, &module, &env, "retry").unwrap();
+    assert_eq!(
+        retry.outcome,
+        Outcome::Retry(Retry {
+            delay_ms: Some(100),
+            reason: "the sandbox guest asked for a retry".into()
+        })
+    );
+    let reject = run(&rt, &module, &env, "reject").unwrap();
+    assert_eq!(
+        reject.outcome,
+        Outcome::Reject("the sandbox guest rejects this on purpose".into())
+    );
+}
+
+#[test]
+fn publish_to_an_exchange_not_allowed_is_refused_in_the_guest() {
+    let (rt, module, env) = setup();
+    let done = run(&rt, &module, &env, "publish-denied").unwrap();
+    let Outcome::Reject(reason) = done.outcome else {
+        panic!("expected reject, got {:?}", done.outcome)
+    };
+    assert!(reason.contains("NotAllowed"), "{reason}");
+    assert!(
+        reason.contains("may not publish to exchange \\\"forbidden\\\""),
+        "{reason}"
+    );
+    assert!(done.publishes.is_empty());
+}
+
+#[test]
+fn publishes_are_buffered_in_call_order() {
+    let (rt, module, env) = setup();
+    let done = run(&rt, &module, &env, "publish3").unwrap();
+    assert_eq!(done.outcome, Outcome::Ack);
+    let bodies: Vec<_> = done
+        .publishes
+        .iter()
+        .map(|p| String::from_utf8(p.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["part 0", "part 1", "part 2"]);
+    assert!(
+        done.publishes
+            .iter()
+            .all(|p| p.routing_key == "sandbox.out" && p.exchange.is_empty())
+    );
+}
+
+#[test]
+fn instances_are_bounded_by_the_pool_size() {
+    let (rt, module, env) = setup();
+    let a = rt.try_acquire().unwrap();
+    let b = rt.try_acquire().unwrap();
+    assert!(
+        rt.try_acquire().is_none(),
+        "a third permit from a pool of two"
+    );
+    // Every held permit can instantiate: the pool never refuses.
+    assert_eq!(
+        rt.run(&module, &env, &message("ack"), &a).unwrap().outcome,
+        Outcome::Ack
+    );
+    assert_eq!(
+        rt.run(&module, &env, &message("ack"), &b).unwrap().outcome,
+        Outcome::Ack
+    );
+    drop(a);
+    assert!(rt.try_acquire().is_some());
+}
+
+#[test]
+fn config_values_reach_the_guest() {
+    let (rt, module, env) = setup();
+    let mut env = (*env).clone();
+    env.config.insert("mode".into(), "reject".into());
+    let env = Arc::new(env);
+    // The body says ack, the config says reject: config wins in this guest.
+    let done = run(&rt, &module, &env, "ack").unwrap();
+    assert!(matches!(done.outcome, Outcome::Reject(_)));
+}
