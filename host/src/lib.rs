@@ -1,14 +1,30 @@
 //! warren: run sandboxed WebAssembly message handlers on RabbitMQ.
 //!
-//! Layout (one module per concern):
+//! Layout (one module per concern; the pipeline for one message reads top to
+//! bottom in [`pipeline::process`]):
 //!
-//! - [`runtime`]: the sandbox, the only module that knows wasmtime: one
-//!   engine, modules compiled once and pre-linked, a fresh instance per
-//!   message under a CPU deadline and a memory cap.
+//! - [`config`]: the TOML config file, defaults, validation.
+//! - [`server`]: `warren run`: start-up, the connection supervisor, consumer
+//!   loops, graceful shutdown.
+//! - [`pipeline`]: one message: dedup claim, handler, settlement.
+//! - [`amqp`]: RabbitMQ, the only module that knows lapin.
+//! - [`dedup`]: the dedup store, the only module that knows Redis.
+//! - [`runtime`]: the sandbox, the only module that knows wasmtime.
+//! - [`retry`]: backoff and wait-queue tiers.
+//! - [`admin`]: the HTTP admin endpoint; [`metrics`]: what it exports.
+//! - [`shutdown`]: signals fanned out to every task.
+//! - [`check`]: `warren check`.
 //! - [`logging`]: structured log set-up.
-//! - [`check`]: `warren check`, what a module is and whether it fits the world.
 
+pub mod admin;
+pub mod amqp;
 pub mod check;
+pub mod config;
 pub mod dedup;
 pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod retry;
 pub mod runtime;
+pub mod server;
+pub mod shutdown;

@@ -1,11 +1,13 @@
 //! The `warren` command: parse the command line, start logging, call the
-//! library.
+//! library with a shutdown signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use warren::config::Config;
 use warren::runtime::{Runtime, RuntimeConfig};
+use warren::server::Host;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Consume the configured queues and run each message through its handler.
+    Run {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Compile a handler module, check it against the warren:handler world,
     /// and print its digest, size, imports, exports and compile time.
     Check {
@@ -32,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     warren::logging::init();
     let result = match cli.command {
+        Command::Run { config } => run(config),
         Command::Check { module } => Runtime::new(RuntimeConfig {
             max_instances: 1,
             ..Default::default()
@@ -42,11 +51,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("error: {e:#}");
-            }
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warren")
+        .build()?;
+    rt.block_on(async {
+        let (trigger, signal) = warren::shutdown::channel();
+        tokio::spawn(async move {
+            if let Err(e) = warren::shutdown::listen(trigger).await {
+                tracing::error!(error = %e, "cannot listen for signals");
+            }
+        });
+        tracing::info!(config = %path.display(), handlers = config.handlers.len(), version = env!("CARGO_PKG_VERSION"), "warren starting");
+        let host = Host::start(&config, signal.clone()).await?;
+        if let Some(addr) = config.admin.listen {
+            let listener = warren::admin::bind(addr).await?;
+            tracing::info!(listen = %listener.local_addr()?, "admin endpoint up");
+            tokio::spawn(warren::admin::serve(listener, host.clone(), config.admin.token.clone(), signal.clone()));
+        }
+        host.serve(&config).await?;
+        tracing::info!("warren stopped");
+        Ok(())
+    })
 }

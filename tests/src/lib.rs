@@ -73,3 +73,7 @@ pub fn message(body: impl Into<Vec<u8>>) -> Message {
         fencing_token: 0,
     }
 }
+
+pub mod broker;
+pub mod private_broker;
+pub mod process;

@@ -102,6 +102,8 @@ impl Outcome {
     }
 }
 
+// The type is generated: a derive would have to apply to every generated type.
+#[allow(clippy::derivable_impls)]
 impl Default for Headers {
     fn default() -> Self {
         Headers {

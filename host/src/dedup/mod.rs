@@ -1,1 +1,251 @@
-//! Dedup store (being written): see ARCHITECTURE.md.
+//! Dedup store: claim, renew, complete and release a per-message lease, so a
+//! message delivered twice runs its handler once.
+//!
+//! The protocol (DESIGN.md, "Dedup protocol"): a claim sets the key to a
+//! random owner token with a lease (`SET NX PX`) and hands out a fencing token
+//! from a per-key counter; the owner renews the lease while its handler runs;
+//! on success it swaps its token for the done marker, which lives for the
+//! dedup window; on failure it deletes the key so a retry can claim it again.
+//! Every step after the claim is a compare-and-swap on the owner token, so an
+//! owner that lost its lease can never overwrite its successor.
+//!
+//! Layout:
+//!
+//! - this file: the public API ([`Store`], [`Claim`], [`Lease`],
+//!   [`DedupError`]) and what both stores share (key names, the done marker,
+//!   millisecond conversion);
+//! - `redis`: the shared store, four Lua scripts (`*.lua`) on one
+//!   multiplexed, auto-reconnecting connection;
+//! - `memory`: the same semantics in-process, for a host without `[redis]`.
+//!
+//! Architecture Invariant: this is the only module that knows Redis. It does
+//! not know AMQP, handlers or the retry policy: it does not decide when to
+//! claim or what to do when the store is unavailable (pause or fail open);
+//! the consumer pipeline does.
+
+mod memory;
+mod redis;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// The value a completed key holds. Owner tokens are uuid v4 strings, so an
+/// owner token can never equal it.
+const DONE: &str = "done";
+
+/// The longest lease or window the stores accept (ten years); longer ones are
+/// clamped. It keeps every deadline far from overflowing an `Instant` and
+/// every sum the scripts compute exact in a Lua number.
+const MAX_TTL_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
+
+/// Outcome of trying to claim a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Claim {
+    /// We hold the lease: run the handler.
+    Acquired(Lease),
+    /// The key is marked done within the dedup window: ack without running
+    /// (a dedup hit).
+    Done,
+    /// Another owner holds the lease: retry later through the delayed path
+    /// (not an attempt).
+    Busy {
+        /// The lease's remaining time (PTTL), at least 1 ms.
+        retry_after: Duration,
+    },
+}
+
+/// A held claim on one key: what renew, complete and release compare against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The namespaced key, as [`Store::key`] built it.
+    pub key: String,
+    /// A random token, unique per claim; the key holds it while we own it.
+    pub owner: String,
+    /// Grows with every claim of this key (it survives release and expiry for
+    /// at least the dedup window), so effects elsewhere can reject a stale
+    /// owner that was paused past its lease.
+    pub fencing_token: u64,
+}
+
+/// Why a dedup store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    /// The store cannot be used right now (connection refused or lost,
+    /// timeout, out of memory, read-only replica, ...). The caller decides
+    /// whether to pause or to fail open.
+    #[error("dedup store unavailable: {0}")]
+    Unavailable(String),
+    /// The Redis URL could not be parsed. Credentials are masked.
+    #[error("invalid redis url {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with any user and password masked.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The store works but this one key holds something the protocol did not
+    /// write (a foreign value of another type). Other keys are unaffected.
+    #[error("dedup store rejected key {key}: {reason}")]
+    Rejected {
+        /// The namespaced key.
+        key: String,
+        /// What the store said.
+        reason: String,
+    },
+}
+
+/// The dedup store the consumer pipeline uses. Cheap to clone (an `Arc`
+/// inside); concurrent callers share one store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// Redis, shared by every process of the consumer group.
+    Redis(RedisStore),
+    /// In-process, valid for this process only.
+    Memory(MemoryStore),
+}
+
+impl Store {
+    /// Connects to Redis at `url` and loads the scripts. Keys live under
+    /// `prefix`.
+    ///
+    /// The whole process should share the one store this returns: it holds a
+    /// single multiplexed, auto-reconnecting connection on which concurrent
+    /// calls are pipelined.
+    pub async fn redis(url: &str, prefix: &str) -> Result<Store, DedupError> {
+        RedisStore::connect(url, prefix).await.map(Store::Redis)
+    }
+
+    /// The in-process store with the same semantics, valid for one process
+    /// only.
+    pub fn memory(prefix: &str) -> Store {
+        Store::Memory(MemoryStore::new(prefix))
+    }
+
+    /// A description for the start-up log, e.g.
+    /// `redis redis://127.0.0.1:6379/0 (prefix warren)`. Never contains
+    /// credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Redis(store) => store.describe(),
+            Store::Memory(store) => store.describe(),
+        }
+    }
+
+    /// The namespaced key `{prefix}:{handler}:{key}`, so two handlers
+    /// consuming the same message do not collide.
+    ///
+    /// `%` and `:` inside `handler` and `key` are escaped as `%25` and `%3A`:
+    /// that keeps the mapping one-to-one (handler `a:b` with key `c` differs
+    /// from handler `a` with key `b:c`) and means no message key can name
+    /// another key's fencing counter (`…:fence`). Ordinary names and ids
+    /// (uuids, hex digests) appear unchanged.
+    pub fn key(&self, handler: &str, key: &str) -> String {
+        let prefix = match self {
+            Store::Redis(store) => store.prefix(),
+            Store::Memory(store) => store.prefix(),
+        };
+        let mut out = String::with_capacity(prefix.len() + handler.len() + key.len() + 2);
+        out.push_str(prefix);
+        out.push(':');
+        escape_into(handler, &mut out);
+        out.push(':');
+        escape_into(key, &mut out);
+        out
+    }
+
+    /// Tries to claim `key` (a namespaced key from [`Store::key`]) in one
+    /// round trip.
+    ///
+    /// If the key is absent, it now holds a fresh owner token for `lease` and
+    /// the fencing counter grows (and is kept at least `window` longer than
+    /// the lease): [`Claim::Acquired`]. If it holds the done marker:
+    /// [`Claim::Done`]. Otherwise another owner holds it: [`Claim::Busy`]
+    /// with the lease's remaining time. Durations are rounded up to whole
+    /// milliseconds, at least 1.
+    pub async fn claim(
+        &self,
+        key: &str,
+        lease: Duration,
+        window: Duration,
+    ) -> Result<Claim, DedupError> {
+        match self {
+            Store::Redis(store) => store.claim(key, lease, window).await,
+            Store::Memory(store) => store.claim(key, lease, window),
+        }
+    }
+
+    /// Compare-and-pexpire: sets the lease's remaining time to `ttl` if we
+    /// still own it. `Ok(false)` means the lease was lost (expired, taken or
+    /// done): the caller must then not ack.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, DedupError> {
+        match self {
+            Store::Redis(store) => store.renew(lease, ttl).await,
+            Store::Memory(store) => store.renew(lease, ttl),
+        }
+    }
+
+    /// Compare-and-set to the done marker, which then lives for `window`.
+    /// `Ok(false)` means we no longer owned the key and nothing was written.
+    ///
+    /// Call it only once the handler's effects are durable: a key marked done
+    /// is never run again within the window.
+    pub async fn complete(&self, lease: &Lease, window: Duration) -> Result<bool, DedupError> {
+        match self {
+            Store::Redis(store) => store.complete(lease, window).await,
+            Store::Memory(store) => store.complete(lease, window),
+        }
+    }
+
+    /// Compare-and-delete, on handler failure, so a retry can claim the key
+    /// again. `Ok(false)` means the key was not ours any more.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, DedupError> {
+        match self {
+            Store::Redis(store) => store.release(lease).await,
+            Store::Memory(store) => store.release(lease),
+        }
+    }
+
+    /// Checks that the store is reachable (PING for Redis; always `Ok` for
+    /// the in-process store).
+    pub async fn ping(&self) -> Result<(), DedupError> {
+        match self {
+            Store::Redis(store) => store.ping().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// The name of the fencing counter that belongs to a namespaced key.
+fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
+
+/// A new owner token: a uuid v4, which can never equal [`DONE`].
+fn new_owner() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A duration in whole milliseconds as the stores use it: rounded up, at least
+/// 1 (Redis rejects `PX 0`), at most [`MAX_TTL_MS`].
+fn ttl_millis(duration: Duration) -> u64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis)
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_TTL_MS)
+}
+
+/// Appends `part` with `%` and `:` escaped, so it holds no `:` of its own.
+fn escape_into(part: &str, out: &mut String) {
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+}

@@ -25,7 +25,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
 
 pub use bindings::{
     Decimal, FieldValue, Header, Headers, Level, Message, Nested, Outbound, Outcome, PublishError,
@@ -36,6 +38,11 @@ use state::State;
 
 /// The world every handler module must implement.
 pub const WORLD: &str = "warren:handler/handler@0.1.0";
+
+/// Bytes of each memory slot kept mapped between messages (reset in place
+/// rather than returned to the kernel); bounds the resident set at this
+/// times the pool size.
+const KEEP_RESIDENT: usize = 4 << 20;
 
 /// How often the epoch advances; a CPU deadline is accurate to about this.
 const TICK: Duration = Duration::from_millis(1);
@@ -277,7 +284,15 @@ impl Runtime {
             .table_elements(100_000)
             .max_memory_size(config.max_memory_bytes)
             .max_core_instance_size(8 << 20)
-            .max_component_instance_size(8 << 20);
+            .max_component_instance_size(8 << 20)
+            // Reset a slot by rewriting only its dirty pages (PAGEMAP_SCAN,
+            // Linux 6.7+) instead of madvise: the pages stay mapped, so the
+            // next message neither makes the syscall nor takes page faults.
+            // Measured on the echo guest: madvise and the faults after it
+            // were over half of the per-message time.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT / 16);
 
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)

@@ -117,7 +117,7 @@ impl handler::types::Host for State {}
 
 impl handler::host::Host for State {
     fn publish(&mut self, msg: Outbound) -> Result<(), PublishError> {
-        if !self.env.publish_allow.iter().any(|e| *e == msg.exchange) {
+        if !self.env.publish_allow.contains(&msg.exchange) {
             return Err(PublishError::NotAllowed(format!(
                 "handler {} may not publish to exchange {:?}; allowed: {:?}",
                 self.env.name, msg.exchange, self.env.publish_allow

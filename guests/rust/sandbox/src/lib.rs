@@ -2,6 +2,10 @@
 //! consumer's outcome handling. The mode is the `mode` config key if set,
 //! otherwise the message body:
 //!
+//! When the `out_routing_key` config key is set, every mode that acks first
+//! publishes a record of the message to that queue (through the default
+//! exchange): the body, or for `retry-twice` the attempt that acked.
+//!
 //! - `ack`: ack.
 //! - `panic`: panic (a trap).
 //! - `loop`: spin forever (stopped by the CPU deadline).
@@ -15,8 +19,9 @@
 //! - `reject`: reject with a reason.
 //! - `publish-denied`: publish to an exchange not allowed, report the error
 //!   as the reject reason.
-//! - `publish3`: publish three messages to `sandbox.out` and ack.
-//! - `sleep:N`: busy-wait N milliseconds of wall time, then ack.
+//! - `publish3`: publish three messages to `out_routing_key` (default
+//!   `sandbox.out`) and ack.
+//! - `sleep:N...`: busy-wait N milliseconds of wall time, then ack.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,7 +35,7 @@ impl Handler for Sandbox {
         let mode = warren_guest::config("mode")
             .unwrap_or_else(|| String::from_utf8_lossy(&msg.body).trim().to_string());
         match mode.as_str() {
-            "ack" => Outcome::Ack,
+            "ack" => ack_with(msg.body),
             "panic" => panic!("the sandbox guest panics on purpose"),
             "loop" => {
                 let mut n = 0u64;
@@ -72,7 +77,7 @@ impl Handler for Sandbox {
             "retry-twice" if msg.attempt < 3 => {
                 Outcome::retry(format!("attempt {} is too early", msg.attempt))
             }
-            "retry-twice" => Outcome::Ack,
+            "retry-twice" => ack_with(format!("attempt {}", msg.attempt).into_bytes()),
             "reject" => Outcome::reject("the sandbox guest rejects this on purpose"),
             "publish-denied" => {
                 match warren_guest::publish(Outbound::new("forbidden", "x", "nope")) {
@@ -81,29 +86,48 @@ impl Handler for Sandbox {
                 }
             }
             "publish3" => {
+                let queue =
+                    warren_guest::config("out_routing_key").unwrap_or_else(|| "sandbox.out".into());
                 for i in 0..3 {
-                    if let Err(e) =
-                        warren_guest::publish(Outbound::new("", "sandbox.out", format!("part {i}")))
-                    {
+                    if let Err(e) = warren_guest::publish(Outbound::new(
+                        "",
+                        queue.as_str(),
+                        format!("part {i}"),
+                    )) {
                         return Outcome::reject(format!("publish {i} refused: {e:?}"));
                     }
                 }
                 Outcome::Ack
             }
-            other => match other
-                .strip_prefix("sleep:")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            // `sleep:N`, optionally followed by anything that is not a digit
+            // (so that tests can make bodies unique).
+            other => match other.strip_prefix("sleep:").and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            }) {
                 Some(ms) => {
                     let until = Instant::now() + Duration::from_millis(ms);
                     while Instant::now() < until {
                         black_box(());
                     }
-                    Outcome::Ack
+                    ack_with(msg.body)
                 }
                 None => Outcome::reject(format!("unknown sandbox mode {other:?}")),
             },
         }
+    }
+}
+
+/// Acks, first publishing `record` to `out_routing_key` when that is set.
+fn ack_with(record: Vec<u8>) -> Outcome {
+    let Some(queue) = warren_guest::config("out_routing_key") else {
+        return Outcome::Ack;
+    };
+    match warren_guest::publish(Outbound::new("", queue, record)) {
+        Ok(()) => Outcome::Ack,
+        Err(e) => Outcome::reject(format!("cannot publish the record: {e:?}")),
     }
 }
 

@@ -1,0 +1,374 @@
+//! One consumer channel: `basic.qos` then `basic.consume`, deliveries handed
+//! out one at a time as [`Inbound`], and their acks batched.
+//!
+//! Acks are the throughput limit of a consumer (one `basic.ack` per message
+//! costs about 3x the broker's delivery rate), so settled deliveries are
+//! acked with `multiple` up to the highest tag whose predecessors are all
+//! settled, once 64 are ready or 5 ms after the first. A delivery to be
+//! returned to the queue is nacked on its own first, since a later
+//! `multiple` ack would otherwise cover it. Acks on a channel that died
+//! send nothing (lapin answers `Ok(false)`); those deliveries come back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::convert::headers_from_table;
+use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
+use crate::runtime::Message;
+
+/// Acks ready to send before a flush is forced.
+const ACK_BATCH: usize = 64;
+/// The longest a settled delivery waits for its ack.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// A consumer on one channel of its own.
+#[derive(Debug)]
+pub struct ConsumerChannel {
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+    acks: mpsc::UnboundedSender<AckEvent>,
+}
+
+impl ConsumerChannel {
+    /// Opens a channel, sets its prefetch, and starts consuming `queue`
+    /// under consumer tag `tag`.
+    pub async fn open(
+        conn: &Connection,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Self, lapin::Error> {
+        let channel = conn.create_channel().await?;
+        // QoS before consume: without it the broker pushes the whole queue
+        // to the first consumer and the group is not a group.
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(ack_batcher(rx, tag.to_string()));
+        Ok(Self {
+            channel,
+            consumer,
+            tag: tag.to_string(),
+            acks: tx,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The next delivery, or `None` when the consumer ended (cancelled, or
+    /// the channel or connection died).
+    pub async fn next(&mut self) -> Option<Inbound> {
+        match self.consumer.next().await? {
+            Ok(delivery) => {
+                let _ = self.acks.send(AckEvent::Received(delivery.delivery_tag));
+                Some(Inbound {
+                    delivery,
+                    acks: self.acks.clone(),
+                    settled: false,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.tag, error = %e, "consumer stream failed");
+                None
+            }
+        }
+    }
+
+    /// Stops the broker sending more deliveries to this consumer. What was
+    /// prefetched but not taken stays unacked and goes back to the queue when
+    /// the channel closes.
+    pub async fn cancel(&self) {
+        if self.channel.status().connected()
+            && let Err(e) = self
+                .channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                .await
+        {
+            tracing::warn!(consumer = %self.tag, error = %e, "basic.cancel failed");
+        }
+    }
+
+    /// Sends every ack that is ready, then closes the channel; the broker
+    /// requeues whatever is still unacked.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.acks.send(AckEvent::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "consumer closed".into()).await;
+        }
+    }
+}
+
+/// One delivery. Settle it with [`Inbound::ack`] or [`Inbound::requeue`];
+/// dropped unsettled, it is requeued.
+#[derive(Debug)]
+pub struct Inbound {
+    delivery: Delivery,
+    acks: mpsc::UnboundedSender<AckEvent>,
+    settled: bool,
+}
+
+impl Inbound {
+    pub fn body(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    pub fn properties(&self) -> &BasicProperties {
+        &self.delivery.properties
+    }
+
+    pub fn message_id(&self) -> Option<&str> {
+        self.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+    }
+
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
+
+    fn header(&self, name: &str) -> Option<&AMQPValue> {
+        self.delivery
+            .properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(name)
+    }
+
+    /// A header as text: strings as they are, integers in decimal; other
+    /// types have no text form and count as missing.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        match self.header(name)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            AMQPValue::ShortShortInt(i) => Some(i.to_string()),
+            AMQPValue::ShortShortUInt(i) => Some(i.to_string()),
+            AMQPValue::ShortInt(i) => Some(i.to_string()),
+            AMQPValue::ShortUInt(i) => Some(i.to_string()),
+            AMQPValue::LongInt(i) => Some(i.to_string()),
+            AMQPValue::LongUInt(i) => Some(i.to_string()),
+            AMQPValue::LongLongInt(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The attempt this delivery is: the `x-warren-attempt` header a retry
+    /// set, or 1.
+    pub fn attempt(&self) -> u32 {
+        match self.header(H_ATTEMPT) {
+            Some(AMQPValue::LongInt(n)) => (*n).max(1) as u32,
+            Some(AMQPValue::LongUInt(n)) => (*n).max(1),
+            Some(AMQPValue::LongLongInt(n)) => (*n).clamp(1, u32::MAX as i64) as u32,
+            _ => 1,
+        }
+    }
+
+    /// The exchange the message was first published to.
+    pub fn original_exchange(&self) -> String {
+        self.header_text(H_EXCHANGE)
+            .unwrap_or_else(|| self.delivery.exchange.to_string())
+    }
+
+    /// The routing key the message was first published with.
+    pub fn original_routing_key(&self) -> String {
+        self.header_text(H_ROUTING_KEY)
+            .unwrap_or_else(|| self.delivery.routing_key.to_string())
+    }
+
+    /// The delivery as the guest sees it.
+    pub fn to_message(&self, dedup_key: Option<String>, fencing_token: u64) -> Message {
+        let p = &self.delivery.properties;
+        let text = |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| s.to_string());
+        Message {
+            body: self.delivery.data.clone(),
+            content_type: text(p.content_type()),
+            content_encoding: text(p.content_encoding()),
+            message_id: text(p.message_id()),
+            correlation_id: text(p.correlation_id()),
+            reply_to: text(p.reply_to()),
+            timestamp: *p.timestamp(),
+            type_: text(p.kind()),
+            app_id: text(p.app_id()),
+            headers: headers_from_table(p.headers().as_ref()),
+            exchange: self.original_exchange(),
+            routing_key: self.original_routing_key(),
+            redelivered: self.delivery.redelivered,
+            attempt: self.attempt(),
+            dedup_key,
+            fencing_token,
+        }
+    }
+
+    /// Done with it: acked with the next batch.
+    pub fn ack(mut self) {
+        self.settle(Settle::Ack);
+    }
+
+    /// Back to the head of the queue now. Only for deliveries that were not
+    /// worked on (shutdown, a paused dedup store, a lost lease): a failed
+    /// handler is retried through a wait queue instead, never requeued hot.
+    pub fn requeue(mut self) {
+        self.settle(Settle::Requeue);
+    }
+
+    fn settle(&mut self, how: Settle) {
+        self.settled = true;
+        let _ = self.acks.send(AckEvent::Settled(
+            self.delivery.delivery_tag,
+            self.delivery.acker.clone(),
+            how,
+        ));
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(Settle::Requeue);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Settle {
+    Ack,
+    Requeue,
+}
+
+#[derive(Debug)]
+enum AckEvent {
+    Received(u64),
+    Settled(u64, Acker, Settle),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Keeps the channel's outstanding delivery tags in order and sends the
+/// acks; ends when every sender (the consumer and its deliveries) is gone.
+async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
+    let mut outstanding: BTreeMap<u64, Option<(Acker, Settle)>> = BTreeMap::new();
+    let mut ready = 0usize;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let event = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                flush(&mut outstanding, &tag).await;
+                (ready, deadline) = (0, None);
+                continue;
+            }
+        };
+        match event {
+            None => {
+                flush(&mut outstanding, &tag).await;
+                return;
+            }
+            Some(AckEvent::Received(t)) => {
+                outstanding.insert(t, None);
+            }
+            Some(AckEvent::Settled(t, acker, how)) => {
+                outstanding.insert(t, Some((acker, how)));
+                ready += 1;
+                if how == Settle::Requeue || ready >= ACK_BATCH {
+                    flush(&mut outstanding, &tag).await;
+                    (ready, deadline) = (0, None);
+                } else if deadline.is_none() {
+                    deadline = Some(Instant::now() + ACK_DELAY);
+                }
+            }
+            Some(AckEvent::Flush(done)) => {
+                flush(&mut outstanding, &tag).await;
+                (ready, deadline) = (0, None);
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await;
+    }
+}
+
+/// Settles the longest settled prefix of `outstanding`: one `multiple` ack
+/// per run of acks, one nack per requeue.
+async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Settle)>>, tag: &str) {
+    let mut last_ack: Option<(u64, Acker)> = None;
+    while let Some(entry) = outstanding.first_entry() {
+        let Some((acker, how)) = entry.get().clone() else {
+            break;
+        };
+        let t = *entry.key();
+        entry.remove();
+        match how {
+            Settle::Ack => last_ack = Some((t, acker)),
+            Settle::Requeue => {
+                if let Some((t, a)) = last_ack.take() {
+                    send_ack(&a, t, tag).await;
+                }
+                let opts = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                match acker.nack(opts).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(
+                        consumer = tag,
+                        delivery_tag = t,
+                        "nack not sent: channel gone"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(consumer = tag, delivery_tag = t, error = %e, "nack failed")
+                    }
+                }
+            }
+        }
+    }
+    if let Some((t, a)) = last_ack {
+        send_ack(&a, t, tag).await;
+    }
+}
+
+async fn send_ack(acker: &Acker, delivery_tag: u64, tag: &str) {
+    match acker.ack(BasicAckOptions { multiple: true }).await {
+        Ok(true) => {}
+        // The channel is gone: nothing was acked and the broker will
+        // redeliver; never retry an ack on another channel.
+        Ok(false) => tracing::warn!(
+            consumer = tag,
+            delivery_tag,
+            "ack not sent: channel gone, the broker will redeliver"
+        ),
+        Err(e) => {
+            tracing::warn!(consumer = tag, delivery_tag, error = %e, "ack failed, the broker will redeliver")
+        }
+    }
+}

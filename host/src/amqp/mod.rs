@@ -1,0 +1,180 @@
+//! RabbitMQ: the only module that knows lapin.
+//!
+//! - [`Broker`]: one connection per process, its topology declarations, and
+//!   the signal that it was lost.
+//! - [`consumer`]: one channel per consumer with `basic.qos` set before
+//!   `basic.consume`, deliveries as [`Inbound`], and acks batched with
+//!   `multiple` behind a short timer.
+//! - [`publisher`]: one confirm-mode channel for outputs, retries and
+//!   dead-letters; every publish waits for its confirm.
+//! - [`convert`]: field tables and properties to and from the WIT types.
+//!
+//! It does not know handlers, dedup or the sandbox: the pipeline decides,
+//! this module carries it out.
+
+pub mod consumer;
+pub mod convert;
+pub mod publisher;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+
+pub use consumer::{ConsumerChannel, Inbound};
+pub use publisher::{DeadLetter, PublishError, Publisher};
+
+/// Header: which attempt the next delivery of this message is (1-based).
+pub const H_ATTEMPT: &str = "x-warren-attempt";
+/// Header: the exchange the message was first published to (kept across
+/// retries, which come back through the default exchange).
+pub const H_EXCHANGE: &str = "x-warren-exchange";
+/// Header: the routing key the message was first published with.
+pub const H_ROUTING_KEY: &str = "x-warren-routing-key";
+
+/// What to declare for one handler.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub queue: String,
+    pub quorum: bool,
+    pub dead_letter_queue: String,
+    pub bind: Option<Binding>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub exchange: String,
+    pub kind: String,
+    pub routing_keys: Vec<String>,
+}
+
+/// The process's connection to RabbitMQ.
+#[derive(Debug)]
+pub struct Broker {
+    conn: Connection,
+    name: String,
+}
+
+impl Broker {
+    /// Connects, naming the connection so operators can find it in
+    /// `rabbitmqctl list_connections`.
+    pub async fn connect(url: &str, name: &str) -> Result<Broker, lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let conn = Connection::connect(url, props).await?;
+        Ok(Broker {
+            conn,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Declares a handler's queues and binding. Idempotent; run again after
+    /// every reconnect.
+    pub async fn declare(&self, t: &Topology) -> Result<(), lapin::Error> {
+        let ch = self.conn.create_channel().await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut args = FieldTable::default();
+        if t.quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        ch.queue_declare(t.queue.as_str().into(), durable, args)
+            .await?;
+        ch.queue_declare(
+            t.dead_letter_queue.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        if let Some(b) = &t.bind {
+            let kind = match b.kind.as_str() {
+                "direct" => ExchangeKind::Direct,
+                "fanout" => ExchangeKind::Fanout,
+                "headers" => ExchangeKind::Headers,
+                _ => ExchangeKind::Topic,
+            };
+            let opts = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            ch.exchange_declare(
+                b.exchange.as_str().into(),
+                kind,
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
+            for key in &b.routing_keys {
+                ch.queue_bind(
+                    t.queue.as_str().into(),
+                    b.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            }
+        }
+        ch.close(200, "declared".into()).await?;
+        Ok(())
+    }
+
+    /// Opens a consumer channel on `queue`; see [`ConsumerChannel::open`].
+    pub async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<ConsumerChannel, lapin::Error> {
+        ConsumerChannel::open(&self.conn, queue, prefetch, tag).await
+    }
+
+    /// Opens the confirm-mode publishing channel.
+    pub async fn publisher(&self) -> Result<Publisher, lapin::Error> {
+        Publisher::open(&self.conn).await
+    }
+
+    pub fn connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// Resolves when the connection fails (broker gone, connection closed by
+    /// an operator, missed heartbeats). Watching the connection, not only the
+    /// consumer streams, because a stream can go silent instead (lapin#389).
+    pub async fn lost(&self) -> String {
+        let mut events = self.conn.events_listener();
+        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(lapin::Event::Error(e)) => return e.to_string(),
+                    Some(_) => {}
+                    None => return "connection event stream ended".into(),
+                },
+                _ = poll.tick() => {
+                    if !self.conn.status().connected() {
+                        return "connection is no longer connected".to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection (channels with it; unacked deliveries go back
+    /// to their queues).
+    pub async fn close(&self) {
+        if self.conn.status().connected() {
+            let _ = self.conn.close(200, "warren shutting down".into()).await;
+        }
+    }
+}

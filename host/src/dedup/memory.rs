@@ -1,0 +1,292 @@
+//! The in-process dedup store: the Redis store's semantics on a mutex-guarded
+//! map, for a host without a `[redis]` section.
+//!
+//! It owns expiry (lazy on access, plus a sweep whose cost is amortised over
+//! the operations, so memory stays proportional to the live keys). It does not
+//! dedup across processes or survive a restart, and `Store::describe` says so
+//! at start-up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{Claim, DedupError, Lease, fence_key, new_owner, ttl_millis};
+
+/// Sweep at most this often (in operations) while the maps are small.
+const MIN_SWEEP_INTERVAL: usize = 1024;
+
+/// The in-process store. Cheap to clone: clones share the map.
+#[derive(Clone)]
+pub struct MemoryStore {
+    prefix: Arc<str>,
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Namespaced key to its current holder, as Redis would hold it.
+    keys: HashMap<String, Entry>,
+    /// Fencing counter name (`{key}:fence`) to its counter.
+    fences: HashMap<String, Fence>,
+    /// Operations since the last sweep.
+    ops: usize,
+}
+
+struct Entry {
+    value: Value,
+    expires: Instant,
+}
+
+enum Value {
+    Owner(String),
+    Done,
+}
+
+struct Fence {
+    count: u64,
+    expires: Instant,
+}
+
+impl MemoryStore {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: Arc::from(prefix),
+            state: Arc::default(),
+        }
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "in-process (prefix {}; dedups within this process only)",
+            self.prefix
+        )
+    }
+
+    pub(super) fn claim(
+        &self,
+        key: &str,
+        lease: Duration,
+        window: Duration,
+    ) -> Result<Claim, DedupError> {
+        let now = Instant::now();
+        let lease = Duration::from_millis(ttl_millis(lease));
+        let mut state = self.lock(now);
+        if let Some(entry) = state.live_entry(key, now) {
+            return Ok(match entry.value {
+                Value::Done => Claim::Done,
+                Value::Owner(_) => Claim::Busy {
+                    retry_after: remaining(entry.expires, now),
+                },
+            });
+        }
+        let owner = new_owner();
+        state.keys.insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Owner(owner.clone()),
+                expires: now + lease,
+            },
+        );
+        // As in claim.lua: the counter outlives the lease by the window.
+        let fence_expiry = now + lease + Duration::from_millis(ttl_millis(window));
+        let fence = state.live_fence(&fence_key(key), now);
+        fence.count = fence.count.saturating_add(1);
+        fence.expires = fence.expires.max(fence_expiry);
+        Ok(Claim::Acquired(Lease {
+            key: key.to_owned(),
+            owner,
+            fencing_token: fence.count,
+        }))
+    }
+
+    pub(super) fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, DedupError> {
+        let now = Instant::now();
+        let mut state = self.lock(now);
+        let Some(entry) = state.owned_entry(lease, now) else {
+            return Ok(false);
+        };
+        let old_expiry = entry.expires;
+        let new_expiry = now + Duration::from_millis(ttl_millis(ttl));
+        entry.expires = new_expiry;
+        // As in renew.lua: keep the counter's margin over the lease.
+        if let Some(fence) = state.fences.get_mut(&fence_key(&lease.key)) {
+            let margin = fence.expires.saturating_duration_since(old_expiry);
+            fence.expires = fence.expires.max(new_expiry + margin);
+        }
+        Ok(true)
+    }
+
+    pub(super) fn complete(&self, lease: &Lease, window: Duration) -> Result<bool, DedupError> {
+        let now = Instant::now();
+        let mut state = self.lock(now);
+        let Some(entry) = state.owned_entry(lease, now) else {
+            return Ok(false);
+        };
+        let expires = now + Duration::from_millis(ttl_millis(window));
+        *entry = Entry {
+            value: Value::Done,
+            expires,
+        };
+        // As in complete.lua: the counter lives at least as long as the marker.
+        if let Some(fence) = state.fences.get_mut(&fence_key(&lease.key)) {
+            fence.expires = fence.expires.max(expires);
+        }
+        Ok(true)
+    }
+
+    pub(super) fn release(&self, lease: &Lease) -> Result<bool, DedupError> {
+        let now = Instant::now();
+        let mut state = self.lock(now);
+        if state.owned_entry(lease, now).is_none() {
+            return Ok(false);
+        }
+        state.keys.remove(&lease.key);
+        Ok(true)
+    }
+
+    /// Locks the state and counts one operation, sweeping when due.
+    ///
+    /// A poisoned lock is taken over: every critical section leaves the maps
+    /// consistent at each step, so a panic elsewhere cannot leave them torn.
+    fn lock(&self, now: Instant) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.tick(now);
+        state
+    }
+}
+
+impl State {
+    /// The entry under `key` unless it has expired (an expired one is
+    /// removed, as Redis does on access).
+    fn live_entry(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        if self.keys.get(key).is_some_and(|entry| entry.expires <= now) {
+            self.keys.remove(key);
+        }
+        self.keys.get_mut(key)
+    }
+
+    /// The entry under the lease's key if the lease's owner still holds it.
+    fn owned_entry(&mut self, lease: &Lease, now: Instant) -> Option<&mut Entry> {
+        self.live_entry(&lease.key, now)
+            .filter(|entry| matches!(&entry.value, Value::Owner(owner) if *owner == lease.owner))
+    }
+
+    /// The counter named `name`, starting again from zero if it expired.
+    fn live_fence(&mut self, name: &str, now: Instant) -> &mut Fence {
+        if self
+            .fences
+            .get(name)
+            .is_some_and(|fence| fence.expires <= now)
+        {
+            self.fences.remove(name);
+        }
+        self.fences.entry(name.to_owned()).or_insert(Fence {
+            count: 0,
+            expires: now,
+        })
+    }
+
+    /// Counts an operation and drops every expired entry once the operations
+    /// since the last sweep reach half the maps' size: each sweep is paid for
+    /// by as many operations as it visits entries, and expired entries never
+    /// outnumber the live ones by more than that.
+    fn tick(&mut self, now: Instant) {
+        self.ops += 1;
+        let due = MIN_SWEEP_INTERVAL.max((self.keys.len() + self.fences.len()) / 2);
+        if self.ops >= due {
+            self.ops = 0;
+            self.keys.retain(|_, entry| entry.expires > now);
+            self.fences.retain(|_, fence| fence.expires > now);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.len() + self.fences.len()
+    }
+}
+
+/// The time left until `expires`, in whole milliseconds rounded up and at
+/// least 1, like Redis's PTTL on a live key.
+fn remaining(expires: Instant, now: Instant) -> Duration {
+    let left = expires.saturating_duration_since(now);
+    Duration::from_millis(ttl_millis(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expired keys and counters do not pile up: a sweep drops them without
+    /// any of them being touched again.
+    #[test]
+    fn sweep_drops_expired_entries() {
+        let store = MemoryStore::new("test-dedup-sweep");
+        // Fewer operations than a sweep interval, so nothing is swept yet.
+        let filled = MIN_SWEEP_INTERVAL - 24;
+        for i in 0..filled {
+            let claim = store
+                .claim(
+                    &format!("k{i}"),
+                    Duration::from_millis(1),
+                    Duration::from_millis(1),
+                )
+                .expect("memory claim cannot fail");
+            assert!(matches!(claim, Claim::Acquired(_)), "k{i}: {claim:?}");
+        }
+        let before = store.state.lock().expect("lock").len();
+        assert_eq!(before, 2 * filled, "a key and a counter per claim");
+
+        std::thread::sleep(Duration::from_millis(10));
+        // Enough operations on one other key to make a sweep due.
+        let lease = match store
+            .claim("other", Duration::from_secs(60), Duration::from_secs(60))
+            .expect("memory claim cannot fail")
+        {
+            Claim::Acquired(lease) => lease,
+            other => panic!("expected acquired, got {other:?}"),
+        };
+        for _ in 0..MIN_SWEEP_INTERVAL {
+            assert!(store.renew(&lease, Duration::from_secs(60)).expect("renew"));
+        }
+        let after = store.state.lock().expect("lock").len();
+        assert_eq!(after, 2, "only the live key and its counter remain");
+    }
+
+    /// A counter that expired starts again, as a Redis key would.
+    #[test]
+    fn fence_restarts_after_expiry() {
+        let store = MemoryStore::new("test-dedup-fence");
+        let window = Duration::from_millis(5);
+        let first = match store
+            .claim("k", Duration::from_millis(5), window)
+            .expect("claim")
+        {
+            Claim::Acquired(lease) => lease,
+            other => panic!("expected acquired, got {other:?}"),
+        };
+        assert!(store.release(&first).expect("release"));
+        std::thread::sleep(Duration::from_millis(20));
+        let second = match store
+            .claim("k", Duration::from_millis(5), window)
+            .expect("claim")
+        {
+            Claim::Acquired(lease) => lease,
+            other => panic!("expected acquired, got {other:?}"),
+        };
+        assert_eq!(second.fencing_token, 1);
+    }
+}

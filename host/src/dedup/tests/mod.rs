@@ -1,0 +1,319 @@
+//! The dedup semantics, written once and run against both stores: `on_redis`
+//! against the real Redis (`WARREN_TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379/0`) and `on_memory` in-process. Every test uses its
+//! own key prefix, so tests run in parallel without seeing each other's keys.
+//! The Redis-only tests (connection failures, error mapping, script reload,
+//! counter lifetimes) are in `redis_only`.
+//!
+//! Sleeps here only let a TTL run out; nothing waits for another task by
+//! sleeping.
+
+mod redis_only;
+
+use std::time::Duration;
+
+use super::{Claim, Lease, Store, fence_key};
+
+/// A lease long enough never to expire during a test unless it means to.
+const LEASE: Duration = Duration::from_secs(10);
+/// A window long enough never to expire during a test unless it means to;
+/// short enough that the keys tests leave behind go away soon.
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn redis_url() -> String {
+    std::env::var("WARREN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn unique_prefix() -> String {
+    format!("test-dedup-{}", uuid::Uuid::new_v4())
+}
+
+async fn redis_store() -> Store {
+    let url = redis_url();
+    Store::redis(&url, &unique_prefix())
+        .await
+        .unwrap_or_else(|err| panic!("the dedup tests need redis at {url} (.ci/setup.sh): {err}"))
+}
+
+fn memory_store() -> Store {
+    Store::memory(&unique_prefix())
+}
+
+/// Claims `key`, which the test expects to be free.
+async fn acquire(store: &Store, key: &str, lease: Duration) -> Lease {
+    match store.claim(key, lease, WINDOW).await {
+        Ok(Claim::Acquired(lease)) => lease,
+        other => panic!("claim of {key}: expected acquired, got {other:?}"),
+    }
+}
+
+/// Generates one test per store for each semantic test function below.
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::redis_store().await).await;
+                }
+            )+
+        }
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::memory_store()).await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_stores!(
+    claim_acquires_with_fencing_token_one,
+    second_claim_is_busy_for_at_most_the_lease,
+    completed_key_is_done_for_later_claims,
+    release_lets_a_new_claim_acquire_with_a_larger_token,
+    renew_extends_a_held_lease,
+    renew_after_expiry_returns_false,
+    stale_owner_cannot_complete_or_release,
+    done_marker_expires_after_the_window,
+    handlers_do_not_collide,
+    concurrent_claims_yield_exactly_one_acquired,
+    zero_durations_round_up_to_one_millisecond,
+    owner_cannot_renew_or_complete_after_release,
+);
+
+async fn claim_acquires_with_fencing_token_one(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, LEASE).await;
+    assert_eq!(lease.key, key);
+    assert_eq!(lease.fencing_token, 1);
+    assert!(
+        uuid::Uuid::parse_str(&lease.owner).is_ok(),
+        "owner {} is a uuid",
+        lease.owner
+    );
+    let other = acquire(&store, &store.key("orders", "m-2"), LEASE).await;
+    assert_eq!(other.fencing_token, 1, "each key counts on its own");
+    assert_ne!(
+        other.owner, lease.owner,
+        "owner tokens are unique per claim"
+    );
+}
+
+async fn second_claim_is_busy_for_at_most_the_lease(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = Duration::from_secs(5);
+    acquire(&store, &key, lease).await;
+    match store.claim(&key, lease, WINDOW).await {
+        Ok(Claim::Busy { retry_after }) => {
+            assert!(retry_after <= lease, "retry_after {retry_after:?} > lease");
+            assert!(
+                retry_after > lease / 2,
+                "retry_after {retry_after:?} is the lease's remaining time"
+            );
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+}
+
+async fn completed_key_is_done_for_later_claims(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, LEASE).await;
+    assert!(store.complete(&lease, WINDOW).await.expect("complete"));
+    for _ in 0..2 {
+        assert_eq!(
+            store.claim(&key, LEASE, WINDOW).await.expect("claim"),
+            Claim::Done
+        );
+    }
+    assert!(
+        !store.renew(&lease, LEASE).await.expect("renew"),
+        "a done key has no lease left to renew"
+    );
+    assert!(
+        !store.release(&lease).await.expect("release"),
+        "a done key is never released"
+    );
+    assert_eq!(
+        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
+        Claim::Done
+    );
+}
+
+async fn release_lets_a_new_claim_acquire_with_a_larger_token(store: Store) {
+    let key = store.key("orders", "m-1");
+    let first = acquire(&store, &key, LEASE).await;
+    assert!(store.release(&first).await.expect("release"));
+    let second = acquire(&store, &key, LEASE).await;
+    assert!(
+        second.fencing_token > first.fencing_token,
+        "{} after {}",
+        second.fencing_token,
+        first.fencing_token
+    );
+    assert_ne!(second.owner, first.owner);
+}
+
+async fn renew_extends_a_held_lease(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, Duration::from_millis(100)).await;
+    assert!(store.renew(&lease, LEASE).await.expect("renew"));
+    // Past the original lease, the renewed one still holds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match store.claim(&key, LEASE, WINDOW).await {
+        Ok(Claim::Busy { retry_after }) => {
+            assert!(retry_after > LEASE / 2, "retry_after {retry_after:?}");
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert!(store.complete(&lease, WINDOW).await.expect("complete"));
+}
+
+async fn renew_after_expiry_returns_false(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(
+        !store.renew(&lease, LEASE).await.expect("renew"),
+        "renewed an expired lease"
+    );
+    // Nothing was recreated: the key is free to claim.
+    let next = acquire(&store, &key, LEASE).await;
+    assert!(
+        !store.renew(&lease, LEASE).await.expect("renew"),
+        "renewed a lease another owner holds"
+    );
+    assert!(store.renew(&next, LEASE).await.expect("renew"));
+}
+
+async fn stale_owner_cannot_complete_or_release(store: Store) {
+    let key = store.key("orders", "m-1");
+    let stale = acquire(&store, &key, Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let current = acquire(&store, &key, LEASE).await;
+    assert!(current.fencing_token > stale.fencing_token);
+
+    assert!(!store.complete(&stale, WINDOW).await.expect("complete"));
+    assert!(!store.release(&stale).await.expect("release"));
+    assert!(
+        matches!(
+            store.claim(&key, LEASE, WINDOW).await,
+            Ok(Claim::Busy { .. })
+        ),
+        "the current owner still holds the key"
+    );
+    assert!(store.renew(&current, LEASE).await.expect("renew"));
+
+    assert!(store.complete(&current, WINDOW).await.expect("complete"));
+    assert_eq!(
+        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
+        Claim::Done
+    );
+}
+
+async fn done_marker_expires_after_the_window(store: Store) {
+    let key = store.key("orders", "m-1");
+    let window = Duration::from_millis(100);
+    let first = acquire(&store, &key, LEASE).await;
+    assert!(store.complete(&first, window).await.expect("complete"));
+    assert_eq!(
+        store.claim(&key, LEASE, window).await.expect("claim"),
+        Claim::Done
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = acquire(&store, &key, LEASE).await;
+    assert!(
+        second.fencing_token > first.fencing_token,
+        "the counter outlives the marker: {} after {}",
+        second.fencing_token,
+        first.fencing_token
+    );
+}
+
+async fn handlers_do_not_collide(store: Store) {
+    let a = store.key("billing", "m-1");
+    let b = store.key("shipping", "m-1");
+    assert_ne!(a, b);
+    let lease_a = acquire(&store, &a, LEASE).await;
+    let lease_b = acquire(&store, &b, LEASE).await;
+    assert!(store.complete(&lease_a, WINDOW).await.expect("complete"));
+    assert_eq!(
+        store.claim(&a, LEASE, WINDOW).await.expect("claim"),
+        Claim::Done
+    );
+    assert!(
+        matches!(store.claim(&b, LEASE, WINDOW).await, Ok(Claim::Busy { .. })),
+        "completing one handler's key leaves the other's alone"
+    );
+    assert!(store.release(&lease_b).await.expect("release"));
+
+    // Separators inside names cannot make two pairs meet, and no message key
+    // can name another key's fencing counter.
+    assert_ne!(store.key("a:b", "c"), store.key("a", "b:c"));
+    assert_ne!(store.key("h", "x:fence"), fence_key(&store.key("h", "x")));
+    assert_ne!(store.key("h", "%3A"), store.key("h", ":"));
+    let x = acquire(&store, &store.key("h", "x"), LEASE).await;
+    let x_fence = acquire(&store, &store.key("h", "x:fence"), LEASE).await;
+    assert_eq!((x.fencing_token, x_fence.fencing_token), (1, 1));
+}
+
+async fn concurrent_claims_yield_exactly_one_acquired(store: Store) {
+    let key = store.key("orders", "m-1");
+    let claims: Vec<_> = (0..200)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.claim(&key, LEASE, WINDOW).await })
+        })
+        .collect();
+    let (mut acquired, mut busy) = (Vec::new(), 0);
+    for claim in claims {
+        match claim.await.expect("claim task panicked") {
+            Ok(Claim::Acquired(lease)) => acquired.push(lease),
+            Ok(Claim::Busy { .. }) => busy += 1,
+            other => panic!("expected acquired or busy, got {other:?}"),
+        }
+    }
+    assert_eq!(acquired.len(), 1, "winners: {acquired:?}");
+    assert_eq!(busy, 199);
+    assert_eq!(acquired[0].fencing_token, 1);
+}
+
+async fn zero_durations_round_up_to_one_millisecond(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let next = acquire(&store, &key, LEASE).await;
+    assert!(next.fencing_token > lease.fencing_token);
+    assert!(
+        store
+            .complete(&next, Duration::ZERO)
+            .await
+            .expect("complete")
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    acquire(&store, &key, LEASE).await;
+}
+
+async fn owner_cannot_renew_or_complete_after_release(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, LEASE).await;
+    assert!(store.release(&lease).await.expect("release"));
+    assert!(!store.release(&lease).await.expect("release"));
+    assert!(!store.renew(&lease, LEASE).await.expect("renew"));
+    assert!(!store.complete(&lease, WINDOW).await.expect("complete"));
+    // The failed complete wrote nothing: the key is still free.
+    acquire(&store, &key, LEASE).await;
+}
+
+#[tokio::test]
+async fn memory_store_describes_itself_as_one_process_only() {
+    let store = Store::memory("warren");
+    assert_eq!(
+        store.describe(),
+        "in-process (prefix warren; dedups within this process only)"
+    );
+    assert_eq!(store.key("orders", "m-1"), "warren:orders:m-1");
+    store.ping().await.expect("memory ping");
+}

@@ -1,0 +1,281 @@
+//! Tests only the Redis store needs: an unreachable or stalled server, URL
+//! and error handling, script reloading and the fencing counter's lifetime.
+
+use std::time::{Duration, Instant};
+
+use super::{LEASE, WINDOW, acquire, redis_store, redis_url, unique_prefix};
+use crate::dedup::{Claim, DedupError, Store, fence_key};
+
+/// A raw connection for looking behind the store's back.
+async fn raw_redis() -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw redis connection")
+}
+
+#[tokio::test]
+async fn redis_unreachable_is_unavailable_promptly() {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        match Store::redis("redis://127.0.0.1:1/0", &unique_prefix()).await {
+            Err(err) => err,
+            Ok(store) => {
+                let key = store.key("orders", "m-1");
+                store
+                    .claim(&key, LEASE, WINDOW)
+                    .await
+                    .expect_err("claim on a dead redis")
+            }
+        }
+    })
+    .await;
+    let err = outcome.expect("an unreachable redis must fail within 5 s");
+    assert!(matches!(err, DedupError::Unavailable(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("dedup store unavailable: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("127.0.0.1:1"),
+        "names the store: {message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn redis_invalid_url_is_reported_without_credentials() {
+    let err = Store::redis("redis://user:secret@localhost:notaport/0", "warren")
+        .await
+        .expect_err("a url with a bad port");
+    assert!(matches!(err, DedupError::InvalidUrl { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(!message.contains("secret"), "{message}");
+    assert!(
+        message.contains("localhost:notaport"),
+        "names the url: {message}"
+    );
+}
+
+#[tokio::test]
+async fn redis_describe_names_the_server_and_prefix() {
+    let prefix = unique_prefix();
+    let store = Store::redis("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("connect");
+    assert_eq!(
+        store.describe(),
+        format!("redis redis://127.0.0.1:6379/0 (prefix {prefix})")
+    );
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn redis_wrong_type_key_is_rejected_not_unavailable() {
+    let store = redis_store().await;
+    let key = store.key("orders", "m-1");
+    let _: () = ::redis::cmd("HSET")
+        .arg(&key)
+        .arg("field")
+        .arg("value")
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("hset");
+    match store.claim(&key, LEASE, WINDOW).await {
+        Err(DedupError::Rejected { key: named, reason }) => {
+            assert_eq!(named, key);
+            assert!(reason.contains("WRONGTYPE"), "{reason}");
+        }
+        other => panic!("expected rejected, got {other:?}"),
+    }
+    // The store as a whole is fine, and so are other keys.
+    store.ping().await.expect("ping");
+    acquire(&store, &store.key("orders", "m-2"), LEASE).await;
+}
+
+#[tokio::test]
+async fn redis_scripts_reload_after_script_flush() {
+    let store = redis_store().await;
+    let _: () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("script flush");
+    // Every script must find its way back (EVALSHA, NOSCRIPT, load, EVALSHA).
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, LEASE).await;
+    assert!(store.renew(&lease, LEASE).await.expect("renew"));
+    assert!(store.complete(&lease, WINDOW).await.expect("complete"));
+    let other = acquire(&store, &store.key("orders", "m-2"), LEASE).await;
+    assert!(store.release(&other).await.expect("release"));
+}
+
+#[tokio::test]
+async fn redis_fence_counter_outlives_the_lease_by_the_window() {
+    let store = redis_store().await;
+    let mut raw = raw_redis().await;
+    let key = store.key("orders", "m-1");
+    let pttl = |name: String| {
+        let mut raw = raw.clone();
+        async move {
+            let left: i64 = ::redis::cmd("PTTL")
+                .arg(&name)
+                .query_async(&mut raw)
+                .await
+                .expect("pttl");
+            Duration::from_millis(u64::try_from(left).expect("a key with a ttl"))
+        }
+    };
+    let slack = Duration::from_secs(2);
+
+    let lease = acquire(&store, &key, Duration::from_secs(1)).await;
+    let left = pttl(fence_key(&key)).await;
+    assert!(
+        left > WINDOW && left <= WINDOW + Duration::from_secs(1),
+        "after claim: {left:?}"
+    );
+
+    // Renewing keeps the margin, so the counter moves with the lease.
+    assert!(
+        store
+            .renew(&lease, Duration::from_secs(30))
+            .await
+            .expect("renew")
+    );
+    let left = pttl(fence_key(&key)).await;
+    let want = WINDOW + Duration::from_secs(30);
+    assert!(left > want - slack && left <= want, "after renew: {left:?}");
+
+    // Completing never shortens it.
+    assert!(
+        store
+            .complete(&lease, Duration::from_secs(5))
+            .await
+            .expect("complete")
+    );
+    let left = pttl(fence_key(&key)).await;
+    assert!(left > want - slack, "after complete: {left:?}");
+    assert!(
+        pttl(key.clone()).await <= Duration::from_secs(5),
+        "the marker lives the window"
+    );
+
+    let _: () = ::redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+}
+
+/// A TCP proxy in front of the real Redis. Hung, it keeps every connection
+/// open but forwards nothing (a stalled server or a partition); healed, it
+/// closes the connections it held and forwards again.
+struct Proxy {
+    url: String,
+    hung: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        use ::redis::{ConnectionAddr, IntoConnectionInfo};
+
+        let info = redis_url().into_connection_info().expect("redis url");
+        let ConnectionAddr::Tcp(host, port) = info.addr else {
+            panic!("the proxy test needs redis over tcp, not {}", info.addr);
+        };
+        let upstream = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!(
+            "redis://{}/{}",
+            listener.local_addr().expect("proxy address"),
+            info.redis.db
+        );
+        let (hung, hung_rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (upstream, mut hung) = (upstream.clone(), hung_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    // Biased: every poll checks for a hang before it
+                    // forwards anything, so nothing sent after `hang()`
+                    // returns gets through.
+                    let hang = tokio::select! {
+                        biased;
+                        _ = hung.wait_for(|hung| *hung) => true,
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                    };
+                    if hang {
+                        let _ = hung.wait_for(|hung| !*hung).await;
+                    }
+                    // Dropping the sockets closes both sides.
+                });
+            }
+        });
+        Proxy { url, hung, accept }
+    }
+
+    fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+
+    fn heal(&self) {
+        self.hung.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stall_is_unavailable_promptly_then_recovers() {
+    let proxy = Proxy::start().await;
+    let store = Store::redis(&proxy.url, &unique_prefix())
+        .await
+        .expect("connect through the proxy");
+    let key = store.key("orders", "m-1");
+    acquire(&store, &key, LEASE).await;
+
+    // A server that stops answering fails the call within the deadline
+    // instead of holding the message.
+    proxy.hang();
+    let started = Instant::now();
+    let err = store
+        .claim(&key, LEASE, WINDOW)
+        .await
+        .expect_err("claim through a hung proxy");
+    assert!(matches!(err, DedupError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Healed, the same store reconnects by itself. The first call after the
+    // drop may still see the dead connection, so wait for a ping to pass.
+    proxy.heal();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Err(err) = store.ping().await {
+            assert!(matches!(err, DedupError::Unavailable(_)), "{err:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the store reconnects within 5 s");
+    assert!(
+        matches!(
+            store.claim(&key, LEASE, WINDOW).await,
+            Ok(Claim::Busy { .. })
+        ),
+        "the lease taken before the stall is still held"
+    );
+}

@@ -1,0 +1,201 @@
+//! Prometheus metrics: what happened to messages, per handler, and the state
+//! of the connections. Served as text by the admin endpoint.
+//!
+//! Counting is a lock-free add on a label set that is created once; the
+//! per-message cost is a hash lookup under a read lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabel {
+    pub handler: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub handler: String,
+    /// `ack`, `retry`, `dead_letter`, `dedup_hit`, `deferred`, `requeued`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub handler: String,
+    /// A [`crate::runtime::RunError::kind`], or `publish`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    pub handler: String,
+    pub digest: String,
+}
+
+/// Every metric warren exports. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub messages: Family<OutcomeLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    /// Messages handled without dedup because the store was unavailable and
+    /// the policy is `process`.
+    pub dedup_bypassed: Family<HandlerLabel, Counter>,
+    pub duration: Family<HandlerLabel, Histogram>,
+    pub in_flight: Family<HandlerLabel, Gauge>,
+    /// 1 for the live module version of each handler.
+    pub module: Family<ModuleLabels, Gauge>,
+    pub deploys: Family<HandlerLabel, Counter>,
+    pub amqp_connected: Gauge,
+    pub redis_available: Gauge,
+    pub reconnects: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("warren");
+        let messages = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "messages",
+            "Messages settled, by handler and outcome",
+            messages.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        r.register(
+            "handler_failures",
+            "Handler runs that ended without an outcome, by kind",
+            failures.clone(),
+        );
+        let dedup_bypassed = Family::<HandlerLabel, Counter>::default();
+        r.register(
+            "dedup_bypassed",
+            "Messages handled without dedup while the dedup store was unavailable",
+            dedup_bypassed.clone(),
+        );
+        let duration = Family::<HandlerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        r.register(
+            "handler_duration_seconds",
+            "Time in the sandbox per message",
+            duration.clone(),
+        );
+        let in_flight = Family::<HandlerLabel, Gauge>::default();
+        r.register("in_flight", "Messages being handled now", in_flight.clone());
+        let module = Family::<ModuleLabels, Gauge>::default();
+        r.register(
+            "module_info",
+            "The live module version (digest) of each handler",
+            module.clone(),
+        );
+        let deploys = Family::<HandlerLabel, Counter>::default();
+        r.register("deploys", "Module versions swapped in", deploys.clone());
+        let amqp_connected = Gauge::default();
+        r.register(
+            "amqp_connected",
+            "1 while connected to RabbitMQ",
+            amqp_connected.clone(),
+        );
+        let redis_available = Gauge::default();
+        r.register(
+            "redis_available",
+            "1 while the dedup store answers",
+            redis_available.clone(),
+        );
+        let reconnects = Counter::default();
+        r.register(
+            "amqp_reconnects",
+            "Connections to RabbitMQ re-established",
+            reconnects.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            messages,
+            failures,
+            dedup_bypassed,
+            duration,
+            in_flight,
+            module,
+            deploys,
+            amqp_connected,
+            redis_available,
+            reconnects,
+        }
+    }
+
+    pub fn outcome(&self, handler: &str, outcome: &str) {
+        self.messages
+            .get_or_create(&OutcomeLabels {
+                handler: handler.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn failure(&self, handler: &str, kind: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                handler: handler.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn observe(&self, handler: &str, took: Duration) {
+        self.duration
+            .get_or_create(&HandlerLabel {
+                handler: handler.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records `digest` as the live version of `handler`, replacing `old`.
+    pub fn set_module(&self, handler: &str, old: Option<&str>, digest: &str) {
+        if let Some(old) = old {
+            self.module
+                .get_or_create(&ModuleLabels {
+                    handler: handler.into(),
+                    digest: old.into(),
+                })
+                .set(0);
+        }
+        self.module
+            .get_or_create(&ModuleLabels {
+                handler: handler.into(),
+                digest: digest.into(),
+            })
+            .set(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The value of counter `messages{handler, outcome}` (for tests and
+    /// `warren status`).
+    pub fn count(&self, handler: &str, outcome: &str) -> u64 {
+        self.messages
+            .get_or_create(&OutcomeLabels {
+                handler: handler.into(),
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+}

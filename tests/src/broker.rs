@@ -1,0 +1,254 @@
+//! RabbitMQ from the test's side: publish inputs, read outputs and queue
+//! depths, and inject faults with `rabbitmqctl`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A message read back from a queue.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub headers: BTreeMap<String, AMQPValue>,
+}
+
+impl Got {
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text (strings, and integers in decimal).
+    pub fn header(&self, name: &str) -> Option<String> {
+        match self.headers.get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            AMQPValue::LongLongInt(i) => Some(i.to_string()),
+            AMQPValue::LongInt(i) => Some(i.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+/// A test's own connection to the broker.
+#[derive(Debug)]
+pub struct Rabbit {
+    _conn: Connection,
+    ch: Channel,
+}
+
+impl Rabbit {
+    pub async fn connect() -> Rabbit {
+        Self::connect_to(AMQP_URL).await
+    }
+
+    pub async fn connect_to(url: &str) -> Rabbit {
+        let conn = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name("warren-test".into()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to RabbitMQ at {url}: {e}"));
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        Rabbit { _conn: conn, ch }
+    }
+
+    /// Declares a durable queue (as warren would).
+    pub async fn declare(&self, queue: &str) {
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.ch
+            .queue_declare(queue.into(), opts, FieldTable::default())
+            .await
+            .expect("queue.declare");
+    }
+
+    /// Messages ready in `queue` (0 if it does not exist).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let out = rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next()? == queue).then(|| f.next()?.parse::<u32>().ok())?
+            })
+            .next()
+            .unwrap_or(0)
+    }
+
+    /// Ready plus unacked messages of `queue`, from the broker's own count.
+    pub async fn total(&self, queue: &str) -> u32 {
+        let out = rabbitmqctl(&["list_queues", "name", "messages"]);
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next()? == queue).then(|| f.next()?.parse::<u32>().ok())?
+            })
+            .next()
+            .unwrap_or(0)
+    }
+
+    /// Publishes persistent messages to the default exchange, each with its
+    /// message id, and waits for every confirm.
+    pub async fn publish_many(
+        &self,
+        queue: &str,
+        msgs: impl IntoIterator<Item = (Option<String>, Vec<u8>)>,
+    ) {
+        let mut pending = Vec::new();
+        for (id, body) in msgs {
+            let mut props = BasicProperties::default().with_delivery_mode(2);
+            if let Some(id) = id {
+                props = props.with_message_id(id.into());
+            }
+            let confirm = self
+                .ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await
+                .expect("basic.publish");
+            pending.push(confirm);
+            if pending.len() >= 500 {
+                for c in pending.drain(..) {
+                    assert!(c.await.expect("confirm").is_ack());
+                }
+            }
+        }
+        for c in pending {
+            assert!(c.await.expect("confirm").is_ack());
+        }
+    }
+
+    pub async fn publish(&self, queue: &str, id: &str, body: &[u8]) {
+        self.publish_many(queue, [(Some(id.to_string()), body.to_vec())])
+            .await
+    }
+
+    /// Takes every message now in `queue` (acked, so they are gone).
+    pub async fn drain(&self, queue: &str) -> Vec<Got> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            m.ack(BasicAckOptions::default()).await.expect("ack");
+            let props = &m.delivery.properties;
+            out.push(Got {
+                body: m.delivery.data.clone(),
+                message_id: props.message_id().as_ref().map(|s| s.to_string()),
+                headers: props
+                    .headers()
+                    .as_ref()
+                    .map(|h| {
+                        h.inner()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        out
+    }
+
+    /// Takes messages from `queue` until `n` arrived, or panics after
+    /// `timeout` saying how many did.
+    pub async fn collect(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Got> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let batch = self.drain(queue).await;
+            if batch.is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "only {} of {n} messages arrived in {queue} within {timeout:?}",
+                    got.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            got.extend(batch);
+        }
+        got
+    }
+
+    /// Deletes queues, ignoring ones that do not exist.
+    pub async fn delete(&self, queues: &[&str]) {
+        for q in queues {
+            let _ = self
+                .ch
+                .queue_delete((*q).into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+/// Runs `rabbitmqctl` (against the default node unless `-n` is given) and
+/// returns its stdout.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The broker-side names (`pid` column) and client-given names of the
+/// connections whose name contains `needle`.
+pub fn connections(needle: &str) -> Vec<(String, String)> {
+    rabbitmqctl(&["list_connections", "pid", "client_properties"])
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let pid = l.split_whitespace().next()?.to_string();
+            let name = l
+                .split("{\"connection_name\",\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .to_string();
+            Some((pid, name))
+        })
+        .collect()
+}
+
+/// Consumer tags on `queue`.
+pub fn consumer_tags(queue: &str) -> Vec<String> {
+    rabbitmqctl(&["list_consumers", "queue_name", "consumer_tag"])
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == queue).then(|| f.next().map(str::to_string))?
+        })
+        .collect()
+}
