@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 use crate::server::Host;
@@ -41,6 +42,11 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/handlers", get(handlers))
+        .route(
+            "/handlers/{name}/module",
+            put(deploy).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
+        .route("/handlers/{name}/rollback", post(rollback))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     axum::serve(listener, app)
@@ -69,6 +75,66 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// The largest module `PUT /handlers/NAME/module` accepts (interpreted
+/// guests carry their interpreter: tens of MiB).
+const MAX_MODULE_BYTES: usize = 256 << 20;
+
+fn find<'a>(
+    s: &'a AdminState,
+    name: &str,
+) -> Result<&'a Arc<crate::pipeline::HandlerCtx>, Response> {
+    s.host
+        .handlers
+        .iter()
+        .find(|h| h.cfg.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = s
+                .host
+                .handlers
+                .iter()
+                .map(|h| h.cfg.name.as_str())
+                .collect();
+            let body =
+                json!({ "error": format!("no handler named {name:?}; handlers: {known:?}") });
+            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        })
+}
+
+fn report(result: Result<crate::registry::DeployReport, crate::registry::DeployError>) -> Response {
+    match result {
+        Ok(r) => (StatusCode::OK, axum::Json(r)).into_response(),
+        Err(e) => {
+            let code = match e {
+                crate::registry::DeployError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                crate::registry::DeployError::NoPrevious(_) => StatusCode::CONFLICT,
+            };
+            (code, axum::Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
+}
+
+/// `PUT /handlers/NAME/module`: the body is the component.
+async fn deploy(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    report(crate::registry::deploy(&s.host.shared, h, body.to_vec(), "upload".into()).await)
+}
+
+/// `POST /handlers/NAME/rollback`.
+async fn rollback(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    report(crate::registry::rollback(&s.host.shared, h).await)
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -118,7 +184,8 @@ async fn handlers(State(s): State<AdminState>) -> Response {
             json!({
                 "name": name,
                 "queue": h.cfg.queue,
-                "digest": h.module.load().digest().to_string(),
+                "live": h.versions.info().0,
+                "previous": h.versions.info().1,
                 "counters": counts,
             })
         })

@@ -85,7 +85,9 @@ pub struct RuntimeSection {
     /// How long a graceful shutdown waits for in-flight handlers.
     #[serde(default = "defaults::shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
-    /// Where compiled modules are cached by digest; off when unset.
+    /// Where compiled modules are cached, by module hash and engine
+    /// settings; default `$XDG_CACHE_HOME/warren/modules` (or
+    /// `~/.cache/warren/modules`); `""` turns the cache off.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -129,6 +131,10 @@ pub struct Handler {
     pub dedup: Dedup,
     #[serde(default)]
     pub publish: Publish,
+    /// A message body to run through a new module version before it goes
+    /// live (at start and on deploy); the run must end without a trap.
+    /// Without it, a new version is only instantiated.
+    pub smoke_body: Option<String>,
     /// Free key/values handed to the guest through `config`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -341,6 +347,12 @@ impl Config {
             config.admin.token = Some(token);
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        config.runtime.cache_dir = match config.runtime.cache_dir.take() {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) if dir.is_relative() => Some(base.join(dir)),
+            Some(dir) => Some(dir),
+            None => default_cache_dir(&env),
+        };
         for h in &mut config.handlers {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
@@ -472,6 +484,14 @@ impl Handler {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+}
+
+/// `$XDG_CACHE_HOME/warren/modules`, or `$HOME/.cache/warren/modules`.
+fn default_cache_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("warren").join("modules"))
 }
 
 fn validate_amqp_url(url: &str) -> anyhow::Result<()> {

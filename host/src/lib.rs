@@ -10,21 +10,27 @@
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin.
 //! - [`dedup`]: the dedup store, the only module that knows Redis.
 //! - [`runtime`]: the sandbox, the only module that knows wasmtime.
+//! - [`registry`]: module versions per handler; deploy and rollback.
 //! - [`retry`]: backoff and wait-queue tiers.
 //! - [`admin`]: the HTTP admin endpoint; [`metrics`]: what it exports.
 //! - [`shutdown`]: signals fanned out to every task.
-//! - [`check`]: `warren check`.
+//! - [`watch`]: deploy when a module file changes.
+//! - [`check`]: `warren check`; [`client`]: `warren deploy`, `rollback`,
+//!   `status` against a running host.
 //! - [`logging`]: structured log set-up.
 
 pub mod admin;
 pub mod amqp;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod dedup;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod watch;

@@ -28,6 +28,30 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Upload a module to a running host and make it the handler's live
+    /// version (validated first; a refused module changes nothing).
+    Deploy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The handler to deploy to.
+        #[arg(long)]
+        handler: String,
+        /// The component file (.wasm).
+        module: PathBuf,
+    },
+    /// Make a handler's previous version live again.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        handler: String,
+    },
+    /// List a running host's handlers, their live and previous digests and
+    /// counters.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Compile a handler module, check it against the warren:handler world,
     /// and print its digest, size, imports, exports and compile time.
     Check {
@@ -36,11 +60,50 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// The host's admin endpoint.
+    #[arg(
+        long,
+        env = "WARREN_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    admin: String,
+    /// Bearer token, when the endpoint requires one.
+    #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(self) -> warren::client::Admin {
+        warren::client::Admin {
+            url: self.admin,
+            token: self.token,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     warren::logging::init();
     let result = match cli.command {
         Command::Run { config } => run(config),
+        Command::Deploy {
+            admin,
+            handler,
+            module,
+        } => admin
+            .client()
+            .deploy(&handler, &module)
+            .map(|r| print!("{}", warren::client::describe_report(&r))),
+        Command::Rollback { admin, handler } => admin
+            .client()
+            .rollback(&handler)
+            .map(|r| print!("{}", warren::client::describe_report(&r))),
+        Command::Status { admin } => admin
+            .client()
+            .status()
+            .map(|r| print!("{}", warren::client::describe_status(&r))),
         Command::Check { module } => Runtime::new(RuntimeConfig {
             max_instances: 1,
             ..Default::default()
@@ -77,6 +140,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             tracing::info!(listen = %listener.local_addr()?, "admin endpoint up");
             tokio::spawn(warren::admin::serve(listener, host.clone(), config.admin.token.clone(), signal.clone()));
         }
+        let _watcher = warren::watch::start(host.shared.clone(), host.handlers.clone())?;
         host.serve(&config).await?;
         tracing::info!("warren stopped");
         Ok(())

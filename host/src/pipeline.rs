@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
@@ -23,6 +22,7 @@ use crate::amqp::{DeadLetter, Inbound, Publisher, Topology};
 use crate::config::{self, DedupKey, MissingKey, OnUnavailable};
 use crate::dedup::{Claim, DedupError, Lease, Store};
 use crate::metrics::Metrics;
+use crate::registry::Versions;
 use crate::retry;
 use crate::runtime::{Completed, HandlerEnv, Module, Outcome, RunError, Runtime};
 
@@ -67,9 +67,10 @@ impl Health {
 pub struct HandlerCtx {
     pub cfg: config::Handler,
     pub env: Arc<HandlerEnv>,
-    /// The live version. A deploy swaps it; a message loads it once when its
-    /// run starts, so it finishes on the version it started with.
-    pub module: ArcSwap<Module>,
+    /// The live version and its history. A deploy swaps it; a message loads
+    /// it once when its run starts, so it finishes on the version it started
+    /// with.
+    pub versions: Versions,
     pub topology: Topology,
     /// `consumers` permits: messages in flight at once in this process.
     pub concurrency: Arc<Semaphore>,
@@ -141,7 +142,7 @@ impl Pipeline<'_> {
         }
 
         // 3. Run the handler on the live version, renewing the lease.
-        let module = self.h.module.load_full();
+        let module = self.h.versions.live();
         let message = msg.to_message(key.clone(), lease.as_ref().map_or(0, |l| l.fencing_token));
         let renewal = lease
             .clone()

@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -23,6 +22,7 @@ use crate::config::{Config, QueueType};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
 use crate::pipeline::{HandlerCtx, Health, Shared, process};
+use crate::registry::{self, Versions};
 use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
 
@@ -40,7 +40,9 @@ impl Host {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let instances: u32 = config.handlers.iter().map(|h| h.consumers).sum();
+        // One instance per message in flight, plus one so a deploy's smoke
+        // test does not wait for a busy handler to finish a message.
+        let instances: u32 = config.handlers.iter().map(|h| h.consumers).sum::<u32>() + 1;
         let max_memory = config
             .handlers
             .iter()
@@ -50,7 +52,11 @@ impl Host {
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: instances,
             max_memory_bytes: max_memory << 20,
+            cache_dir: config.runtime.cache_dir.clone(),
         })?;
+        if let Some(dir) = &config.runtime.cache_dir {
+            tracing::info!(dir = %dir.display(), "compiled modules are cached on disk");
+        }
 
         let metrics = Metrics::new();
         let mut handlers = Vec::new();
@@ -69,14 +75,6 @@ impl Host {
                     h.module.display()
                 )
             })?;
-            tracing::info!(
-                handler = %h.name,
-                module = %module.digest(),
-                path = %h.module.display(),
-                compile_ms = module.compile_time().as_millis() as u64,
-                "module loaded"
-            );
-            metrics.set_module(&h.name, None, module.digest().hex());
             let env = HandlerEnv {
                 name: h.name.clone(),
                 config: h.config.clone(),
@@ -87,6 +85,30 @@ impl Host {
                     ..Limits::default()
                 },
             };
+            let env = Arc::new(env);
+            let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
+            let permit = runtime
+                .try_acquire()
+                .expect("no message runs before start-up ends");
+            runtime
+                .smoke(&module, &env, smoke.as_ref(), &permit)
+                .with_context(|| {
+                    format!(
+                        "handler {:?}: module {} fails its smoke test",
+                        h.name,
+                        h.module.display()
+                    )
+                })?;
+            drop(permit);
+            tracing::info!(
+                handler = %h.name,
+                module = %module.digest(),
+                path = %h.module.display(),
+                compile_ms = module.compile_time().as_millis() as u64,
+                compiled_by = if module.from_cache() { "disk-cache" } else { "cranelift" },
+                "module loaded"
+            );
+            metrics.set_module(&h.name, None, module.digest().hex());
             handlers.push(Arc::new(HandlerCtx {
                 topology: Topology {
                     queue: h.queue.clone(),
@@ -99,8 +121,8 @@ impl Host {
                     }),
                 },
                 concurrency: Arc::new(Semaphore::new(h.consumers as usize)),
-                module: ArcSwap::from_pointee(module),
-                env: Arc::new(env),
+                versions: Versions::new(module, format!("file {}", h.module.display())),
+                env,
                 cfg: h.clone(),
             }));
         }

@@ -26,7 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store, Trap,
 };
 
 pub use bindings::{
@@ -57,6 +58,10 @@ pub struct RuntimeConfig {
     /// The largest linear memory any handler may be given; per-handler caps
     /// ([`Limits::memory_bytes`]) must not exceed it.
     pub max_memory_bytes: usize,
+    /// Where compiled code is cached on disk, keyed by the module's hash
+    /// and the engine's settings, so a restart skips Cranelift; none to
+    /// compile every time.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -64,6 +69,7 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 16,
             max_memory_bytes: 256 << 20,
+            cache_dir: None,
         }
     }
 }
@@ -167,6 +173,7 @@ struct ModuleInner {
     digest: Digest,
     size: usize,
     compile_time: Duration,
+    from_cache: bool,
     pre: HandlerPre<State>,
     imports: Vec<String>,
     exports: Vec<String>,
@@ -191,6 +198,10 @@ impl Module {
     /// Time spent compiling and linking it.
     pub fn compile_time(&self) -> Duration {
         self.inner.compile_time
+    }
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.inner.from_cache
     }
     /// The names of the component's imports (interfaces), as the file lists them.
     pub fn imports(&self) -> &[String] {
@@ -256,6 +267,11 @@ pub struct Runtime {
     linker: Arc<Linker<State>>,
     permits: Arc<Semaphore>,
     config: RuntimeConfig,
+    /// Compiles one at a time, so the cache's hit counter tells whether a
+    /// given compile was a hit (and Cranelift does not take every core from
+    /// the message path twice over).
+    compiling: Arc<std::sync::Mutex<()>>,
+    cache: Option<Cache>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -295,6 +311,21 @@ impl Runtime {
             .table_keep_resident(KEEP_RESIDENT / 16);
 
         let mut cfg = Config::new();
+        let mut cache = None;
+        if let Some(dir) = &config.cache_dir {
+            let mut settings = CacheConfig::new();
+            settings.with_directory(dir);
+            let made = Cache::new(settings)
+                .map_err(anyhow::Error::from)
+                .map_err(|e| {
+                    e.context(format!(
+                        "cannot use module cache directory {}",
+                        dir.display()
+                    ))
+                })?;
+            cfg.cache(Some(made.clone()));
+            cache = Some(made);
+        }
         cfg.epoch_interruption(true)
             .memory_init_cow(true)
             .parallel_compilation(true)
@@ -313,6 +344,8 @@ impl Runtime {
             linker: Arc::new(linker),
             permits: Arc::new(Semaphore::new(n as usize)),
             config,
+            compiling: Arc::default(),
+            cache,
         })
     }
 
@@ -331,8 +364,14 @@ impl Runtime {
             return Err(LoadError::CoreModule);
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("{:#}", anyhow::Error::from(e))))?;
+        let (component, from_cache) = {
+            let _one_at_a_time = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+            let hits = self.cache.as_ref().map_or(0, Cache::cache_hits);
+            let component = Component::new(&self.engine, bytes)
+                .map_err(|e| LoadError::Invalid(format!("{:#}", anyhow::Error::from(e))))?;
+            let hit = self.cache.as_ref().is_some_and(|c| c.cache_hits() > hits);
+            (component, hit)
+        };
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
@@ -357,6 +396,7 @@ impl Runtime {
                 digest: Digest::of(bytes),
                 size: bytes.len(),
                 compile_time: started.elapsed(),
+                from_cache,
                 pre,
                 imports,
                 exports,
@@ -379,6 +419,39 @@ impl Runtime {
     /// A permit if one is free now.
     pub fn try_acquire(&self) -> Option<Permit> {
         self.permits.clone().try_acquire_owned().ok().map(Permit)
+    }
+
+    /// Instantiates `module` once as `env`'s handler would be, and, given a
+    /// smoke message, runs it: the check before a version goes live.
+    /// Publishes are discarded; the outcome does not matter, only that the
+    /// run ends without a trap. Blocking, like [`Runtime::run`].
+    pub fn smoke(
+        &self,
+        module: &Module,
+        env: &Arc<HandlerEnv>,
+        msg: Option<&Message>,
+        permit: &Permit,
+    ) -> Result<(), RunError> {
+        if let Some(msg) = msg {
+            return self.run(module, env, msg, permit).map(|_| ());
+        }
+        let state = State::new(
+            env.clone(),
+            env.limits,
+            "smoke".into(),
+            module.digest().short().into(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(env.limits.timeout));
+        store.epoch_deadline_trap();
+        match module.inner.pre.instantiate(&mut store) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let hit = store.data().limiter.hit;
+                Err(classify(e, true, hit, &env.limits, &[]))
+            }
+        }
     }
 
     /// Runs one message in a fresh instance. Blocking: call it from a blocking

@@ -1,0 +1,146 @@
+//! The admin endpoint from the command line: `warren deploy`, `rollback` and
+//! `status` talk to a running host over HTTP.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Where and how to reach a running host's admin endpoint.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Admin {
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    fn finish(
+        &self,
+        what: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut resp = result
+            .with_context(|| format!("cannot reach the admin endpoint at {} ({what})", self.url))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or(Value::String(text.trim().to_string()));
+        if !status.is_success() {
+            let msg = body
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
+            bail!("{what} failed ({status}): {msg}");
+        }
+        Ok(body)
+    }
+
+    /// `PUT /handlers/NAME/module` with the file's bytes.
+    pub fn deploy(&self, handler: &str, file: &Path) -> anyhow::Result<Value> {
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("cannot read module {}", file.display()))?;
+        let mut req = Self::agent().put(format!(
+            "{}/handlers/{handler}/module",
+            self.url.trim_end_matches('/')
+        ));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(
+            &format!("deploy of {} to handler {handler:?}", file.display()),
+            req.send(&bytes[..]),
+        )
+    }
+
+    /// `POST /handlers/NAME/rollback`.
+    pub fn rollback(&self, handler: &str) -> anyhow::Result<Value> {
+        let mut req = Self::agent().post(format!(
+            "{}/handlers/{handler}/rollback",
+            self.url.trim_end_matches('/')
+        ));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(
+            &format!("rollback of handler {handler:?}"),
+            req.send_empty(),
+        )
+    }
+
+    /// `GET /handlers`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let mut req = Self::agent().get(format!("{}/handlers", self.url.trim_end_matches('/')));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish("status", req.call())
+    }
+}
+
+/// The lines `warren deploy` and `warren rollback` print for a report.
+pub fn describe_report(r: &Value) -> String {
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    if r.get("swapped").and_then(Value::as_bool) == Some(false) {
+        return format!(
+            "handler {}: {} is already live; nothing changed\n",
+            s("handler"),
+            s("new_digest")
+        );
+    }
+    format!(
+        "handler {}: deployed\n  old:     {}\n  new:     {}\n  compile: {:.1} ms ({})\n  swap:    {:.1} us\n",
+        s("handler"),
+        s("old_digest"),
+        s("new_digest"),
+        f("compile_ms"),
+        s("compiled_by"),
+        f("swap_us"),
+    )
+}
+
+/// The table `warren status` prints.
+pub fn describe_status(handlers: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:<24} {:<20} {:<20} {}\n",
+        "HANDLER", "QUEUE", "LIVE", "PREVIOUS", "COUNTERS"
+    );
+    for h in handlers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let short = |v: Option<&Value>| {
+            v.and_then(|v| v.get("digest"))
+                .and_then(Value::as_str)
+                .map_or("-".to_string(), |d| d.chars().take(19).collect())
+        };
+        let counters = h
+            .get("counters")
+            .and_then(Value::as_object)
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out += &format!(
+            "{:<16} {:<24} {:<20} {:<20} {}\n",
+            h.get("name").and_then(Value::as_str).unwrap_or("?"),
+            h.get("queue").and_then(Value::as_str).unwrap_or("?"),
+            short(h.get("live")),
+            short(h.get("previous")),
+            counters
+        );
+    }
+    out
+}
