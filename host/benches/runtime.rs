@@ -1,5 +1,6 @@
-//! One message through the sandbox: instantiate, call `handle`, drop, for
-//! each built guest, printing median and p99 per message.
+//! One message through the sandbox, for each built guest, in both instance
+//! modes: per-message (instantiate, call `handle`, drop) and reuse (call
+//! `handle` on a warm instance), printing median and p99 per message.
 //!
 //! Run with `cargo bench -p warren --bench runtime` after
 //! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
@@ -10,11 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::runtime::{HandlerEnv, Headers, Limits, Message, Outcome, Runtime, RuntimeConfig};
+use warren::runtime::{
+    HandlerEnv, Headers, Limits, Message, Outcome, Runtime, RuntimeConfig, WarmInstances,
+};
 
 fn message() -> Message {
     Message {
-        body: vec![b'x'; 256],
+        // A 256-byte JSON object: echo copies anything, enrich wants an object.
+        body: format!("{{\"id\":\"bench-1\",\"pad\":\"{}\"}}", "x".repeat(231)).into_bytes(),
         content_type: Some("application/octet-stream".into()),
         content_encoding: None,
         message_id: Some("bench-1".into()),
@@ -72,12 +76,11 @@ fn main() -> anyhow::Result<()> {
     });
     let msg = message();
 
+    println!("one message through the runtime, {iters} messages per guest and mode:");
+    println!("  per-message: fresh instance + handle() + drop; reuse: handle() on a warm instance");
     println!(
-        "one message through the runtime: fresh instance + handle() + drop, {iters} messages per guest"
-    );
-    println!(
-        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "guest", "size", "compile", "median", "p99", "mean"
+        "{:<16} {:>10} {:>11} {:>12} {:>12} {:>12} {:>12}",
+        "guest", "size", "compile", "mode", "median", "p99", "mean"
     );
     for name in &guests {
         let path = root.join(format!("{name}.wasm"));
@@ -89,36 +92,48 @@ fn main() -> anyhow::Result<()> {
         })?;
         let module = rt.compile(&bytes)?;
         let permit = rt.try_acquire().expect("a free permit");
-        // Warm up: page in the code and the pool's slots.
-        for _ in 0..iters / 10 {
-            rt.run(&module, &env, &msg, &permit)?;
-        }
-        let mut times = Vec::with_capacity(iters);
-        for i in 0..iters {
-            let t = Instant::now();
-            let done = rt.run(&module, &env, &msg, &permit)?;
-            times.push(t.elapsed());
-            anyhow::ensure!(
-                done.outcome == Outcome::Ack,
-                "{name} did not ack: {:?}",
-                done.outcome
-            );
-            if i % (iters / 4).max(1) == 0 {
-                eprint!(".");
+        let warm = WarmInstances::default();
+        for reuse in [false, true] {
+            let once = || {
+                if reuse {
+                    rt.run_warm(&module, &env, &msg, &permit, &warm, u32::MAX)
+                } else {
+                    rt.run(&module, &env, &msg, &permit)
+                }
+            };
+            // Warm up: page in the code and the pool's slots.
+            for _ in 0..iters / 10 {
+                once()?;
             }
+            let mut times = Vec::with_capacity(iters);
+            for i in 0..iters {
+                let t = Instant::now();
+                let done = once()?;
+                times.push(t.elapsed());
+                anyhow::ensure!(
+                    done.outcome == Outcome::Ack,
+                    "{name} did not ack: {:?}",
+                    done.outcome
+                );
+                if i % (iters / 4).max(1) == 0 {
+                    eprint!(".");
+                }
+            }
+            eprintln!();
+            let mean = times.iter().sum::<Duration>() / iters as u32;
+            times.sort();
+            println!(
+                "{:<16} {:>10} {:>11} {:>12} {:>12} {:>12} {:>12}",
+                name,
+                format!("{} KiB", module.size() / 1024),
+                format!("{:.1} ms", module.compile_time().as_secs_f64() * 1e3),
+                if reuse { "reuse" } else { "per-message" },
+                us(percentile(&times, 0.5)),
+                us(percentile(&times, 0.99)),
+                us(mean),
+            );
         }
-        eprintln!();
-        let mean = times.iter().sum::<Duration>() / iters as u32;
-        times.sort();
-        println!(
-            "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}",
-            name,
-            format!("{} KiB", module.size() / 1024),
-            format!("{:.1} ms", module.compile_time().as_secs_f64() * 1e3),
-            us(percentile(&times, 0.5)),
-            us(percentile(&times, 0.99)),
-            us(mean),
-        );
+        warm.clear();
     }
     Ok(())
 }

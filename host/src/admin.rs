@@ -84,7 +84,7 @@ const MAX_MODULE_BYTES: usize = 256 << 20;
 fn find<'a>(
     s: &'a AdminState,
     name: &str,
-) -> Result<&'a Arc<crate::pipeline::HandlerCtx>, Response> {
+) -> Result<&'a Arc<crate::pipeline::HandlerCtx>, Box<Response>> {
     s.host
         .handlers
         .iter()
@@ -98,7 +98,7 @@ fn find<'a>(
                 .collect();
             let body =
                 json!({ "error": format!("no handler named {name:?}; handlers: {known:?}") });
-            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+            Box::new((StatusCode::NOT_FOUND, axum::Json(body)).into_response())
         })
 }
 
@@ -123,7 +123,7 @@ async fn deploy(
 ) -> Response {
     let h = match find(&s, &name) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     report(crate::registry::deploy(&s.host.shared, h, body.to_vec(), "upload".into()).await)
 }
@@ -132,7 +132,7 @@ async fn deploy(
 async fn rollback(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     let h = match find(&s, &name) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     report(crate::registry::rollback(&s.host.shared, h).await)
 }

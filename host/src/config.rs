@@ -131,6 +131,14 @@ pub struct Handler {
     pub dedup: Dedup,
     #[serde(default)]
     pub publish: Publish,
+    /// `per-message` (default): a fresh instance per message, nothing
+    /// carries over. `reuse`: an instance serves up to `reuse_max`
+    /// messages (a fresh one after any trap); far cheaper for interpreted
+    /// guests, at the price of state carrying over between messages.
+    #[serde(default)]
+    pub instances: Instances,
+    #[serde(default = "defaults::reuse_max")]
+    pub reuse_max: u32,
     /// A message body to run through a new module version before it goes
     /// live (at start and on deploy); the run must end without a trap.
     /// Without it, a new version is only instantiated.
@@ -138,6 +146,14 @@ pub struct Handler {
     /// Free key/values handed to the guest through `config`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    #[default]
+    PerMessage,
+    Reuse,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -285,6 +301,9 @@ mod defaults {
     }
     pub fn timeout_ms() -> u64 {
         5_000
+    }
+    pub fn reuse_max() -> u32 {
+        1000
     }
     pub fn memory_mb() -> u32 {
         64

@@ -24,7 +24,7 @@ use crate::dedup::{Claim, DedupError, Lease, Store};
 use crate::metrics::Metrics;
 use crate::registry::Versions;
 use crate::retry;
-use crate::runtime::{Completed, HandlerEnv, Module, Outcome, RunError, Runtime};
+use crate::runtime::{Completed, HandlerEnv, Module, Outcome, RunError, Runtime, WarmInstances};
 
 /// What every message of the process shares.
 #[derive(Debug)]
@@ -72,6 +72,8 @@ pub struct HandlerCtx {
     /// with.
     pub versions: Versions,
     pub topology: Topology,
+    /// Idle instances kept for the next message (`instances = "reuse"`).
+    pub warm: Arc<WarmInstances>,
     /// `consumers` permits: messages in flight at once in this process.
     pub concurrency: Arc<Semaphore>,
 }
@@ -162,7 +164,7 @@ impl Pipeline<'_> {
                 let base = key.unwrap_or_else(|| output_id_base(&msg));
                 for (i, out) in publishes.iter().enumerate() {
                     let id = output_message_id(self.name(), &base, i);
-                    if let Err(e) = self.publisher.output(out, &id).await {
+                    if let Err(e) = self.publisher.output(out, &id, &digest).await {
                         self.shared.metrics.failure(self.name(), "publish");
                         tracing::warn!(handler = self.name(), error = %e, output = i, "output not confirmed; input will be retried");
                         self.release(renewal, lease.as_ref()).await;
@@ -304,13 +306,18 @@ impl Pipeline<'_> {
             })
             .clone();
         gauge.inc();
-        let result = tokio::task::spawn_blocking(move || rt.run(&module, &env, &message, &permit))
-            .await
-            .unwrap_or_else(|e| {
-                Err(RunError::Trap {
-                    message: format!("host task failed: {e}"),
-                })
-            });
+        let reuse = (self.h.cfg.instances == config::Instances::Reuse)
+            .then(|| (self.h.warm.clone(), self.h.cfg.reuse_max));
+        let result = tokio::task::spawn_blocking(move || match reuse {
+            Some((warm, max)) => rt.run_warm(&module, &env, &message, &permit, &warm, max),
+            None => rt.run(&module, &env, &message, &permit),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(RunError::Trap {
+                message: format!("host task failed: {e}"),
+            })
+        });
         gauge.dec();
         result
     }

@@ -121,6 +121,7 @@ impl Host {
                     }),
                 },
                 concurrency: Arc::new(Semaphore::new(h.consumers as usize)),
+                warm: Arc::default(),
                 versions: Versions::new(module, format!("file {}", h.module.display())),
                 env,
                 cfg: h.clone(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use warren::runtime::{
     Completed, HandlerEnv, Limits, Module, Outcome, Retry, RunError, Runtime, RuntimeConfig,
+    WarmInstances,
 };
 use warren_tests::{guest, message};
 
@@ -17,6 +18,7 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
     let rt = Runtime::new(RuntimeConfig {
         max_instances: 2,
         max_memory_bytes: 64 << 20,
+        ..Default::default()
     })
     .unwrap();
     let bytes = std::fs::read(guest("sandbox")).unwrap();
@@ -237,4 +239,36 @@ fn config_values_reach_the_guest() {
     // The body says ack, the config says reject: config wins in this guest.
     let done = run(&rt, &module, &env, "ack").unwrap();
     assert!(matches!(done.outcome, Outcome::Reject(_)));
+}
+
+fn count(done: &Completed) -> String {
+    String::from_utf8(done.publishes[0].body.clone()).unwrap()
+}
+
+#[test]
+fn per_message_instances_share_nothing() {
+    let (rt, module, env) = setup();
+    for _ in 0..3 {
+        assert_eq!(count(&run(&rt, &module, &env, "count").unwrap()), "count 1");
+    }
+}
+
+#[test]
+fn reused_instances_carry_state_until_max_uses_or_a_trap() {
+    let (rt, module, env) = setup();
+    let warm = WarmInstances::default();
+    let run_warm = |body: &str| {
+        let permit = rt.try_acquire().unwrap();
+        rt.run_warm(&module, &env, &message(body), &permit, &warm, 3)
+    };
+    // One instance serves three messages, then a fresh one takes over.
+    let seen: Vec<String> = (0..4).map(|_| count(&run_warm("count").unwrap())).collect();
+    assert_eq!(seen, ["count 1", "count 2", "count 3", "count 1"]);
+    // A trap throws the instance away.
+    assert!(matches!(run_warm("panic"), Err(RunError::Trap { .. })));
+    assert_eq!(count(&run_warm("count").unwrap()), "count 1");
+    // Per-message state (publishes, log counters) starts from zero each time.
+    let done = run_warm("publish3").unwrap();
+    assert_eq!(done.publishes.len(), 3);
+    assert_eq!(count(&run_warm("count").unwrap()), "count 2");
 }

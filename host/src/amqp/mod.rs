@@ -34,6 +34,10 @@ pub const H_EXCHANGE: &str = "x-warren-exchange";
 /// Header: the routing key the message was first published with.
 pub const H_ROUTING_KEY: &str = "x-warren-routing-key";
 
+/// Header: the digest of the module version that produced an output, or
+/// that last handled a dead-lettered message.
+pub const H_MODULE: &str = "x-warren-module";
+
 /// What to declare for one handler.
 #[derive(Debug, Clone)]
 pub struct Topology {

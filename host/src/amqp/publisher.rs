@@ -14,7 +14,7 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use super::consumer::Inbound;
 use super::convert::outbound_properties;
-use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
+use super::{H_ATTEMPT, H_EXCHANGE, H_MODULE, H_ROUTING_KEY};
 use crate::runtime::Outbound;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +115,18 @@ impl Publisher {
         }
     }
 
-    /// Publishes a guest's output with its deterministic message id.
-    pub async fn output(&self, o: &Outbound, message_id: &str) -> Result<(), PublishError> {
-        let props = outbound_properties(o, message_id).map_err(PublishError::Invalid)?;
+    /// Publishes a guest's output with its deterministic message id and, in
+    /// `x-warren-module`, the digest of the module version that produced it.
+    pub async fn output(
+        &self,
+        o: &Outbound,
+        message_id: &str,
+        module: &str,
+    ) -> Result<(), PublishError> {
+        let mut props = outbound_properties(o, message_id).map_err(PublishError::Invalid)?;
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
+        props = props.with_headers(headers);
         self.publish(&o.exchange, &o.routing_key, &o.body, props, true)
             .await
     }
@@ -166,7 +175,7 @@ impl Publisher {
         headers.insert("x-warren-reason".into(), text(dl.reason));
         headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(dl.attempt as i64));
         if let Some(m) = dl.module {
-            headers.insert("x-warren-module".into(), text(m));
+            headers.insert(H_MODULE.into(), text(m));
         }
         headers.insert("x-warren-host".into(), text(dl.host));
         headers.insert(H_EXCHANGE.into(), text(&msg.original_exchange()));

@@ -463,30 +463,78 @@ impl Runtime {
         msg: &Message,
         _permit: &Permit,
     ) -> Result<Completed, RunError> {
+        self.run_in(module, env, msg, None)
+    }
+
+    /// Runs one message in a warm instance of `module` from `warm` if there
+    /// is one, else in a fresh one, and keeps the instance for the next
+    /// message unless it trapped or has served `max_uses` messages. Guest
+    /// state (globals, the heap) carries over between those messages: the
+    /// handler's `instances = "reuse"` setting opts into that for speed.
+    pub fn run_warm(
+        &self,
+        module: &Module,
+        env: &Arc<HandlerEnv>,
+        msg: &Message,
+        _permit: &Permit,
+        warm: &WarmInstances,
+        max_uses: u32,
+    ) -> Result<Completed, RunError> {
+        self.run_in(module, env, msg, Some((warm, max_uses)))
+    }
+
+    fn run_in(
+        &self,
+        module: &Module,
+        env: &Arc<HandlerEnv>,
+        msg: &Message,
+        reuse: Option<(&WarmInstances, u32)>,
+    ) -> Result<Completed, RunError> {
         let limits = env.limits;
         let message_id: Arc<str> = msg.message_id.as_deref().unwrap_or("-").into();
-        let state = State::new(
-            env.clone(),
-            limits,
-            message_id,
-            module.digest().short().into(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let taken = reuse.and_then(|(w, _)| w.take(module.digest()));
+        let (mut store, warm_handler, served) = match taken {
+            Some(w) => {
+                let mut store = w.store;
+                store.data_mut().begin(message_id);
+                (store, Some(w.handler), w.served)
+            }
+            None => {
+                let state = State::new(
+                    env.clone(),
+                    limits,
+                    message_id,
+                    module.digest().short().into(),
+                );
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                store.epoch_deadline_trap();
+                (store, None, 0)
+            }
+        };
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        store.epoch_deadline_trap();
 
-        let result = module
-            .inner
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| (true, e))
-            .and_then(|h| h.call_handle(&mut store, msg).map_err(|e| (false, e)));
+        let result = match warm_handler {
+            Some(h) => Ok(h),
+            None => module
+                .inner
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| (true, e)),
+        }
+        .and_then(|h| {
+            h.call_handle(&mut store, msg)
+                .map(|o| (h, o))
+                .map_err(|e| (false, e))
+        });
 
-        let state = store.into_data();
+        let state = store.data_mut();
         let stdout = state.stdout.take();
         let stderr = state.stderr.take();
         let stdio_dropped = stdout.dropped + stderr.dropped;
+        let log_dropped = state.log_dropped;
+        let memory_cap_hit = state.limiter.hit;
+        let publishes = std::mem::take(&mut state.published);
         let tag = (
             &*env.name,
             msg.message_id.as_deref().unwrap_or("-"),
@@ -502,31 +550,89 @@ impl Runtime {
                 );
             }
         }
-        if state.log_dropped > 0 {
+        if log_dropped > 0 {
             tracing::warn!(
                 handler = tag.0,
                 message_id = tag.1,
                 module = tag.2,
-                dropped = state.log_dropped,
+                dropped = log_dropped,
                 cap_bytes = limits.log_bytes,
                 "guest log lines dropped past the per-message cap"
             );
         }
         match result {
-            Ok(outcome) => Ok(Completed {
-                outcome,
-                publishes: state.published,
-                logs_dropped: state.log_dropped,
-                stdio_dropped,
-            }),
+            Ok((handler, outcome)) => {
+                if let Some((warm, max_uses)) = reuse
+                    && served + 1 < max_uses
+                {
+                    warm.put(Warm {
+                        store,
+                        handler,
+                        digest: module.digest().clone(),
+                        served: served + 1,
+                    });
+                }
+                Ok(Completed {
+                    outcome,
+                    publishes,
+                    logs_dropped: log_dropped,
+                    stdio_dropped,
+                })
+            }
+            // A trapped instance is never reused: dropping the store here
+            // is what gives the next message a fresh one.
             Err((during_instantiate, err)) => Err(classify(
                 err,
                 during_instantiate,
-                state.limiter.hit,
+                memory_cap_hit,
                 &limits,
                 &stderr.bytes,
             )),
         }
+    }
+}
+
+/// Idle warm instances of one handler, for `instances = "reuse"`. Holds at
+/// most as many as the handler has messages in flight, so together with
+/// the running ones they never exceed the pool's share the permits allow.
+#[derive(Default)]
+pub struct WarmInstances {
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+impl fmt::Debug for WarmInstances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("WarmInstances").field("idle", &n).finish()
+    }
+}
+
+struct Warm {
+    store: Store<State>,
+    handler: Handler,
+    digest: Digest,
+    served: u32,
+}
+
+impl WarmInstances {
+    /// An idle instance of the module with `digest`; idle instances of other
+    /// versions (left from before a deploy) are dropped on the way.
+    fn take(&self, digest: &Digest) -> Option<Warm> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|w| &w.digest == digest);
+        idle.pop()
+    }
+
+    fn put(&self, warm: Warm) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(warm);
+    }
+
+    /// Drops every idle instance.
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 

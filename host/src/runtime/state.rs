@@ -70,6 +70,19 @@ impl State {
     }
 }
 
+impl State {
+    /// Readies a reused store for its next message: what the host counts per
+    /// message starts from zero again.
+    pub(super) fn begin(&mut self, message_id: Arc<str>) {
+        self.message_id = message_id;
+        self.published.clear();
+        self.published_bytes = 0;
+        self.log_bytes = 0;
+        self.log_dropped = 0;
+        self.limiter.hit = false;
+    }
+}
+
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

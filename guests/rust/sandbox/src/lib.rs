@@ -7,6 +7,8 @@
 //! exchange): the body, or for `retry-twice` the attempt that acked.
 //!
 //! - `ack`: ack.
+//! - `count`: publish `count N` to `sandbox.count`, N being how many
+//!   messages this instance has served, then ack.
 //! - `panic`: panic (a trap).
 //! - `loop`: spin forever (stopped by the CPU deadline).
 //! - `oom`: allocate until the memory cap stops it.
@@ -24,11 +26,15 @@
 //! - `sleep:N...`: busy-wait N milliseconds of wall time, then ack.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use warren_guest::{Handler, Level, Message, Outbound, Outcome};
 
 struct Sandbox;
+
+/// Messages this instance has served (`count` mode): 1 in a fresh instance.
+static SERVED: AtomicU32 = AtomicU32::new(0);
 
 impl Handler for Sandbox {
     fn handle(msg: Message) -> Outcome {
@@ -36,6 +42,17 @@ impl Handler for Sandbox {
             .unwrap_or_else(|| String::from_utf8_lossy(&msg.body).trim().to_string());
         match mode.as_str() {
             "ack" => ack_with(msg.body),
+            "count" => {
+                let n = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+                match warren_guest::publish(Outbound::new(
+                    "",
+                    "sandbox.count",
+                    format!("count {n}"),
+                )) {
+                    Ok(()) => Outcome::Ack,
+                    Err(e) => Outcome::reject(format!("{e:?}")),
+                }
+            }
             "panic" => panic!("the sandbox guest panics on purpose"),
             "loop" => {
                 let mut n = 0u64;

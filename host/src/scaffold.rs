@@ -1,0 +1,222 @@
+//! `warren new LANG NAME`: writes a ready-to-build handler project in one of
+//! the languages warren has examples for (Rust, Python, JavaScript, C).
+//!
+//! The templates are embedded in the binary, so the command works without
+//! warren's source tree: the files under `host/templates/<lang>/`, the WIT
+//! contract (`wit/handler.wit`, copied into every project as
+//! `wit/handler.wit`), and the pieces the examples already keep pinned (the
+//! JavaScript lockfile of `guests/js/`, the C componentize tool of
+//! `guests/c/componentize/`), so a template cannot drift from the examples
+//! that CI builds. `{{name}}` in a template becomes the project's name.
+//!
+//! It does not build anything or touch the network; each project's
+//! `build.sh` does that.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+/// The languages `warren new` knows, in the order the help lists them.
+pub const LANGUAGES: [&str; 4] = ["rust", "python", "js", "c"];
+
+/// The contract, the same file for every language.
+const WIT: &str = include_str!("../../wit/handler.wit");
+
+/// A project file: its path in the project and its template text.
+type File = (&'static str, &'static str);
+
+const RUST: &[File] = &[
+    (
+        "Cargo.toml",
+        include_str!("../templates/rust/Cargo.toml.tmpl"),
+    ),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    ("build.sh", include_str!("../templates/rust/build.sh")),
+    ("README.md", include_str!("../templates/rust/README.md")),
+    (".gitignore", include_str!("../templates/rust/gitignore")),
+];
+
+const PYTHON: &[File] = &[
+    ("app.py", include_str!("../templates/python/app.py")),
+    ("build.sh", include_str!("../templates/python/build.sh")),
+    ("README.md", include_str!("../templates/python/README.md")),
+    (".gitignore", include_str!("../templates/python/gitignore")),
+];
+
+const JS: &[File] = &[
+    (
+        "package.json",
+        include_str!("../templates/js/package.json.tmpl"),
+    ),
+    // The examples' lockfile: the same pinned tools, under the project's name.
+    (
+        "package-lock.json",
+        include_str!("../../guests/js/package-lock.json"),
+    ),
+    ("handler.js", include_str!("../templates/js/handler.js")),
+    ("build.sh", include_str!("../templates/js/build.sh")),
+    ("README.md", include_str!("../templates/js/README.md")),
+    (".gitignore", include_str!("../templates/js/gitignore")),
+];
+
+const C: &[File] = &[
+    ("handler.c", include_str!("../templates/c/handler.c")),
+    ("build.sh", include_str!("../templates/c/build.sh")),
+    ("README.md", include_str!("../templates/c/README.md")),
+    (".gitignore", include_str!("../templates/c/gitignore")),
+    // The examples' build tool, lockfile included.
+    (
+        "componentize/Cargo.toml",
+        include_str!("../../guests/c/componentize/Cargo.toml"),
+    ),
+    (
+        "componentize/Cargo.lock",
+        include_str!("../../guests/c/componentize/Cargo.lock"),
+    ),
+    (
+        "componentize/src/main.rs",
+        include_str!("../../guests/c/componentize/src/main.rs"),
+    ),
+];
+
+/// The name the JavaScript examples' lockfile carries, replaced by the
+/// project's.
+const JS_LOCK_NAME: &str = "\"name\": \"warren-js-handlers\"";
+
+/// Writes a new `lang` handler project called `name` into `dest` and returns
+/// the paths of the files written. `dest` may exist only as an empty
+/// directory. The name must suit every language's package rules: a lowercase
+/// letter, then lowercase letters, digits, `-` or `_`.
+pub fn scaffold(lang: &str, name: &str, dest: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files = match lang {
+        "rust" => RUST,
+        "python" => PYTHON,
+        "js" => JS,
+        "c" => C,
+        _ => bail!(
+            "unknown handler language {lang:?}: warren new knows {}",
+            LANGUAGES.join(", ")
+        ),
+    };
+    check_name(name)?;
+    if dest.exists() {
+        let mut entries = std::fs::read_dir(dest)
+            .with_context(|| format!("{} exists and is not a directory", dest.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{} already exists and is not empty: give a new or empty directory",
+                dest.display()
+            );
+        }
+    }
+
+    let mut written = Vec::new();
+    let wit = [("wit/handler.wit", WIT)];
+    for &(rel, template) in files.iter().chain(&wit) {
+        let mut text = template.replace("{{name}}", name);
+        if rel == "package-lock.json" {
+            text = text.replacen(JS_LOCK_NAME, &format!("\"name\": \"{name}\""), 2);
+        }
+        let path = dest.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        if rel.ends_with(".sh") {
+            make_executable(&path)?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !ok {
+        bail!(
+            "invalid handler name {name:?}: use a lowercase letter, then lowercase letters, digits, '-' or '_' (at most 64)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}
+
+#[cfg(not(unix))]
+fn make_executable(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_gets_the_wit_a_build_script_and_a_readme() {
+        for lang in LANGUAGES {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("proj");
+            let files = scaffold(lang, "my-handler", &dest).unwrap();
+            for want in ["wit/handler.wit", "build.sh", "README.md", ".gitignore"] {
+                assert!(files.contains(&dest.join(want)), "{lang}: no {want}");
+            }
+            for f in &files {
+                let text = std::fs::read_to_string(f).unwrap();
+                assert!(
+                    !text.contains("{{name}}"),
+                    "{lang}: {} keeps a placeholder",
+                    f.display()
+                );
+            }
+            let readme = std::fs::read_to_string(dest.join("README.md")).unwrap();
+            assert!(readme.starts_with("# my-handler\n"), "{lang}");
+            assert!(readme.contains("warren check my-handler.wasm"), "{lang}");
+        }
+    }
+
+    #[test]
+    fn js_lockfile_carries_the_project_name() {
+        let dir = tempfile::tempdir().unwrap();
+        scaffold("js", "orders", dir.path()).unwrap();
+        let lock = std::fs::read_to_string(dir.path().join("package-lock.json")).unwrap();
+        assert!(!lock.contains("warren-js-handlers"));
+        assert_eq!(lock.matches("\"name\": \"orders\"").count(), 2);
+    }
+
+    #[test]
+    fn refuses_an_unknown_language_naming_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = scaffold("cobol", "x", dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown handler language \"cobol\": warren new knows rust, python, js, c"
+        );
+    }
+
+    #[test]
+    fn refuses_a_non_empty_destination_and_a_bad_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
+        let err = scaffold("rust", "x", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("already exists and is not empty"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
+            "mine"
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        for bad in ["", "My", "1x", "a b", "../up"] {
+            let err = scaffold("c", bad, empty.path()).unwrap_err().to_string();
+            assert!(err.starts_with("invalid handler name"), "{bad:?}: {err}");
+        }
+    }
+}
