@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash .ci/setup.sh
-echo "[tests] building guests"
-bash guests/rust/build.sh
+echo "[tests] building guests (Rust, Python, JavaScript, C)"
+bash guests/build-all.sh
 echo "[tests] building warren"
 cargo build --workspace --bins
 echo "[tests] running"

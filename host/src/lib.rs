@@ -17,6 +17,7 @@
 //! - [`watch`]: deploy when a module file changes.
 //! - [`check`]: `warren check`; [`client`]: `warren deploy`, `rollback`,
 //!   `status` against a running host.
+//! - [`scaffold`]: `warren new`, handler project templates per language.
 //! - [`logging`]: structured log set-up.
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod shutdown;
 pub mod watch;

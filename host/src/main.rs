@@ -52,6 +52,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Write a ready-to-build handler project: rust, python, js or c.
+    New {
+        /// The language: rust, python, js or c.
+        lang: String,
+        /// The handler's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Compile a handler module, check it against the warren:handler world,
     /// and print its digest, size, imports, exports and compile time.
     Check {
@@ -88,6 +98,19 @@ fn main() -> ExitCode {
     warren::logging::init();
     let result = match cli.command {
         Command::Run { config } => run(config),
+        Command::New { lang, name, dir } => {
+            let dest = dir.unwrap_or_else(|| PathBuf::from(&name));
+            warren::scaffold::scaffold(&lang, &name, &dest).map(|files| {
+                println!("wrote a {lang} handler in {}:", dest.display());
+                for f in files {
+                    println!("  {}", f.display());
+                }
+                println!(
+                    "next: cd {} && bash build.sh, then warren check the .wasm it prints",
+                    dest.display()
+                );
+            })
+        }
         Command::Deploy {
             admin,
             handler,

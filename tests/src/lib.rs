@@ -23,10 +23,16 @@ pub fn guest(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),
-        "guest {} is not built: run `bash guests/rust/build.sh` (tests/run.sh does)",
+        "guest {} is not built: run `bash guests/build-all.sh` (tests/run.sh does)",
         path.display()
     );
     path
+}
+
+/// A compiled-module cache shared by the test processes, so the interpreted
+/// guests (tens of MiB) are compiled once per machine, not once per test.
+pub fn module_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("warren-test-module-cache")
 }
 
 /// The `warren` binary that `cargo build` put next to this test executable.
@@ -77,3 +83,4 @@ pub fn message(body: impl Into<Vec<u8>>) -> Message {
 pub mod broker;
 pub mod private_broker;
 pub mod process;
+pub mod redis_server;

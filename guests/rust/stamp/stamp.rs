@@ -9,7 +9,8 @@ pub struct Stamp;
 
 impl Handler for Stamp {
     fn handle(msg: Message) -> Outcome {
-        let queue = warren_guest::config("out_routing_key").unwrap_or_else(|| format!("{}.out", msg.routing_key));
+        let queue = warren_guest::config("out_routing_key")
+            .unwrap_or_else(|| format!("{}.out", msg.routing_key));
         let mut body = crate::VERSION.as_bytes().to_vec();
         body.push(b' ');
         body.extend_from_slice(&msg.body);

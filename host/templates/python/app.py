@@ -43,5 +43,7 @@ class WitWorld(wit_world.WitWorld):
         try:
             host.publish(out)
         except Err as e:
-            return Outcome_Reject(f"cannot publish: {e.value}")
+            # e.value is a PublishError_NotAllowed or _LimitExceeded; both
+            # carry the host's explanation in .value.
+            return Outcome_Reject(f"cannot publish: {e.value.value}")
         return Outcome_Ack()

@@ -11,7 +11,5 @@ if [ "$(.venv/bin/componentize-py --version 2>/dev/null)" != "componentize-py $v
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check "componentize-py==$version"
 fi
-# Bindings for your editor (wit_world/), then the component.
-.venv/bin/componentize-py --wit-path wit --world handler bindings . >/dev/null
 .venv/bin/componentize-py --wit-path wit --world handler componentize app -o {{name}}.wasm >/dev/null
 echo "built {{name}}.wasm ($(stat -c %s {{name}}.wasm) bytes)"
