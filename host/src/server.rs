@@ -271,6 +271,9 @@ impl Host {
         // Consumer loops end by themselves: at once when the connection was
         // lost, within the grace period on shutdown.
         while loops.join_next().await.is_some() {}
+        if matches!(end, SessionEnd::Shutdown) {
+            publisher.close().await;
+        }
         end
     }
 }
@@ -324,6 +327,7 @@ async fn consume_loop(
 
     if *stop.borrow() == Stop::Shutdown {
         consumer.cancel().await;
+        while tasks.try_join_next().is_some() {}
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(handler = %h.cfg.name, consumer = consumer.tag(), in_flight, "waiting for in-flight messages");

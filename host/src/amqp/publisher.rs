@@ -80,6 +80,14 @@ impl Publisher {
         self.channel.status().connected()
     }
 
+    /// Closes the channel and waits for the broker to confirm, so the
+    /// connection can close after it cleanly.
+    pub async fn close(&self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "warren shutting down".into()).await;
+        }
+    }
+
     async fn publish(
         &self,
         exchange: &str,
