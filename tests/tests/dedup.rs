@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicNackOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use redis::AsyncCommands as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -126,7 +127,7 @@ fn table(ws: &[&Warren]) -> String {
 /// Waits until the processes settled `n` deliveries for good (acked after a
 /// run, or acked as a duplicate), then until the input queue and its wait
 /// queues are empty.
-async fn settle(r: &Rabbit, q: &str, ws: &[&Warren], n: u64, timeout: Duration) {
+async fn settle(q: &str, ws: &[&Warren], n: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let done = sum(ws, |w| outcome(w, "ack") + outcome(w, "dedup_hit"));
@@ -140,26 +141,48 @@ async fn settle(r: &Rabbit, q: &str, ws: &[&Warren], n: u64, timeout: Duration) 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut queues = wait_queues(q);
+    queues.push(q.to_string());
     eventually(
         Duration::from_secs(20),
         "input and wait queues empty",
-        || async { r.total(q).await == 0 && wait_queues(q).iter().all(|(_, n)| *n == 0) },
+        || async { ready(&queues).await.iter().all(|n| *n == 0) },
     )
     .await;
 }
 
-/// The wait queues warren declared for `q` and the messages in each.
-fn wait_queues(q: &str) -> Vec<(String, u32)> {
+/// The wait queues warren declared for `q`.
+fn wait_queues(q: &str) -> Vec<String> {
     let prefix = format!("{q}.retry.");
-    rabbitmqctl(&["list_queues", "name", "messages"])
+    rabbitmqctl(&["list_queues", "name"])
         .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let name = f.next()?;
-            let n = f.next()?.parse().ok()?;
-            name.starts_with(&prefix).then(|| (name.to_string(), n))
-        })
+        .filter(|name| name.starts_with(&prefix))
+        .map(str::to_string)
         .collect()
+}
+
+/// Messages ready in each queue, asked of the queue itself (a passive
+/// declare): `rabbitmqctl list_queues` counts can lag by the broker's
+/// statistics interval.
+async fn ready(queues: &[String]) -> Vec<u32> {
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut counts = Vec::new();
+    for q in queues {
+        let opts = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = ch
+            .queue_declare(q.as_str().into(), opts, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue {q}: {e}"));
+        counts.push(declared.message_count());
+    }
+    let _ = conn.close(200, "counted".into()).await;
+    counts
 }
 
 /// How many outputs carry each body.
@@ -200,7 +223,7 @@ fn assert_once_each(got: &[Got], expected: &[String]) {
 
 /// Deletes the test's queues: input, output, dead letters and wait queues.
 async fn cleanup(r: &Rabbit, q: &str, out: &str) {
-    let mut names: Vec<String> = wait_queues(q).into_iter().map(|(n, _)| n).collect();
+    let mut names = wait_queues(q);
     names.extend([q.to_string(), out.to_string(), format!("{q}.dead")]);
     r.delete(&names.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
@@ -307,7 +330,7 @@ async fn published_twice(name: &str, n: usize, processes: usize, key: Key, redis
 
     let mut got = r.collect(&out, n, Duration::from_secs(180)).await;
     let refs: Vec<&Warren> = ws.iter().collect();
-    settle(&r, &q, &refs, 2 * n as u64, Duration::from_secs(60)).await;
+    settle(&q, &refs, 2 * n as u64, Duration::from_secs(60)).await;
     // Every output was confirmed before its input was counted: anything
     // extra is in the queue now.
     got.extend(r.drain(&out).await);
@@ -384,7 +407,9 @@ async fn in_process_store_runs_messages_published_twice_to_one_process_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_duplicates_on_two_processes_one_runs_the_other_is_deferred_then_acked() {
-    const LEASE_MS: u64 = 3000;
+    // The deferred copy waits about a lease: long enough for the test to
+    // find it in its wait queue on a loaded machine.
+    const LEASE_MS: u64 = 8000;
     let q = unique("concurrent");
     let out = format!("{q}.out");
     let prefix = unique("dedup");
@@ -396,10 +421,10 @@ async fn concurrent_duplicates_on_two_processes_one_runs_the_other_is_deferred_t
         on_unavailable: "pause",
     };
     // One delivery in flight per process: the second copy cannot go to the
-    // process that holds the first. One attempt only: a deferral counted as
-    // an attempt would dead-letter the copy.
+    // process that holds the first. One attempt only: a duplicate sent down
+    // the failure-retry path instead of deferred would be dead-lettered.
     let extra = format!(
-        "consumers = 1\nprefetch = 1\ntimeout_ms = 2500\n\
+        "consumers = 1\nprefetch = 1\ntimeout_ms = 3000\n\
          [handler.dedup]\nlease_ms = {LEASE_MS}\nwindow_s = 600\n\
          [handler.retry]\nmax_attempts = 1\nbackoff_ms = 100\nmax_backoff_ms = 1000\n\
          [handler.config]\nout_routing_key = \"{out}\"\n"
@@ -409,7 +434,7 @@ async fn concurrent_duplicates_on_two_processes_one_runs_the_other_is_deferred_t
     a.wait_log("consuming", Duration::from_secs(30));
     b.wait_log("consuming", Duration::from_secs(30));
 
-    let body = "sleep:1500#pair".to_string();
+    let body = "sleep:2500#pair".to_string();
     r.publish_many(
         &q,
         [
@@ -441,8 +466,8 @@ async fn concurrent_duplicates_on_two_processes_one_runs_the_other_is_deferred_t
     // remaining time, still on attempt 1.
     let waiting = wait_queues(&q);
     assert_eq!(waiting.len(), 1, "{waiting:?}");
-    let (wait, count) = &waiting[0];
-    assert_eq!(*count, 1, "{waiting:?}");
+    let wait = &waiting[0];
+    assert_eq!(ready(&waiting).await, [1], "{wait}");
     let delay_ms: u64 = wait
         .strip_prefix(&format!("{q}.retry."))
         .and_then(|s| s.strip_suffix("ms"))
@@ -463,7 +488,7 @@ async fn concurrent_duplicates_on_two_processes_one_runs_the_other_is_deferred_t
 
     let got = r.collect(&out, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].body_str(), body);
-    settle(&r, &q, &[&a, &b], 2, Duration::from_secs(15)).await;
+    settle(&q, &[&a, &b], 2, Duration::from_secs(15)).await;
     let t = table(&[&a, &b]);
     assert!(r.drain(&out).await.is_empty(), "a second output:\n{t}");
     assert_eq!(outcome(winner, "ack"), 1, "{t}");
@@ -576,7 +601,7 @@ async fn kill_9_mid_flight_the_other_process_runs_each_message_once_within_lease
     .await;
 
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "8 handlers running in A",
         || async { in_flight(&a) == 8 },
     )
@@ -606,7 +631,7 @@ async fn kill_9_mid_flight_the_other_process_runs_each_message_once_within_lease
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    settle(&r, &q, &[&b], all.len() as u64, Duration::from_secs(20)).await;
+    settle(&q, &[&b], all.len() as u64, Duration::from_secs(20)).await;
     arrivals.extend(
         r.drain(&out)
             .await
@@ -717,9 +742,14 @@ impl Relay {
     }
 }
 
-/// Keeps one message claimed for three leases: its guest runs, then its
-/// output publish is held at the relay while warren renews the lease. A
-/// duplicate that arrives two leases in must be deferred, not run.
+/// Keeps one message claimed for three leases and checks that it still runs
+/// once: a duplicate that arrives two leases in must be deferred, not run.
+///
+/// The guest itself cannot run longer than its lease (config validation
+/// wants `timeout_ms < lease_ms`, and the timeout is a wall-clock epoch
+/// deadline), so what outlasts the lease here is the rest of the claim: the
+/// guest runs 600 ms, then its output publish is held at the relay, unconfirmed,
+/// while warren has to keep renewing the lease.
 async fn lease_renewal(name: &str, redis: bool) {
     const LEASE: Duration = Duration::from_millis(1000);
     let q = unique(name);
@@ -755,7 +785,7 @@ async fn lease_renewal(name: &str, redis: bool) {
 
     let body = "sleep:600#long";
     r.publish(&q, "long-1", body.as_bytes()).await;
-    eventually(Duration::from_secs(5), "the handler running", || async {
+    eventually(Duration::from_secs(15), "the handler running", || async {
         in_flight(&w) == 1
     })
     .await;
@@ -782,21 +812,12 @@ async fn lease_renewal(name: &str, redis: bool) {
         assert_eq!(v, owner, "{key} changed hands two leases in");
     }
     r.publish(&q, "long-1", body.as_bytes()).await;
-    // The duplicate reaches warren (it is unacked, nothing is ready).
+    // The duplicate reaches warren: confirmed, and no longer ready.
+    let input = [q.clone()];
     eventually(
         Duration::from_secs(5),
         "the duplicate delivered",
-        || async {
-            let counts = rabbitmqctl(&[
-                "list_queues",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ]);
-            counts
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [q.as_str(), "0", "2"])
-        },
+        || async { ready(&input).await == [0] },
     )
     .await;
 
@@ -818,7 +839,7 @@ async fn lease_renewal(name: &str, redis: bool) {
     let held_for = claimed.elapsed();
     assert!(held_for >= LEASE * 3, "claimed for only {held_for:?}");
     assert_eq!(got[0].body_str(), body);
-    settle(&r, &q, &[&w], 2, Duration::from_secs(15)).await;
+    settle(&q, &[&w], 2, Duration::from_secs(15)).await;
     let t = table(&[&w]);
     assert!(r.drain(&out).await.is_empty(), "a second output:\n{t}");
     assert_eq!(outcome(&w, "ack"), 1, "{t}");
@@ -892,7 +913,7 @@ async fn redis_down_10s_with_pause_handles_nothing_without_dedup_then_everything
     assert_once_each(&got, &before);
     // Settled, done-markers written: nothing of this batch is left in flight
     // to fail when redis goes.
-    settle(&r, &q, &[&w], 100, Duration::from_secs(20)).await;
+    settle(&q, &[&w], 100, Duration::from_secs(20)).await;
     assert_eq!(w.admin_get("/readyz").0, 200);
 
     redis.stop();
@@ -925,11 +946,14 @@ async fn redis_down_10s_with_pause_handles_nothing_without_dedup_then_everything
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(
-        r.total(&q).await,
-        600,
-        "inputs settled while redis was down"
-    );
+    // Nothing settled: all 600 are still in the queue, ready or unacked
+    // (awaited, since `rabbitmqctl` counts lag by the stats interval).
+    eventually(
+        Duration::from_secs(10),
+        "all 600 inputs still in the queue",
+        || async { r.total(&q).await == 600 },
+    )
+    .await;
     let t = table(&[&w]);
     assert_eq!(outcome(&w, "ack"), 100, "{t}");
     assert_eq!(runs(&w), 100, "{t}");
@@ -946,7 +970,7 @@ async fn redis_down_10s_with_pause_handles_nothing_without_dedup_then_everything
     })
     .await;
     let mut got = r.collect(&out, during.len(), Duration::from_secs(60)).await;
-    settle(&r, &q, &[&w], 700, Duration::from_secs(30)).await;
+    settle(&q, &[&w], 700, Duration::from_secs(30)).await;
     got.extend(r.drain(&out).await);
     assert_once_each(&got, &during);
     let t = table(&[&w]);
@@ -980,8 +1004,7 @@ async fn redis_down_with_process_handles_without_dedup_and_counts_each_bypass() 
     );
     let mut w = start("echo", "failopen", &q, store, AMQP_URL, &extra);
     w.wait_log("consuming", Duration::from_secs(30));
-    let twice =
-        |prefix: &str| -> Vec<String> { (0..100).map(|i| format!("{prefix}-{i}")).collect() };
+    let twice = |tag: &str| -> Vec<String> { (0..100).map(|i| format!("{tag}-{i}")).collect() };
     let pairs = |bodies: &[String]| -> Vec<(Option<String>, Vec<u8>)> {
         bodies
             .iter()
@@ -998,7 +1021,7 @@ async fn redis_down_with_process_handles_without_dedup_and_counts_each_bypass() 
     let mut got = r
         .collect(&out, 2 * down.len(), Duration::from_secs(30))
         .await;
-    settle(&r, &q, &[&w], 200, Duration::from_secs(20)).await;
+    settle(&q, &[&w], 200, Duration::from_secs(20)).await;
     got.extend(r.drain(&out).await);
     // Fail open: both copies ran, and each handling was counted.
     let counts = count_bodies(&got);
@@ -1041,7 +1064,7 @@ async fn redis_down_with_process_handles_without_dedup_and_counts_each_bypass() 
     let up = twice("up");
     r.publish_many(&q, pairs(&up)).await;
     let mut got = r.collect(&out, up.len(), Duration::from_secs(30)).await;
-    settle(&r, &q, &[&w], 200 + probes + 200, Duration::from_secs(20)).await;
+    settle(&q, &[&w], 200 + probes + 200, Duration::from_secs(20)).await;
     got.extend(r.drain(&out).await);
     assert_once_each(&got, &up);
     let t = table(&[&w]);
