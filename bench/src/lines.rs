@@ -1,0 +1,489 @@
+//! The lines of the benchmark and how one line is measured, top to bottom:
+//! fill a fresh durable queue with N persistent messages; start the
+//! consumer and wait until it is ready; drain the queue, timing it and
+//! reading the consumer's CPU time before and after; then publish at half
+//! the drain rate for a while and take the p50/p99 latency; then stop the
+//! consumer and delete the queues and dedup keys.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::process::Command;
+
+use crate::amqp::Rabbit;
+use crate::child::Consumer;
+use crate::machine::{self, Snapshot};
+use crate::profile::Perf;
+use crate::progress::{self, Every};
+use crate::report::{Measured, percentile};
+use crate::warren::{Spec, Warren};
+
+/// A drain with no progress for this long has failed.
+const STALL: Duration = Duration::from_secs(60);
+/// How often the bench asks warren for its ack counter while it drains.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Settings for every line of one run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub n: u64,
+    pub latency_secs: f64,
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub warren: PathBuf,
+    pub guests: PathBuf,
+    pub python: PathBuf,
+    pub seed_script: PathBuf,
+    pub consumers: u32,
+    pub prefetch: u16,
+    pub channels: u32,
+    pub instances: String,
+    /// How long to wait for a quiet machine before each line.
+    pub wait_quiet: Duration,
+    /// The ports the broker and Redis listen on, to find their processes.
+    pub broker_port: Option<u16>,
+    pub redis_port: Option<u16>,
+    /// Record a perf profile of warren in line 5 while it drains.
+    pub perf: Option<PathBuf>,
+    /// A name unique to this run: queue names and key prefixes start with it.
+    pub run_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A bare lapin consumer, acking each message or with no ack at all.
+    Bare { ack: bool },
+    /// The Python seed design made correct.
+    Seed,
+    /// warren with the guest `module` (a file in the guests folder), which
+    /// publishes each message to an output queue (`output`), or, without
+    /// `output`, is the `sandbox` test guest in its `ack` mode: it acks and
+    /// publishes nothing, which shows what echo's output costs.
+    Warren {
+        module: &'static str,
+        dedup: bool,
+        processes: u32,
+        output: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub id: &'static str,
+    pub what: &'static str,
+    pub kind: Kind,
+}
+
+/// Every line, in the issue's order.
+pub fn all() -> Vec<Line> {
+    let warren = |module, dedup, processes| Kind::Warren {
+        module,
+        dedup,
+        processes,
+        output: true,
+    };
+    vec![
+        Line {
+            id: "1",
+            what: "bare lapin, ack each message",
+            kind: Kind::Bare { ack: true },
+        },
+        Line {
+            id: "2",
+            what: "bare lapin, no ack (ceiling)",
+            kind: Kind::Bare { ack: false },
+        },
+        Line {
+            id: "3",
+            what: "Python pika, 5 threads, Redis SET NX, manual ack",
+            kind: Kind::Seed,
+        },
+        Line {
+            id: "4",
+            what: "warren, Rust echo, dedup off",
+            kind: warren("echo.wasm", false, 1),
+        },
+        Line {
+            id: "5",
+            what: "warren, Rust echo, dedup on Redis",
+            kind: warren("echo.wasm", true, 1),
+        },
+        Line {
+            id: "5n",
+            what: "(not in the issue) line 5 with an ack-only guest: no output",
+            kind: Kind::Warren {
+                module: "sandbox.wasm",
+                dedup: true,
+                processes: 1,
+                output: false,
+            },
+        },
+        Line {
+            id: "6",
+            what: "warren, Rust echo, dedup on Redis, 2 processes",
+            kind: warren("echo.wasm", true, 2),
+        },
+        Line {
+            id: "7a",
+            what: "warren, Python enrich, dedup on Redis",
+            kind: warren("enrich_python.wasm", true, 1),
+        },
+        Line {
+            id: "7b",
+            what: "warren, JavaScript enrich, dedup on Redis",
+            kind: warren("enrich_js.wasm", true, 1),
+        },
+    ]
+}
+
+/// What consumes the queue in one line.
+enum Subject {
+    Own(Box<Consumer>),
+    Warren(Vec<Warren>),
+}
+
+/// Queue and key names of one line.
+struct Names {
+    queue: String,
+    out: String,
+    /// Prefix of every dedup key of the line (warren's `redis.prefix`).
+    prefix: String,
+}
+
+/// Why a line has no figures without having failed: a guest not built yet.
+pub fn skip_reason(opts: &Opts, line: &Line) -> Option<String> {
+    match &line.kind {
+        Kind::Warren { module, .. } if !opts.guests.join(module).is_file() => Some(format!(
+            "skipped: {} not found (bash guests/build-all.sh builds it)",
+            opts.guests.join(module).display()
+        )),
+        _ => None,
+    }
+}
+
+/// Measures one line and cleans up after it, whether it succeeded or not.
+pub async fn run(opts: &Opts, line: &Line, rabbit: &Rabbit) -> anyhow::Result<Measured> {
+    let queue = format!("{}-{}", opts.run_id, line.id);
+    let names = Names {
+        out: format!("{queue}.out"),
+        prefix: queue.clone(),
+        queue,
+    };
+    let result = measure(opts, line, rabbit, &names).await;
+    for q in [&names.queue, &names.out, &format!("{}.dead", names.queue)] {
+        rabbit.delete(q).await;
+    }
+    if matches!(line.kind, Kind::Seed | Kind::Warren { dedup: true, .. }) {
+        match crate::delete_keys(&opts.redis_url, &format!("{}:*", names.prefix)).await {
+            Ok(n) => progress::say(format_args!("    deleted {n} dedup keys")),
+            Err(e) => progress::say(format_args!("    cannot delete the dedup keys: {e:#}")),
+        }
+    }
+    result
+}
+
+async fn measure(
+    opts: &Opts,
+    line: &Line,
+    rabbit: &Rabbit,
+    names: &Names,
+) -> anyhow::Result<Measured> {
+    let n = opts.n;
+    let busy_before = wait_quiet(opts.wait_quiet).await?;
+    progress::say(format_args!(
+        "    machine busy before the line: {:.0}% of CPU{}",
+        busy_before * 100.0,
+        if busy_before > 0.1 {
+            " (other programs are running: the figures will suffer)"
+        } else {
+            ""
+        }
+    ));
+    rabbit.declare(&names.queue).await?;
+    let output = !matches!(line.kind, Kind::Warren { output: false, .. });
+    if matches!(line.kind, Kind::Warren { .. }) {
+        // Echo's outputs are mandatory publishes: their queue must exist.
+        rabbit.declare(&names.out).await?;
+    }
+    rabbit.fill(&names.queue, n, &names.queue).await?;
+
+    // Start the consumer; the clock starts when it begins to consume.
+    let mut subject = start(opts, line, names).await?;
+    let pids = subject.pids()?;
+    // Who else uses the CPU while it drains: the broker, Redis, the bench.
+    let broker = opts.broker_port.and_then(machine::listener);
+    let redis = opts.redis_port.and_then(machine::listener);
+    let others: Vec<u32> = [broker, redis, Some(std::process::id())]
+        .into_iter()
+        .flatten()
+        .collect();
+    let watched: Vec<u32> = pids.iter().chain(&others).copied().collect();
+    let (started, before) = match &mut subject {
+        Subject::Own(c) => {
+            let snap = Snapshot::take(&watched)?;
+            c.send("go").await?;
+            (Instant::now(), snap)
+        }
+        Subject::Warren(ws) => {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            for w in ws.iter_mut() {
+                w.wait_ready(deadline).await?;
+            }
+            (Instant::now(), Snapshot::take(&watched)?)
+        }
+    };
+    let perf = match (&opts.perf, line.id) {
+        (Some(file), "5") => Some(Perf::start(file, pids[0])?),
+        _ => None,
+    };
+    progress::say(format_args!("    draining {n} messages"));
+    subject.drained(rabbit, &names.queue, n).await?;
+    let took = started.elapsed();
+    let after = Snapshot::take(&watched)?;
+    if let Some(p) = perf {
+        p.stop().await;
+    }
+    let consumer = machine::usage(&before, &after, &pids);
+    let cpu_us = consumer.of * 1e6 / n as f64;
+    let broker_cpu_us = broker.map(|b| machine::usage(&before, &after, &[b]).of * 1e6 / n as f64);
+    let known = machine::usage(&before, &after, &watched).of;
+    let others_busy = (consumer.machine - known).max(0.0) / consumer.capacity.max(1e-9);
+    let drain_rate = n as f64 / took.as_secs_f64();
+    progress::say(format_args!(
+        "    drained in {:.2} s: {drain_rate:.0} msg/s, {cpu_us:.1} µs consumer CPU per message, \
+         broker {}, other programs {:.0}% of the machine",
+        took.as_secs_f64(),
+        broker_cpu_us.map_or("unknown".into(), |b| format!("{b:.1} µs")),
+        others_busy * 100.0,
+    ));
+
+    // Latency at a fixed rate: half the maximum just measured. An ack-only
+    // guest publishes nothing to time.
+    if !output {
+        subject.stop().await;
+        return Ok(Measured {
+            drain_rate,
+            cpu_us,
+            latency_rate: f64::NAN,
+            achieved_rate: f64::NAN,
+            broker_cpu_us,
+            others_busy,
+            samples: 0,
+            published: 0,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+        });
+    }
+    let rate = drain_rate / 2.0;
+    let count = ((rate * opts.latency_secs) as u64).max(100);
+    progress::say(format_args!(
+        "    latency: publishing {count} messages at {rate:.0} msg/s"
+    ));
+    let deadline =
+        Instant::now() + Duration::from_secs_f64(opts.latency_secs) + Duration::from_secs(60);
+    let (achieved, mut samples) = match &mut subject {
+        Subject::Own(c) => {
+            let achieved = rabbit
+                .paced(&names.queue, rate, count, n, &names.queue)
+                .await?;
+            (achieved, c.latencies(count, deadline).await?)
+        }
+        Subject::Warren(_) => {
+            rabbit.purge(&names.out).await?;
+            let mut sink = rabbit.latency_sink(&names.out).await?;
+            let (sent, samples) = tokio::join!(
+                rabbit.paced(&names.queue, rate, count, n, &names.queue),
+                sink.collect(count as usize, deadline)
+            );
+            (sent?, samples)
+        }
+    };
+    subject.stop().await;
+    let mut ms = |p| percentile(&mut samples, p).map_or(f64::NAN, |us| us as f64 / 1000.0);
+    let (p50_ms, p99_ms) = (ms(0.50), ms(0.99));
+    progress::say(format_args!(
+        "    p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms ({} samples; the broker took {achieved:.0} msg/s)",
+        samples.len()
+    ));
+    Ok(Measured {
+        drain_rate,
+        cpu_us,
+        latency_rate: rate,
+        achieved_rate: achieved,
+        broker_cpu_us,
+        others_busy,
+        samples: samples.len(),
+        published: count,
+        p50_ms,
+        p99_ms,
+    })
+}
+
+async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subject> {
+    match &line.kind {
+        Kind::Bare { ack } => {
+            let exe = std::env::current_exe().context("cannot find the bench binary")?;
+            let mut cmd = Command::new(exe);
+            cmd.args(["bare-consumer", "--url", &opts.amqp_url, "--queue"])
+                .arg(&names.queue)
+                .args(["--drain", &opts.n.to_string()])
+                .args(["--prefetch", &opts.prefetch.to_string()]);
+            if !ack {
+                cmd.arg("--no-ack");
+            }
+            Ok(Subject::Own(Box::new(
+                Consumer::start(cmd, "the bare lapin consumer").await?,
+            )))
+        }
+        Kind::Seed => {
+            let mut cmd = Command::new(&opts.python);
+            cmd.arg(&opts.seed_script)
+                .arg(&opts.amqp_url)
+                .arg(&names.queue)
+                .arg(&opts.redis_url)
+                .arg(format!("{}:", names.prefix))
+                .arg(opts.n.to_string());
+            Ok(Subject::Own(Box::new(
+                Consumer::start(cmd, "the Python seed consumer").await?,
+            )))
+        }
+        Kind::Warren {
+            module,
+            dedup,
+            processes,
+            output,
+        } => {
+            let spec = Spec {
+                amqp_url: opts.amqp_url.clone(),
+                redis: dedup.then(|| (opts.redis_url.clone(), names.prefix.clone())),
+                dedup: *dedup,
+                name: module.trim_end_matches(".wasm").replace('_', "-"),
+                module: std::path::absolute(opts.guests.join(module))?,
+                queue: names.queue.clone(),
+                config: if *output {
+                    vec![("out_routing_key", names.out.clone())]
+                } else {
+                    vec![("mode", "ack".into())]
+                },
+                consumers: opts.consumers,
+                prefetch: opts.prefetch,
+                channels: opts.channels,
+                instances: opts.instances.clone(),
+            };
+            let ws = (0..*processes)
+                .map(|_| Warren::start(&opts.warren, &spec))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Subject::Warren(ws))
+        }
+    }
+}
+
+impl Subject {
+    fn pids(&self) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Subject::Own(c) => Ok(vec![c.pid()?]),
+            Subject::Warren(ws) => ws.iter().map(Warren::pid).collect(),
+        }
+    }
+
+    /// Waits until the consumer has handled the first `n` messages,
+    /// showing progress and failing if it stalls.
+    async fn drained(&mut self, rabbit: &Rabbit, queue: &str, n: u64) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut shown = Every::new(Duration::from_secs(1));
+        let mut stall = Stall::default();
+        match self {
+            Subject::Own(c) => {
+                let drained =
+                    c.expect_line("drained", Instant::now() + Duration::from_secs(86_400));
+                tokio::pin!(drained);
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        r = &mut drained => return r.map(|_| ()),
+                        _ = tick.tick() => {
+                            let left = rabbit.ready(queue).await?;
+                            progress::say(format_args!("    draining: {left} ready in the queue"));
+                            stall.check(u64::from(left))?;
+                        }
+                    }
+                }
+            }
+            Subject::Warren(ws) => loop {
+                tokio::time::sleep(POLL).await;
+                let (mut acked, mut other) = (0, 0);
+                for w in ws.iter_mut() {
+                    let o = w.outcomes().await?;
+                    (acked, other) = (acked + o.ack, other + o.other);
+                }
+                if acked >= n {
+                    return Ok(());
+                }
+                if shown.due() {
+                    let rate = acked as f64 / started.elapsed().as_secs_f64();
+                    let note = if other > 0 {
+                        format!(", {other} NOT acked (retried, dead-lettered or duplicates)")
+                    } else {
+                        String::new()
+                    };
+                    progress::say(format_args!(
+                        "    draining: {acked}/{n} acked ({rate:.0} msg/s){note}"
+                    ));
+                }
+                stall.check(acked + other)?;
+            },
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Subject::Own(c) => c.stop().await,
+            Subject::Warren(ws) => {
+                for w in ws {
+                    w.stop().await;
+                }
+            }
+        }
+    }
+}
+
+/// Fails a drain whose progress figure has not moved for [`STALL`].
+#[derive(Default)]
+struct Stall {
+    last: Option<(u64, Instant)>,
+}
+
+impl Stall {
+    fn check(&mut self, figure: u64) -> anyhow::Result<()> {
+        match self.last {
+            Some((f, since)) if f == figure => {
+                if since.elapsed() > STALL {
+                    bail!("no progress for {} s (stuck at {figure})", STALL.as_secs());
+                }
+            }
+            _ => self.last = Some((figure, Instant::now())),
+        }
+        Ok(())
+    }
+}
+
+/// Waits up to `patience` for the machine to be quiet (under 10% busy
+/// over a second), so that the line does not compete with other programs;
+/// returns the last busy share seen.
+async fn wait_quiet(patience: Duration) -> anyhow::Result<f64> {
+    let since = Instant::now();
+    let mut shown = Every::new(Duration::from_secs(10));
+    loop {
+        let busy = machine::busy(Duration::from_secs(1)).await?;
+        if busy <= 0.1 || since.elapsed() >= patience {
+            return Ok(busy);
+        }
+        if shown.due() {
+            progress::say(format_args!(
+                "    waiting for the machine to be quiet: {:.0}% busy",
+                busy * 100.0
+            ));
+        }
+    }
+}

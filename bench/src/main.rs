@@ -1,0 +1,328 @@
+//! The end-to-end benchmark of warren (BENCHMARKS.md): on the local RabbitMQ
+//! and Redis, each line fills a durable queue with N persistent 256-byte
+//! messages and measures the drain rate, the consumer's CPU time per message
+//! and the p50/p99 latency at half that rate, for bare lapin consumers (the
+//! broker's limit), the seed article's Python design, and warren.
+//!
+//! Layout:
+//!
+//! - `lines`: the lines, and how one line is measured, top to bottom;
+//! - `amqp`: the bench's own RabbitMQ side (fill, paced publish, latency sink);
+//! - `bare`: the bare lapin consumer of lines 1 and 2 (a child process);
+//! - `child`: CPU time from /proc, and the line protocol of the bench's own
+//!   consumer processes (the bare one and `bench/seed_consumer.py`);
+//! - `warren`: a `warren run` process, its config and admin endpoint;
+//! - `machine`: CPU time of the consumer, the broker and everything else;
+//! - `profile`: `perf record` of warren in line 5;
+//! - `report`: the table and the targets.
+//!
+//! Progress goes to stderr; the table to stdout and to `--out`.
+
+mod amqp;
+mod bare;
+mod child;
+mod lines;
+mod machine;
+mod profile;
+mod progress;
+mod report;
+mod warren;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::report::Row;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "End-to-end benchmark: warren against bare lapin consumers and the seed's Python design",
+    // bench/run passes the paths; an option given again overrides them.
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The bare lapin consumer of lines 1 and 2; the bench starts it itself.
+    #[command(hide = true)]
+    BareConsumer(bare::Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Messages per line (the queue is filled with this many, then drained).
+    #[arg(short, long, default_value_t = 100_000)]
+    n: u64,
+    /// Seconds of publishing at half the drain rate, for the latency figures.
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    /// Lines to run, comma-separated (1,2,3,4,5,6,7a,7b); all by default.
+    #[arg(long, value_delimiter = ',')]
+    lines: Vec<String>,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
+    /// The warren binary (a release build).
+    #[arg(long, default_value = "target/release/warren")]
+    warren: PathBuf,
+    /// Where the guest components are (echo.wasm, enrich_python.wasm, ...).
+    #[arg(long, default_value = "guests/build")]
+    guests: PathBuf,
+    /// The Python with pika and redis for line 3.
+    #[arg(long, default_value = "bench/.venv/bin/python")]
+    python: PathBuf,
+    /// The seed consumer script of line 3.
+    #[arg(long, default_value = "bench/seed_consumer.py")]
+    seed_script: PathBuf,
+    /// Where the markdown table is written.
+    #[arg(long, default_value = "bench/results.md")]
+    out: PathBuf,
+    /// warren's `consumers` (messages in flight per process). 64 drained
+    /// faster than 32 on a 2-core machine; more did not help (BENCHMARKS.md).
+    #[arg(long, default_value_t = 64)]
+    consumers: u32,
+    /// `prefetch` per consumer channel, for warren and line 1.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// warren's consumer `channels` per process.
+    #[arg(long, default_value_t = 2)]
+    channels: u32,
+    /// warren's `instances`: `per-message` (a fresh sandbox per message,
+    /// warren's default) or `reuse`.
+    #[arg(long, default_value = "per-message", value_parser = ["per-message", "reuse"])]
+    instances: String,
+    /// Seconds to wait before each line for the machine to be quiet (under
+    /// 10% CPU busy); past it the line runs anyway, and the table says how
+    /// busy the machine was.
+    #[arg(long, default_value_t = 120)]
+    wait_quiet: u64,
+    /// Record `perf record` data of warren in line 5 into this file (the
+    /// profiler slows it: the figures of that run are not the benchmark's).
+    #[arg(long)]
+    perf: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Some(Cmd::BareConsumer(args)) => rt.block_on(bare::run(args)),
+        None => rt.block_on(run(cli.run)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    check_loopback(&args.amqp_url, &args.redis_url)?;
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let all = lines::all();
+    let chosen: Vec<_> = if args.lines.is_empty() {
+        all
+    } else {
+        for id in &args.lines {
+            if !all.iter().any(|l| l.id == id) {
+                bail!("no line {id:?}: the lines are 1, 2, 3, 4, 5, 6, 7a, 7b");
+            }
+        }
+        all.into_iter()
+            .filter(|l| args.lines.iter().any(|id| id == l.id))
+            .collect()
+    };
+    let opts = lines::Opts {
+        n: args.n,
+        latency_secs: args.latency_secs,
+        amqp_url: args.amqp_url.clone(),
+        redis_url: args.redis_url.clone(),
+        warren: args.warren.clone(),
+        guests: args.guests.clone(),
+        python: args.python.clone(),
+        seed_script: args.seed_script.clone(),
+        consumers: args.consumers,
+        prefetch: args.prefetch,
+        channels: args.channels,
+        instances: args.instances.clone(),
+        wait_quiet: std::time::Duration::from_secs(args.wait_quiet),
+        broker_port: args
+            .amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .ok()
+            .map(|u| u.authority.port),
+        redis_port: match &redis::Client::open(args.redis_url.as_str())?
+            .get_connection_info()
+            .addr
+        {
+            redis::ConnectionAddr::Tcp(_, port) => Some(*port),
+            _ => None,
+        },
+        perf: args.perf.clone(),
+        run_id: format!(
+            "bench-{}-{:x}",
+            std::process::id(),
+            amqp::now_us() % 0xffffff
+        ),
+    };
+    if chosen
+        .iter()
+        .any(|l| matches!(l.kind, lines::Kind::Warren { .. }))
+        && !opts.warren.is_file()
+    {
+        bail!(
+            "no warren binary at {} (build it: cargo build --release -p warren)",
+            opts.warren.display()
+        );
+    }
+    let rabbit = amqp::Rabbit::connect(&opts.amqp_url).await?;
+    let redis_version = redis_version(&opts.redis_url).await?;
+    progress::say(format_args!(
+        "run {}: {} lines, N = {}, latency for {} s at half each line's drain rate",
+        opts.run_id,
+        chosen.len(),
+        opts.n,
+        opts.latency_secs
+    ));
+
+    let mut rows = Vec::new();
+    for line in &chosen {
+        progress::say(format_args!("line {}: {}", line.id, line.what));
+        let result = match lines::skip_reason(&opts, line) {
+            Some(why) => {
+                progress::say(format_args!("    {why}"));
+                Err(why)
+            }
+            None => lines::run(&opts, line, &rabbit).await.map_err(|e| {
+                progress::say(format_args!("    FAILED: {e:#}"));
+                format!("failed: {e:#}")
+            }),
+        };
+        rows.push(Row {
+            id: line.id,
+            what: line.what.to_string(),
+            result,
+        });
+    }
+    rabbit.close().await;
+
+    let table = report::table(&rows);
+    let targets = report::targets(&rows);
+    let doc = format!(
+        "# warren end-to-end benchmark: results\n\n\
+         Written by `bench/run` (see BENCHMARKS.md for what each line is and how \
+         it is measured).\n\n\
+         - N = {} persistent 256-byte messages per line, in one durable classic queue\n\
+         - latency: {} s of publishing at half each line's drain rate\n\
+         - warren: consumers = {}, prefetch = {}, channels = {} per process, instances = {}\n\
+         - machine: {} cores, Linux {}, RabbitMQ {}, Redis {}\n\n\
+         {table}\n\
+         Targets (issue 7):\n\n{targets}",
+        opts.n,
+        opts.latency_secs,
+        opts.consumers,
+        opts.prefetch,
+        opts.channels,
+        opts.instances,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        rabbitmq_version(),
+        redis_version,
+    );
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.out, &doc)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("{doc}");
+    progress::say(format_args!("table written to {}", args.out.display()));
+    Ok(())
+}
+
+/// The bench sends traffic to this machine only.
+fn check_loopback(amqp_url: &str, redis_url: &str) -> anyhow::Result<()> {
+    let loopback = |host: &str| {
+        host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let amqp: lapin::uri::AMQPUri = amqp_url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid AMQP URL {amqp_url:?}: {e}"))?;
+    if !loopback(&amqp.authority.host) {
+        bail!("{amqp_url:?} is not on loopback: the bench only runs against this machine");
+    }
+    let info = redis::Client::open(redis_url)
+        .with_context(|| format!("invalid Redis URL {redis_url:?}"))?;
+    match &info.get_connection_info().addr {
+        redis::ConnectionAddr::Tcp(host, _) if loopback(host) => Ok(()),
+        redis::ConnectionAddr::Unix(_) => Ok(()),
+        _ => bail!("{redis_url:?} is not on loopback: the bench only runs against this machine"),
+    }
+}
+
+async fn redis_version(url: &str) -> anyhow::Result<String> {
+    let mut con = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string())
+}
+
+fn rabbitmq_version() -> String {
+    std::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Deletes every Redis key matching `pattern`; returns how many.
+async fn delete_keys(url: &str, pattern: &str) -> anyhow::Result<u64> {
+    let mut con = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (mut cursor, mut deleted) = (0u64, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await?;
+        if !keys.is_empty() {
+            deleted += redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut con)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,287 @@
+//! The results: one row per line, each figure with its ratio to line 2 (the
+//! broker's no-ack ceiling), and the targets, as a markdown table.
+
+use std::fmt::Write as _;
+
+/// What one line measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Messages per second while draining the filled queue.
+    pub drain_rate: f64,
+    /// Consumer CPU time (user + system, every consumer process) per message
+    /// drained, in microseconds.
+    pub cpu_us: f64,
+    /// The fixed publish rate of the latency phase (half the drain rate).
+    pub latency_rate: f64,
+    /// The rate the broker actually took those messages at (to the last
+    /// confirm); below `latency_rate` when it could not keep up.
+    pub achieved_rate: f64,
+    /// The broker's CPU time per message drained, in microseconds (if its
+    /// process was found).
+    pub broker_cpu_us: Option<f64>,
+    /// Share of the machine's CPU used by other programs (not the consumer,
+    /// the broker, Redis or the bench) while the line drained.
+    pub others_busy: f64,
+    /// Latency samples received, of those published.
+    pub samples: usize,
+    pub published: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One line of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: &'static str,
+    pub what: String,
+    /// The figures, or why there are none (skipped or failed).
+    pub result: Result<Measured, String>,
+}
+
+/// The `p`-th percentile (0 < p <= 1) by nearest rank; `samples` is sorted
+/// in place.
+pub fn percentile(samples: &mut [u64], p: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = (p * samples.len() as f64).ceil().max(1.0) as usize;
+    Some(samples[rank.min(samples.len()) - 1])
+}
+
+fn find<'a>(rows: &'a [Row], id: &str) -> Option<&'a Measured> {
+    rows.iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.result.as_ref().ok())
+}
+
+/// A figure with `decimals`, or "-" if it was not measured.
+fn fig(x: f64, decimals: usize) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+fn ratio(x: f64, base: Option<f64>) -> String {
+    match base {
+        _ if x.is_nan() => "-".into(),
+        Some(b) if b > 0.0 && x / b < 0.1 => format!("{:.3}x", x / b),
+        Some(b) if b > 0.0 => format!("{:.2}x", x / b),
+        _ => "-".into(),
+    }
+}
+
+/// The table, in markdown.
+pub fn table(rows: &[Row]) -> String {
+    let base = find(rows, "2");
+    let mut t = String::new();
+    t += "| # | consumer | drain (msg/s) | vs 2 | CPU/msg (µs) | vs 2 | broker CPU/msg (µs) | p50 (ms) | vs 2 | p99 (ms) | vs 2 | latency at (msg/s) | notes |\n";
+    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    for r in rows {
+        match &r.result {
+            Ok(m) => {
+                let mut notes = Vec::new();
+                if m.achieved_rate < 0.95 * m.latency_rate {
+                    notes.push(format!(
+                        "the broker took only {:.0} msg/s of the latency load",
+                        m.achieved_rate
+                    ));
+                }
+                if (m.samples as u64) < m.published {
+                    notes.push(format!(
+                        "{} of {} timed messages came back",
+                        m.samples, m.published
+                    ));
+                }
+                if m.others_busy > 0.05 {
+                    notes.push(format!(
+                        "other programs used {:.0}% of the machine while it drained",
+                        m.others_busy * 100.0
+                    ));
+                }
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.id,
+                    r.what,
+                    m.drain_rate,
+                    ratio(m.drain_rate, base.map(|b| b.drain_rate)),
+                    m.cpu_us,
+                    ratio(m.cpu_us, base.map(|b| b.cpu_us)),
+                    m.broker_cpu_us.map_or("-".into(), |b| format!("{b:.1}")),
+                    fig(m.p50_ms, 2),
+                    ratio(m.p50_ms, base.map(|b| b.p50_ms)),
+                    fig(m.p99_ms, 2),
+                    ratio(m.p99_ms, base.map(|b| b.p99_ms)),
+                    fig(m.latency_rate, 0),
+                    notes.join("; "),
+                );
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | | | | | | | | | | | {} |",
+                    r.id,
+                    r.what,
+                    why.replace('\n', " ").replace('|', "/")
+                );
+            }
+        }
+    }
+    t
+}
+
+/// The targets, each reached, missed or not measured.
+pub fn targets(rows: &[Row]) -> String {
+    let (l1, l2, l3, l5) = (
+        find(rows, "1"),
+        find(rows, "2"),
+        find(rows, "3"),
+        find(rows, "5"),
+    );
+    let mut t = String::new();
+    let mut check = |name: &str, got: Option<(f64, f64)>, want: &str, ok: fn(f64, f64) -> bool| {
+        let line = match got {
+            Some((x, y)) => format!(
+                "- {name}: {} ({want}; measured {})",
+                if ok(x, y) { "reached" } else { "MISSED" },
+                if y == 0.0 {
+                    format!("{x:.1}")
+                } else {
+                    format!("{:.2}x", x / y)
+                }
+            ),
+            None => format!("- {name}: not measured ({want})"),
+        };
+        t.push_str(&line);
+        t.push('\n');
+    };
+    let rate = |a: Option<&Measured>, b: Option<&Measured>| Some((a?.drain_rate, b?.drain_rate));
+    check(
+        "line 5 vs line 2 (drain)",
+        rate(l5, l2),
+        "want >= 0.5x",
+        |x, y| x >= 0.5 * y,
+    );
+    check(
+        "line 5 vs line 1 (drain)",
+        rate(l5, l1),
+        "want >= 2x",
+        |x, y| x >= 2.0 * y,
+    );
+    check(
+        "line 5 vs line 3 (drain)",
+        rate(l5, l3),
+        "want >= 15x",
+        |x, y| x >= 15.0 * y,
+    );
+    check(
+        "line 5 consumer CPU per message",
+        l5.map(|m| (m.cpu_us, 0.0)),
+        "want < 25 µs",
+        |x, _| x < 25.0,
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut s: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut s, 0.5), Some(50));
+        assert_eq!(percentile(&mut s, 0.99), Some(99));
+        assert_eq!(percentile(&mut s, 1.0), Some(100));
+        assert_eq!(percentile(&mut [7], 0.99), Some(7));
+        assert_eq!(percentile(&mut [], 0.5), None);
+    }
+
+    fn m(drain_rate: f64, cpu_us: f64) -> Measured {
+        Measured {
+            drain_rate,
+            cpu_us,
+            latency_rate: drain_rate / 2.0,
+            achieved_rate: drain_rate / 2.0,
+            broker_cpu_us: Some(5.0),
+            others_busy: 0.0,
+            samples: 10,
+            published: 10,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+        }
+    }
+
+    fn row(id: &'static str, r: Result<Measured, String>) -> Row {
+        Row {
+            id,
+            what: format!("line {id}"),
+            result: r,
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_line_2_and_targets_are_judged() {
+        let rows = [
+            row("1", Ok(m(10_000.0, 30.0))),
+            row("2", Ok(m(40_000.0, 10.0))),
+            row("3", Ok(m(1_000.0, 300.0))),
+            row("5", Ok(m(25_000.0, 20.0))),
+            row("7a", Err("skipped: no module".into())),
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("| 5 | line 5 | 25000 | 0.62x | 20.0 | 2.00x | 5.0 | 1.00 | 1.00x |"),
+            "{t}"
+        );
+        assert!(t.contains("| 3 | line 3 | 1000 | 0.025x |"), "{t}");
+        assert!(
+            t.contains("| 7a | line 7a | | | | | | | | | | | skipped: no module |"),
+            "{t}"
+        );
+        let busy = Measured {
+            others_busy: 0.3,
+            achieved_rate: 100.0,
+            ..m(1000.0, 10.0)
+        };
+        let no_output = Measured {
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            latency_rate: f64::NAN,
+            achieved_rate: f64::NAN,
+            ..m(1000.0, 10.0)
+        };
+        let t = table(&[row("2", Ok(m(2000.0, 5.0))), row("5n", Ok(no_output))]);
+        assert!(
+            t.contains(
+                "| 5n | line 5n | 1000 | 0.50x | 10.0 | 2.00x | 5.0 | - | - | - | - | - |  |"
+            ),
+            "{t}"
+        );
+        let t = table(&[row("4", Ok(busy))]);
+        assert!(
+            t.contains("| 500 | the broker took only 100 msg/s of the latency load; other programs used 30% of the machine while it drained |"),
+            "{t}"
+        );
+        let g = targets(&rows);
+        assert!(g.contains("line 5 vs line 2 (drain): reached"), "{g}");
+        assert!(g.contains("line 5 vs line 1 (drain): reached"), "{g}");
+        assert!(
+            g.contains("line 5 vs line 3 (drain): reached (want >= 15x; measured 25.00x)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("CPU per message: reached (want < 25 µs; measured 20.0)"),
+            "{g}"
+        );
+        let missed = targets(&[row("5", Ok(m(25_000.0, 30.0)))]);
+        assert!(missed.contains("CPU per message: MISSED"), "{missed}");
+        assert!(
+            missed.contains("line 5 vs line 2 (drain): not measured"),
+            "{missed}"
+        );
+    }
+}
