@@ -12,32 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warren::runtime::{
-    HandlerEnv, Headers, Limits, Message, Outcome, Runtime, RuntimeConfig, WarmInstances,
+    HandlerEnv, Limits, Message, Outcome, Runtime, RuntimeConfig, WarmInstances,
 };
 
 fn message() -> Message {
-    Message {
-        // A 256-byte JSON object: echo copies anything, enrich wants an object.
-        body: format!("{{\"id\":\"bench-1\",\"pad\":\"{}\"}}", "x".repeat(231)).into_bytes(),
-        content_type: Some("application/octet-stream".into()),
-        content_encoding: None,
-        message_id: Some("bench-1".into()),
-        correlation_id: None,
-        reply_to: None,
-        timestamp: None,
-        type_: None,
-        app_id: None,
-        headers: Headers {
-            entries: Vec::new(),
-            nested: Vec::new(),
-        },
-        exchange: String::new(),
-        routing_key: "bench".into(),
-        redelivered: false,
-        attempt: 1,
-        dedup_key: Some("bench-1".into()),
-        fencing_token: 1,
-    }
+    // A 256-byte JSON object: echo copies anything, enrich wants an object.
+    let body = format!("{{\"id\":\"bench-1\",\"pad\":\"{}\"}}", "x".repeat(231));
+    let mut msg = Message::synthetic(body.into_bytes(), "bench-1", "bench");
+    msg.content_type = Some("application/json".into());
+    msg.dedup_key = Some("bench-1".into());
+    msg.fencing_token = 1;
+    msg
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

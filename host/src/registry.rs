@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::pipeline::{HandlerCtx, Shared};
-use crate::runtime::{Headers, Message, Module};
+use crate::runtime::{Message, Module};
 
 /// The versions of one handler.
 #[derive(Debug)]
@@ -142,27 +142,11 @@ fn info(module: &Module, source: String) -> VersionInfo {
 
 /// The smoke message a handler's `smoke_body` describes.
 pub fn smoke_message(body: &str) -> Message {
-    Message {
-        body: body.as_bytes().to_vec(),
-        content_type: None,
-        content_encoding: None,
-        message_id: Some("warren-smoke-test".into()),
-        correlation_id: None,
-        reply_to: None,
-        timestamp: None,
-        type_: None,
-        app_id: None,
-        headers: Headers {
-            entries: Vec::new(),
-            nested: Vec::new(),
-        },
-        exchange: String::new(),
-        routing_key: "warren.smoke".into(),
-        redelivered: false,
-        attempt: 1,
-        dedup_key: None,
-        fencing_token: 0,
-    }
+    Message::synthetic(
+        body.as_bytes().to_vec(),
+        "warren-smoke-test",
+        "warren.smoke",
+    )
 }
 
 /// Validates `bytes` as `h`'s next version and makes it live.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use warren::runtime::{Headers, Message};
+use warren::runtime::Message;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -57,27 +57,7 @@ pub fn warren_bin() -> PathBuf {
 
 /// A message with `body` and every property unset, on its first attempt.
 pub fn message(body: impl Into<Vec<u8>>) -> Message {
-    Message {
-        body: body.into(),
-        content_type: None,
-        content_encoding: None,
-        message_id: Some("test-message".into()),
-        correlation_id: None,
-        reply_to: None,
-        timestamp: None,
-        type_: None,
-        app_id: None,
-        headers: Headers {
-            entries: Vec::new(),
-            nested: Vec::new(),
-        },
-        exchange: String::new(),
-        routing_key: "test".into(),
-        redelivered: false,
-        attempt: 1,
-        dedup_key: None,
-        fencing_token: 0,
-    }
+    Message::synthetic(body.into(), "test-message", "test")
 }
 
 pub mod broker;

@@ -12,13 +12,14 @@
 //! deliveries into [`Message`] and act on the outcome.
 
 mod bindings;
+mod epoch;
 mod state;
 mod stdio;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -35,7 +36,10 @@ pub use bindings::{
     Retry,
 };
 use bindings::{Handler, HandlerPre};
+use epoch::EpochTicker;
 use state::State;
+use warm::Warm;
+pub use warm::WarmInstances;
 
 /// The world every handler module must implement.
 pub const WORLD: &str = "warren:handler/handler@0.1.0";
@@ -595,50 +599,6 @@ impl Runtime {
     }
 }
 
-/// Idle warm instances of one handler, for `instances = "reuse"`. Holds at
-/// most as many as the handler has messages in flight, so together with
-/// the running ones they never exceed the pool's share the permits allow.
-#[derive(Default)]
-pub struct WarmInstances {
-    idle: std::sync::Mutex<Vec<Warm>>,
-}
-
-impl fmt::Debug for WarmInstances {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.idle.lock().map(|v| v.len()).unwrap_or(0);
-        f.debug_struct("WarmInstances").field("idle", &n).finish()
-    }
-}
-
-struct Warm {
-    store: Store<State>,
-    handler: Handler,
-    digest: Digest,
-    served: u32,
-}
-
-impl WarmInstances {
-    /// An idle instance of the module with `digest`; idle instances of other
-    /// versions (left from before a deploy) are dropped on the way.
-    fn take(&self, digest: &Digest) -> Option<Warm> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|w| &w.digest == digest);
-        idle.pop()
-    }
-
-    fn put(&self, warm: Warm) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(warm);
-    }
-
-    /// Drops every idle instance.
-    pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
 /// Ticks until the deadline: one more than the timeout needs, because the
 /// first tick may come at any moment after the store starts.
 fn deadline_ticks(timeout: Duration) -> u64 {
@@ -693,35 +653,6 @@ fn stderr_tail(stderr: &[u8]) -> Option<String> {
         .collect();
     lines.reverse();
     (!lines.is_empty()).then(|| lines.join(" / "))
-}
-
-/// Advances the engine's epoch every [`TICK`] on its own thread, until the
-/// last [`Runtime`] clone is dropped.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("warren-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("cannot start the epoch thread");
-        Self { stop }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
