@@ -228,7 +228,7 @@ async fn sigterm_with_500_in_flight_loses_nothing_and_exits_0() {
     let mut w = Warren::start(&config(&guest("sandbox"), "slow", &q, None, &extra), None);
     w.wait_log("consuming", Duration::from_secs(30));
 
-    let all: Vec<String> = (0..500).map(|i| format!("sleep:20#{i}")).collect();
+    let all: Vec<String> = (0..500).map(|i| format!("sleep:100#{i}")).collect();
     // The guest parses `sleep:N`; the suffix makes each body unique.
     r.declare(&q).await;
     r.publish_many(
