@@ -54,6 +54,12 @@ fi
 # rabbitmqctl is how the tests inject faults; make sure it answers.
 sudo_ rabbitmqctl await_startup >/dev/null 2>&1 || say "warning: rabbitmqctl does not answer; fault-injection tests will fail"
 
+# The guest toolchains' own runtimes: Node.js for componentize-js and jco,
+# Python's venv for componentize-py (each guests/LANG/build.sh installs the
+# pinned tools themselves). C's clang and wasi-libc come from guests/c/build.sh.
+{ command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
+
 # Rust: the guest target and the test runner.
 if ! command -v cargo >/dev/null; then
     say "cargo not found: install Rust with rustup first" >&2
