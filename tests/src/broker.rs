@@ -23,6 +23,25 @@ pub struct Got {
 }
 
 impl Got {
+    /// What the tests look at of a delivery.
+    pub fn from_delivery(d: &lapin::message::Delivery) -> Got {
+        let props = &d.properties;
+        Got {
+            body: d.data.clone(),
+            message_id: props.message_id().as_ref().map(|s| s.to_string()),
+            headers: props
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -75,23 +94,6 @@ impl Rabbit {
             .queue_declare(queue.into(), opts, FieldTable::default())
             .await
             .expect("queue.declare");
-    }
-
-    /// Messages ready in `queue` (0 if it does not exist).
-    pub async fn depth(&self, queue: &str) -> u32 {
-        let out = rabbitmqctl(&[
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ]);
-        out.lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next()? == queue).then(|| f.next()?.parse::<u32>().ok())?
-            })
-            .next()
-            .unwrap_or(0)
     }
 
     /// Ready plus unacked messages of `queue`, from the broker's own count.
@@ -157,21 +159,7 @@ impl Rabbit {
             .expect("basic.get")
         {
             m.ack(BasicAckOptions::default()).await.expect("ack");
-            let props = &m.delivery.properties;
-            out.push(Got {
-                body: m.delivery.data.clone(),
-                message_id: props.message_id().as_ref().map(|s| s.to_string()),
-                headers: props
-                    .headers()
-                    .as_ref()
-                    .map(|h| {
-                        h.inner()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+            out.push(Got::from_delivery(&m.delivery));
         }
         out
     }

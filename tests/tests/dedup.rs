@@ -523,21 +523,7 @@ async fn peek(queue: &str) -> Got {
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("{queue} is empty"));
-    let props = &m.delivery.properties;
-    let got = Got {
-        body: m.delivery.data.clone(),
-        message_id: props.message_id().as_ref().map(|s| s.to_string()),
-        headers: props
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let got = Got::from_delivery(&m.delivery);
     m.nack(BasicNackOptions {
         multiple: false,
         requeue: true,

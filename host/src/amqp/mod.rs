@@ -148,10 +148,6 @@ impl Broker {
         Publisher::open(&self.conn).await
     }
 
-    pub fn connected(&self) -> bool {
-        self.conn.status().connected()
-    }
-
     /// Resolves when the connection fails (broker gone, connection closed by
     /// an operator, missed heartbeats). Watching the connection, not only the
     /// consumer streams, because a stream can go silent instead (lapin#389).

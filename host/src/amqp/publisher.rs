@@ -76,10 +76,6 @@ impl Publisher {
         })
     }
 
-    pub fn connected(&self) -> bool {
-        self.channel.status().connected()
-    }
-
     /// Closes the channel and waits for the broker to confirm, so the
     /// connection can close after it cleanly.
     pub async fn close(&self) {
