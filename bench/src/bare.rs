@@ -15,7 +15,7 @@ use futures_util::StreamExt as _;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 
 use crate::amqp::{now_us, stamp};
 
@@ -63,18 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
 
     let mut samples = Vec::new();
-    let expected = Arc::new(AtomicU64::new(u64::MAX));
-    // The commands after `go` come while the consumer runs.
-    {
-        let expected = expected.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdin.next_line().await {
-                if let Some(n) = line.strip_prefix("expect ") {
-                    expected.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
-                }
-            }
-        });
-    }
+    let expected = expected_from(stdin);
 
     let mut handled = 0u64;
     let mut check = tokio::time::interval(Duration::from_millis(10));
@@ -97,9 +86,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = check.tick() => {}
         }
         if samples.len() as u64 >= expected.load(Ordering::SeqCst) {
-            let list: Vec<String> = samples.iter().map(u64::to_string).collect();
-            println!("latencies {}", list.join(","));
+            print_latencies(&samples);
             return Ok(());
         }
     }
+}
+
+/// Reads the commands that come after `go` while the consumer runs: the
+/// number of timed messages to wait for (`expect N`), `u64::MAX` until told.
+pub fn expected_from(mut stdin: Lines<BufReader<Stdin>>) -> Arc<AtomicU64> {
+    let expected = Arc::new(AtomicU64::new(u64::MAX));
+    let set = expected.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdin.next_line().await {
+            if let Some(n) = line.strip_prefix("expect ") {
+                set.store(n.trim().parse().unwrap_or(0), Ordering::SeqCst);
+            }
+        }
+    });
+    expected
+}
+
+/// Prints `latencies v1,v2,...` (microseconds).
+pub fn print_latencies(samples: &[u64]) {
+    let list: Vec<String> = samples.iter().map(u64::to_string).collect();
+    println!("latencies {}", list.join(","));
 }

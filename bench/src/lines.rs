@@ -54,6 +54,9 @@ pub struct Opts {
 pub enum Kind {
     /// A bare lapin consumer, acking each message or with no ack at all.
     Bare { ack: bool },
+    /// A bare lapin echo: each message published persistent, mandatory and
+    /// confirmed to an output queue, the input acked after the confirm.
+    BareEcho,
     /// The Python seed design made correct.
     Seed,
     /// warren with the guest `module` (a file in the guests folder), which
@@ -93,6 +96,11 @@ pub fn all() -> Vec<Line> {
             id: "2",
             what: "bare lapin, no ack (ceiling)",
             kind: Kind::Bare { ack: false },
+        },
+        Line {
+            id: "2e",
+            what: "(not in the issue) bare lapin echo: publish each message with confirms, then ack",
+            kind: Kind::BareEcho,
         },
         Line {
             id: "3",
@@ -202,7 +210,7 @@ async fn measure(
     ));
     rabbit.declare(&names.queue).await?;
     let output = !matches!(line.kind, Kind::Warren { output: false, .. });
-    if matches!(line.kind, Kind::Warren { .. }) {
+    if matches!(line.kind, Kind::Warren { .. } | Kind::BareEcho) {
         // Echo's outputs are mandatory publishes: their queue must exist.
         rabbit.declare(&names.out).await?;
     }
@@ -334,6 +342,19 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
             }
             Ok(Subject::Own(Box::new(
                 Consumer::start(cmd, "the bare lapin consumer").await?,
+            )))
+        }
+        Kind::BareEcho => {
+            let exe = std::env::current_exe().context("cannot find the bench binary")?;
+            let mut cmd = Command::new(exe);
+            cmd.args(["bare-echo", "--url", &opts.amqp_url, "--queue"])
+                .arg(&names.queue)
+                .arg("--out")
+                .arg(&names.out)
+                .args(["--drain", &opts.n.to_string()])
+                .args(["--prefetch", &opts.prefetch.to_string()]);
+            Ok(Subject::Own(Box::new(
+                Consumer::start(cmd, "the bare lapin echo").await?,
             )))
         }
         Kind::Seed => {

@@ -9,6 +9,8 @@
 //! - `lines`: the lines, and how one line is measured, top to bottom;
 //! - `amqp`: the bench's own RabbitMQ side (fill, paced publish, latency sink);
 //! - `bare`: the bare lapin consumer of lines 1 and 2 (a child process);
+//! - `bare_echo`: the bare lapin echo of line 2e, consume-publish-ack with
+//!   confirms (a child process);
 //! - `child`: CPU time from /proc, and the line protocol of the bench's own
 //!   consumer processes (the bare one and `bench/seed_consumer.py`);
 //! - `warren`: a `warren run` process, its config and admin endpoint;
@@ -20,6 +22,7 @@
 
 mod amqp;
 mod bare;
+mod bare_echo;
 mod child;
 mod lines;
 mod machine;
@@ -55,6 +58,9 @@ enum Cmd {
     /// The bare lapin consumer of lines 1 and 2; the bench starts it itself.
     #[command(hide = true)]
     BareConsumer(bare::Args),
+    /// The bare lapin echo of line 2e; the bench starts it itself.
+    #[command(hide = true)]
+    BareEcho(bare_echo::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,7 +71,7 @@ struct RunArgs {
     /// Seconds of publishing at half the drain rate, for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Lines to run, comma-separated (1,2,3,4,5,6,7a,7b); all by default.
+    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,6,7a,7b); all by default.
     #[arg(long, value_delimiter = ',')]
     lines: Vec<String>,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -117,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Some(Cmd::BareConsumer(args)) => rt.block_on(bare::run(args)),
+        Some(Cmd::BareEcho(args)) => rt.block_on(bare_echo::run(args)),
         None => rt.block_on(run(cli.run)),
     }
 }
@@ -132,7 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         for id in &args.lines {
             if !all.iter().any(|l| l.id == id) {
-                bail!("no line {id:?}: the lines are 1, 2, 3, 4, 5, 6, 7a, 7b");
+                bail!("no line {id:?}: the lines are 1, 2, 2e, 3, 4, 5, 5n, 6, 7a, 7b");
             }
         }
         all.into_iter()

@@ -118,6 +118,14 @@ pub struct Handler {
     /// AMQP consumer channels for this handler in this process.
     #[serde(default = "defaults::channels")]
     pub channels: u32,
+    /// The most deliveries handled together as one batch: one dedup round
+    /// trip, one hand-off to the sandbox and one wait for confirms for all
+    /// of them. A batch takes only what has already arrived, so it never
+    /// waits to fill; its messages run one after another, so a slow one
+    /// delays the settling of the others in its batch. 1 handles every
+    /// message on its own, up to `consumers` at once.
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: u32,
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
     #[serde(default = "defaults::memory_mb")]
@@ -299,6 +307,9 @@ mod defaults {
     pub fn channels() -> u32 {
         1
     }
+    pub fn max_batch() -> u32 {
+        16
+    }
     pub fn timeout_ms() -> u64 {
         5_000
     }
@@ -439,6 +450,7 @@ impl Config {
                 ("consumers", h.consumers as u64),
                 ("prefetch", h.prefetch as u64),
                 ("channels", h.channels as u64),
+                ("max_batch", h.max_batch as u64),
                 ("timeout_ms", h.timeout_ms),
                 ("memory_mb", h.memory_mb as u64),
                 ("retry.max_attempts", h.retry.max_attempts as u64),
@@ -502,6 +514,17 @@ impl Handler {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// How many batches may be in flight at once on a machine with `cores`
+    /// CPUs: enough to hold `consumers` messages in batches of `max_batch`,
+    /// and at least one per core (up to `consumers`), because a batch runs
+    /// its messages one after another on one thread, and a guest can only
+    /// compute (it has no I/O to wait for), so batches beyond the cores
+    /// would not run guests faster, and fewer would leave cores idle.
+    pub fn batch_slots(&self, cores: u32) -> u32 {
+        let to_hold = self.consumers.div_ceil(self.max_batch.max(1));
+        to_hold.max(cores.min(self.consumers)).max(1)
     }
 }
 
@@ -616,6 +639,28 @@ queue = "orders"
         assert_eq!(
             err.to_string(),
             "/etc/warren/warren.toml: handler \"echo\": key dedup.lease_ms: the lease (30000 ms) must be longer than timeout_ms (40000 ms)"
+        );
+    }
+
+    #[test]
+    fn batches_default_to_16_and_are_enough_for_consumers() {
+        let h = &parse(MINIMAL).unwrap().handlers[0];
+        assert_eq!(h.max_batch, 16);
+        assert_eq!(h.batch_slots(1), 1, "8 consumers fit one batch");
+        assert_eq!(h.batch_slots(4), 4, "one batch per core");
+        assert_eq!(h.batch_slots(32), 8, "never more batches than consumers");
+        let h = &parse(&format!("{MINIMAL}consumers = 64\nmax_batch = 10\n"))
+            .unwrap()
+            .handlers[0];
+        assert_eq!(h.batch_slots(2), 7, "6 batches of 10 hold only 60 of 64");
+        let h = &parse(&format!("{MINIMAL}consumers = 3\nmax_batch = 1\n"))
+            .unwrap()
+            .handlers[0];
+        assert_eq!(h.batch_slots(1), 3);
+        let err = parse(&format!("{MINIMAL}max_batch = 0\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/warren/warren.toml: handler \"echo\": key max_batch: must be at least 1"
         );
     }
 

@@ -1,12 +1,12 @@
 //! warren: run sandboxed WebAssembly message handlers on RabbitMQ.
 //!
-//! Layout (one module per concern; the pipeline for one message reads top to
-//! bottom in [`pipeline::process`]):
+//! Layout (one module per concern; the pipeline for a batch of messages reads
+//! top to bottom in [`pipeline::process`]):
 //!
 //! - [`config`]: the TOML config file, defaults, validation.
 //! - [`server`]: `warren run`: start-up, the connection supervisor, consumer
 //!   loops, graceful shutdown.
-//! - [`pipeline`]: one message: dedup claim, handler, settlement.
+//! - [`pipeline`]: a batch of messages: dedup claims, handler, settlement.
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin.
 //! - [`dedup`]: the dedup store, the only module that knows Redis.
 //! - [`runtime`]: the sandbox, the only module that knows wasmtime.

@@ -1,11 +1,11 @@
 //! Prometheus metrics: what happened to messages, per handler, and the state
 //! of the connections. Served as text by the admin endpoint.
 //!
-//! Counting is a lock-free add on a label set that is created once; the
-//! per-message cost is a hash lookup under a read lock.
+//! Counting is a lock-free add: each handler's label sets are created once,
+//! when the handler is set up ([`Metrics::handler`]), so the message path
+//! never builds a label or takes a lock.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +49,7 @@ pub struct Metrics {
     /// the policy is `process`.
     pub dedup_bypassed: Family<HandlerLabel, Counter>,
     pub duration: Family<HandlerLabel, Histogram>,
+    pub batch: Family<HandlerLabel, Histogram>,
     pub in_flight: Family<HandlerLabel, Gauge>,
     /// 1 for the live module version of each handler.
     pub module: Family<ModuleLabels, Gauge>,
@@ -93,6 +94,14 @@ impl Metrics {
             "Time in the sandbox per message",
             duration.clone(),
         );
+        let batch = Family::<HandlerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 10))
+        });
+        r.register(
+            "batch_messages",
+            "Messages per batch: what a consumer channel had received when a batch slot freed up",
+            batch.clone(),
+        );
         let in_flight = Family::<HandlerLabel, Gauge>::default();
         r.register("in_flight", "Messages being handled now", in_flight.clone());
         let module = Family::<ModuleLabels, Gauge>::default();
@@ -127,6 +136,7 @@ impl Metrics {
             failures,
             dedup_bypassed,
             duration,
+            batch,
             in_flight,
             module,
             deploys,
@@ -136,30 +146,34 @@ impl Metrics {
         }
     }
 
-    pub fn outcome(&self, handler: &str, outcome: &str) {
-        self.messages
-            .get_or_create(&OutcomeLabels {
-                handler: handler.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-
-    pub fn failure(&self, handler: &str, kind: &str) {
-        self.failures
-            .get_or_create(&FailureLabels {
-                handler: handler.into(),
-                kind: kind.into(),
-            })
-            .inc();
-    }
-
-    pub fn observe(&self, handler: &str, took: Duration) {
-        self.duration
-            .get_or_create(&HandlerLabel {
-                handler: handler.into(),
-            })
-            .observe(took.as_secs_f64());
+    /// The handles one handler counts its messages with, created now so that
+    /// counting costs an atomic add.
+    pub fn handler(&self, handler: &str) -> HandlerMetrics {
+        let label = HandlerLabel {
+            handler: handler.into(),
+        };
+        let outcome = |o: &str| {
+            self.messages
+                .get_or_create(&OutcomeLabels {
+                    handler: handler.into(),
+                    outcome: o.into(),
+                })
+                .clone()
+        };
+        HandlerMetrics {
+            ack: outcome("ack"),
+            dedup_hit: outcome("dedup_hit"),
+            retry: outcome("retry"),
+            deferred: outcome("deferred"),
+            dead_letter: outcome("dead_letter"),
+            requeued: outcome("requeued"),
+            duration: self.duration.get_or_create(&label).clone(),
+            batch: self.batch.get_or_create(&label).clone(),
+            in_flight: self.in_flight.get_or_create(&label).clone(),
+            dedup_bypassed: self.dedup_bypassed.get_or_create(&label).clone(),
+            failures: self.failures.clone(),
+            handler: handler.into(),
+        }
     }
 
     /// Records `digest` as the live version of `handler`, replacing `old`.
@@ -197,5 +211,41 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .get()
+    }
+}
+
+/// One handler's counters, gauges and histogram, looked up once.
+#[derive(Clone, Debug)]
+pub struct HandlerMetrics {
+    /// `messages{outcome="ack"}`: handled, outputs confirmed, acked.
+    pub ack: Counter,
+    /// Acked without running: the key was already done.
+    pub dedup_hit: Counter,
+    /// Sent to a wait queue after a failure.
+    pub retry: Counter,
+    /// Sent to a wait queue because another owner held the key.
+    pub deferred: Counter,
+    pub dead_letter: Counter,
+    /// Returned to the queue unhandled (shutdown, lost lease, a refusal).
+    pub requeued: Counter,
+    pub duration: Histogram,
+    /// Messages per batch.
+    pub batch: Histogram,
+    pub in_flight: Gauge,
+    pub dedup_bypassed: Counter,
+    failures: Family<FailureLabels, Counter>,
+    handler: String,
+}
+
+impl HandlerMetrics {
+    /// Counts a run that ended without an outcome (a trap, a timeout, an
+    /// output the broker refused), by kind. Rare, so the label is built here.
+    pub fn failure(&self, kind: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                handler: self.handler.clone(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 }

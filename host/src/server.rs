@@ -59,6 +59,7 @@ impl Host {
         }
 
         let metrics = Metrics::new();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let mut handlers = Vec::new();
         for h in &config.handlers {
             let bytes = std::fs::read(&h.module).with_context(|| {
@@ -121,6 +122,8 @@ impl Host {
                     }),
                 },
                 concurrency: Arc::new(Semaphore::new(h.consumers as usize)),
+                batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
+                metrics: metrics.handler(&h.name),
                 warm: Arc::default(),
                 versions: Versions::new(module, format!("file {}", h.module.display())),
                 env,
@@ -292,7 +295,8 @@ enum Stop {
 }
 
 /// Takes deliveries from one consumer channel, at most `consumers` of the
-/// handler in flight, each handled in its own task.
+/// handler in flight, in batches of what has already arrived (at most
+/// `max_batch`), each batch handled in its own task.
 async fn consume_loop(
     shared: Arc<Shared>,
     h: Arc<HandlerCtx>,
@@ -302,25 +306,44 @@ async fn consume_loop(
     grace: Duration,
 ) {
     let mut tasks = JoinSet::new();
+    let max_batch = h.cfg.max_batch as usize;
     loop {
-        // A permit first, then a delivery: what the loop has not taken stays
-        // prefetched, unacked and unstarted, and returns to the queue if this
-        // host stops.
-        let permit = tokio::select! {
+        // A batch slot and a permit first, then a delivery: what the loop
+        // has not taken stays prefetched, unacked and unstarted, and returns
+        // to the queue if this host stops.
+        let slot = tokio::select! {
+            p = h.batches.clone().acquire_owned() => p.expect("batch semaphore is never closed"),
+            _ = stop.wait_for(|s| *s != Stop::Running) => break,
+        };
+        let mut permits = tokio::select! {
             p = h.concurrency.clone().acquire_owned() => p.expect("handler semaphore is never closed"),
             _ = stop.wait_for(|s| *s != Stop::Running) => break,
         };
-        let inbound = tokio::select! {
+        let first = tokio::select! {
             d = consumer.next() => match d {
                 Some(d) => d,
                 None => break,
             },
             _ = stop.wait_for(|s| *s != Stop::Running) => break,
         };
+        // Then whatever else has arrived, while permits last: under load a
+        // batch fills from the prefetch buffer, and a lone message goes on
+        // alone without waiting for company.
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            let Ok(more) = h.concurrency.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(d) = consumer.try_next() else {
+                break;
+            };
+            permits.merge(more);
+            batch.push(d);
+        }
         let (shared, h, publisher) = (shared.clone(), h.clone(), publisher.clone());
         tasks.spawn(async move {
-            process(&shared, &h, &publisher, inbound).await;
-            drop(permit);
+            process(&shared, &h, &publisher, batch).await;
+            drop((permits, slot));
         });
         while tasks.try_join_next().is_some() {}
     }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -39,6 +39,9 @@ pub struct ConsumerChannel {
     consumer: Consumer,
     tag: String,
     acks: mpsc::UnboundedSender<AckEvent>,
+    /// The stream ended or failed (seen by [`ConsumerChannel::try_next`]);
+    /// it gives nothing more.
+    ended: bool,
 }
 
 impl ConsumerChannel {
@@ -71,6 +74,7 @@ impl ConsumerChannel {
             consumer,
             tag: tag.to_string(),
             acks: tx,
+            ended: false,
         })
     }
 
@@ -81,8 +85,26 @@ impl ConsumerChannel {
     /// The next delivery, or `None` when the consumer ended (cancelled, or
     /// the channel or connection died).
     pub async fn next(&mut self) -> Option<Inbound> {
-        match self.consumer.next().await? {
-            Ok(delivery) => {
+        if self.ended {
+            return None;
+        }
+        let next = self.consumer.next().await;
+        self.take(next)
+    }
+
+    /// A delivery that has already arrived, without waiting: how a batch
+    /// takes what the broker sent while the previous one was being handled.
+    pub fn try_next(&mut self) -> Option<Inbound> {
+        if self.ended {
+            return None;
+        }
+        let next = self.consumer.next().now_or_never()?;
+        self.take(next)
+    }
+
+    fn take(&mut self, next: Option<Result<Delivery, lapin::Error>>) -> Option<Inbound> {
+        match next {
+            Some(Ok(delivery)) => {
                 let _ = self.acks.send(AckEvent::Received(delivery.delivery_tag));
                 Some(Inbound {
                     delivery,
@@ -90,8 +112,13 @@ impl ConsumerChannel {
                     settled: false,
                 })
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(consumer = %self.tag, error = %e, "consumer stream failed");
+                self.ended = true;
+                None
+            }
+            None => {
+                self.ended = true;
                 None
             }
         }

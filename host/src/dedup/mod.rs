@@ -15,7 +15,8 @@
 //!   [`DedupError`]) and what both stores share (key names, the done marker,
 //!   millisecond conversion);
 //! - `redis`: the shared store, four Lua scripts (`*.lua`) on one
-//!   multiplexed, auto-reconnecting connection;
+//!   multiplexed, auto-reconnecting connection; a batch of messages makes
+//!   each step one pipeline, so a batch costs one round trip per step;
 //! - `memory`: the same semantics in-process, for a host without `[redis]`.
 //!
 //! Architecture Invariant: this is the only module that knows Redis. It does
@@ -173,9 +174,21 @@ impl Store {
         lease: Duration,
         window: Duration,
     ) -> Result<Claim, DedupError> {
+        one(self.claim_many(&[key], lease, window).await)
+    }
+
+    /// [`Store::claim`] for every key of a batch, in one round trip to
+    /// Redis (a pipeline): one result per key, in order. Each key is claimed
+    /// on its own; one key's error does not fail the others.
+    pub async fn claim_many(
+        &self,
+        keys: &[&str],
+        lease: Duration,
+        window: Duration,
+    ) -> Vec<Result<Claim, DedupError>> {
         match self {
-            Store::Redis(store) => store.claim(key, lease, window).await,
-            Store::Memory(store) => store.claim(key, lease, window),
+            Store::Redis(store) => store.claim_many(keys, lease, window).await,
+            Store::Memory(store) => keys.iter().map(|k| store.claim(k, lease, window)).collect(),
         }
     }
 
@@ -183,9 +196,18 @@ impl Store {
     /// still own it. `Ok(false)` means the lease was lost (expired, taken or
     /// done): the caller must then not ack.
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, DedupError> {
+        one(self.renew_many(&[lease], ttl).await)
+    }
+
+    /// [`Store::renew`] for every lease of a batch, in one round trip.
+    pub async fn renew_many(
+        &self,
+        leases: &[&Lease],
+        ttl: Duration,
+    ) -> Vec<Result<bool, DedupError>> {
         match self {
-            Store::Redis(store) => store.renew(lease, ttl).await,
-            Store::Memory(store) => store.renew(lease, ttl),
+            Store::Redis(store) => store.renew_many(leases, ttl).await,
+            Store::Memory(store) => leases.iter().map(|l| store.renew(l, ttl)).collect(),
         }
     }
 
@@ -195,18 +217,32 @@ impl Store {
     /// Call it only once the handler's effects are durable: a key marked done
     /// is never run again within the window.
     pub async fn complete(&self, lease: &Lease, window: Duration) -> Result<bool, DedupError> {
+        one(self.complete_many(&[lease], window).await)
+    }
+
+    /// [`Store::complete`] for every lease of a batch, in one round trip.
+    pub async fn complete_many(
+        &self,
+        leases: &[&Lease],
+        window: Duration,
+    ) -> Vec<Result<bool, DedupError>> {
         match self {
-            Store::Redis(store) => store.complete(lease, window).await,
-            Store::Memory(store) => store.complete(lease, window),
+            Store::Redis(store) => store.complete_many(leases, window).await,
+            Store::Memory(store) => leases.iter().map(|l| store.complete(l, window)).collect(),
         }
     }
 
     /// Compare-and-delete, on handler failure, so a retry can claim the key
     /// again. `Ok(false)` means the key was not ours any more.
     pub async fn release(&self, lease: &Lease) -> Result<bool, DedupError> {
+        one(self.release_many(&[lease]).await)
+    }
+
+    /// [`Store::release`] for every lease of a batch, in one round trip.
+    pub async fn release_many(&self, leases: &[&Lease]) -> Vec<Result<bool, DedupError>> {
         match self {
-            Store::Redis(store) => store.release(lease).await,
-            Store::Memory(store) => store.release(lease),
+            Store::Redis(store) => store.release_many(leases).await,
+            Store::Memory(store) => leases.iter().map(|l| store.release(l)).collect(),
         }
     }
 
@@ -220,14 +256,26 @@ impl Store {
     }
 }
 
+/// The one result of a batch call made with one item.
+fn one<T>(results: Vec<Result<T, DedupError>>) -> Result<T, DedupError> {
+    results
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
+}
+
 /// The name of the fencing counter that belongs to a namespaced key.
 fn fence_key(key: &str) -> String {
     format!("{key}:fence")
 }
 
-/// A new owner token: a uuid v4, which can never equal [`DONE`].
+/// A new owner token: a uuid v4, which can never equal [`DONE`]. Its
+/// randomness comes from the thread's CSPRNG (seeded from the OS), not a
+/// system call per claim.
 fn new_owner() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// A duration in whole milliseconds as the stores use it: rounded up, at least

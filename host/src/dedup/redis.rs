@@ -1,6 +1,8 @@
 //! The Redis dedup store: one `ConnectionManager` (a multiplexed,
 //! auto-reconnecting connection) shared by every caller in the process, and
-//! the four protocol steps as Lua scripts called by SHA.
+//! the four protocol steps as Lua scripts called by SHA. Every step takes a
+//! batch: one EVALSHA per key, sent as one pipeline, so the per-message cost
+//! is the script's work in Redis, not a round trip.
 //!
 //! It owns the connection, its timeouts and the mapping of Redis errors onto
 //! [`DedupError`]. It does not retry a failed call or decide what an
@@ -10,8 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::redis::aio::ConnectionLike as _;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script};
+use ::redis::{Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script, Value};
 
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
 
@@ -118,126 +121,247 @@ impl RedisStore {
         )
     }
 
-    pub(super) async fn claim(
+    /// Claims every key in one round trip: one result per key, in order.
+    pub(super) async fn claim_many(
         &self,
-        key: &str,
+        keys: &[&str],
         lease: Duration,
         window: Duration,
-    ) -> Result<Claim, DedupError> {
-        let owner = new_owner();
+    ) -> Vec<Result<Claim, DedupError>> {
         let lease_ms = ttl_millis(lease);
-        let mut call = self.shared.claim.prepare_invoke();
-        call.key(key)
-            .key(fence_key(key))
-            .arg(&owner)
-            .arg(lease_ms)
-            .arg(ttl_millis(window))
-            .arg(DONE);
-        let (outcome, value): (i64, i64) = self
-            .run("claim", key, call.invoke_async(&mut self.conn.clone()))
-            .await?;
-        match outcome {
-            1 => {
-                let fencing_token = u64::try_from(value).map_err(|_| DedupError::Rejected {
-                    key: key.to_owned(),
-                    reason: format!("fencing counter {} is negative ({value})", fence_key(key)),
-                })?;
-                Ok(Claim::Acquired(Lease {
-                    key: key.to_owned(),
-                    owner,
-                    fencing_token,
-                }))
-            }
-            2 => Ok(Claim::Done),
-            3 => {
-                // PTTL is -1 only if a foreign writer left the key without an
-                // expiry; waiting one lease is then as good a guess as any.
-                let millis = u64::try_from(value).map_or(lease_ms, |ms| ms.max(1));
-                Ok(Claim::Busy {
-                    retry_after: Duration::from_millis(millis),
-                })
-            }
-            other => Err(DedupError::Rejected {
-                key: key.to_owned(),
-                reason: format!("claim script returned unknown outcome {other}"),
-            }),
-        }
+        let window_ms = ttl_millis(window);
+        let owners: Vec<String> = keys.iter().map(|_| new_owner()).collect();
+        let calls = keys
+            .iter()
+            .zip(&owners)
+            .map(|(key, owner)| {
+                let mut cmd = evalsha(&self.shared.claim, &[key, &fence_key(key)]);
+                cmd.arg(owner).arg(lease_ms).arg(window_ms).arg(DONE);
+                cmd
+            })
+            .collect();
+        let replies = self
+            .eval_many::<(i64, i64)>("claim", &self.shared.claim, calls, keys)
+            .await;
+        replies
+            .into_iter()
+            .zip(keys.iter().zip(owners))
+            .map(|(reply, (key, owner))| {
+                let (outcome, value) = reply?;
+                claim_outcome(key, owner, outcome, value, lease_ms)
+            })
+            .collect()
     }
 
-    pub(super) async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, DedupError> {
-        let mut call = self.shared.renew.prepare_invoke();
-        call.key(&lease.key)
-            .key(fence_key(&lease.key))
-            .arg(&lease.owner)
-            .arg(ttl_millis(ttl));
-        self.run(
-            "renew",
-            &lease.key,
-            call.invoke_async(&mut self.conn.clone()),
-        )
-        .await
-    }
-
-    pub(super) async fn complete(
+    /// Renews every lease in one round trip: one result per lease.
+    pub(super) async fn renew_many(
         &self,
-        lease: &Lease,
-        window: Duration,
-    ) -> Result<bool, DedupError> {
-        let mut call = self.shared.complete.prepare_invoke();
-        call.key(&lease.key)
-            .key(fence_key(&lease.key))
-            .arg(&lease.owner)
-            .arg(ttl_millis(window))
-            .arg(DONE);
-        self.run(
-            "complete",
-            &lease.key,
-            call.invoke_async(&mut self.conn.clone()),
-        )
+        leases: &[&Lease],
+        ttl: Duration,
+    ) -> Vec<Result<bool, DedupError>> {
+        let ttl_ms = ttl_millis(ttl);
+        self.owned_many("renew", &self.shared.renew, leases, true, |cmd| {
+            cmd.arg(ttl_ms);
+        })
         .await
     }
 
-    pub(super) async fn release(&self, lease: &Lease) -> Result<bool, DedupError> {
-        let mut call = self.shared.release.prepare_invoke();
-        call.key(&lease.key).arg(&lease.owner);
-        self.run(
-            "release",
-            &lease.key,
-            call.invoke_async(&mut self.conn.clone()),
-        )
+    /// Marks every lease's key done in one round trip: one result per lease.
+    pub(super) async fn complete_many(
+        &self,
+        leases: &[&Lease],
+        window: Duration,
+    ) -> Vec<Result<bool, DedupError>> {
+        let window_ms = ttl_millis(window);
+        self.owned_many("complete", &self.shared.complete, leases, true, |cmd| {
+            cmd.arg(window_ms).arg(DONE);
+        })
         .await
+    }
+
+    /// Releases every lease in one round trip: one result per lease.
+    pub(super) async fn release_many(&self, leases: &[&Lease]) -> Vec<Result<bool, DedupError>> {
+        self.owned_many("release", &self.shared.release, leases, false, |_| {})
+            .await
+    }
+
+    /// Runs `script` once per lease, whose keys are the lease's key (and its
+    /// fencing counter when `with_fence`) and whose arguments are the owner
+    /// token followed by what `args` adds.
+    async fn owned_many(
+        &self,
+        op: &'static str,
+        script: &Script,
+        leases: &[&Lease],
+        with_fence: bool,
+        args: impl Fn(&mut Cmd),
+    ) -> Vec<Result<bool, DedupError>> {
+        let calls = leases
+            .iter()
+            .map(|l| {
+                let mut cmd = if with_fence {
+                    evalsha(script, &[&l.key, &fence_key(&l.key)])
+                } else {
+                    evalsha(script, &[&l.key])
+                };
+                cmd.arg(&l.owner);
+                args(&mut cmd);
+                cmd
+            })
+            .collect();
+        let keys: Vec<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+        self.eval_many(op, script, calls, &keys).await
+    }
+
+    /// Sends `calls` (EVALSHAs of `script`, one per key of `keys`) as one
+    /// pipeline and reads one reply per call, all within [`CALL_DEADLINE`].
+    ///
+    /// A call that finds the script missing (NOSCRIPT: Redis restarted or
+    /// its script cache was flushed) did nothing, so the script is loaded
+    /// and only those calls are sent again. An error reply fails its own
+    /// call; a broken connection or the deadline fails them all.
+    async fn eval_many<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        calls: Vec<Cmd>,
+        keys: &[&str],
+    ) -> Vec<Result<T, DedupError>> {
+        let mut results: Vec<Option<Result<T, DedupError>>> = keys.iter().map(|_| None).collect();
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let mut conn = self.conn.clone();
+        let exchange = async {
+            // Call `i` of the batch is command `todo[j]` of `pipe`.
+            let mut todo: Vec<usize> = (0..calls.len()).collect();
+            let mut pipe = ::redis::pipe();
+            for cmd in calls {
+                pipe.add_command(cmd);
+            }
+            for round in 0..2 {
+                let replies = conn.req_packed_commands(&pipe, 0, todo.len()).await?;
+                if replies.len() != todo.len() {
+                    return Err(RedisError::from((
+                        ErrorKind::ResponseError,
+                        "pipeline answered with the wrong number of replies",
+                    )));
+                }
+                let mut missing = Vec::new();
+                let mut again = ::redis::pipe();
+                for ((i, cmd), reply) in todo.iter().copied().zip(pipe.cmd_iter()).zip(replies) {
+                    let result = match reply {
+                        Value::ServerError(e) if e.code() == "NOSCRIPT" && round == 0 => {
+                            missing.push(i);
+                            again.add_command(cmd.clone());
+                            continue;
+                        }
+                        Value::ServerError(e) => Err(RedisError::from(e)),
+                        value => ::redis::from_owned_redis_value(value),
+                    };
+                    results[i] = Some(result.map_err(|e| self.error(op, keys[i], &e)));
+                }
+                if missing.is_empty() {
+                    break;
+                }
+                script.load_async(&mut conn).await?;
+                (todo, pipe) = (missing, again);
+            }
+            Ok(())
+        };
+        let failed = match tokio::time::timeout(CALL_DEADLINE, exchange).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("timed out after {CALL_DEADLINE:?}")),
+        };
+        results
+            .into_iter()
+            .zip(keys)
+            .map(|(result, key)| {
+                result.unwrap_or_else(|| {
+                    let why = failed.as_deref().unwrap_or("no reply");
+                    Err(DedupError::Unavailable(format!(
+                        "{op} of key {key} on {}: {why}",
+                        self.shared.server
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// The error for one failed call on `key`: about that key, or about the
+    /// store as a whole.
+    fn error(&self, op: &str, key: &str, err: &RedisError) -> DedupError {
+        if is_about_the_key(err) {
+            DedupError::Rejected {
+                key: key.to_owned(),
+                reason: format!("{op}: {err}"),
+            }
+        } else {
+            DedupError::Unavailable(format!(
+                "{op} of key {key} on {}: {err}",
+                self.shared.server
+            ))
+        }
     }
 
     pub(super) async fn ping(&self) -> Result<(), DedupError> {
         let mut conn = self.conn.clone();
-        let ping = async move { ::redis::cmd("PING").query_async::<String>(&mut conn).await };
-        self.run("ping", "", ping).await.map(drop)
-    }
-
-    /// Awaits one call under [`CALL_DEADLINE`] and maps its error. `key` names
-    /// the key in error messages (empty for calls about no key).
-    async fn run<T: FromRedisValue>(
-        &self,
-        op: &str,
-        key: &str,
-        call: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, DedupError> {
-        let subject = if key.is_empty() {
-            format!("{op} on {}", self.shared.server)
-        } else {
-            format!("{op} of key {key} on {}", self.shared.server)
-        };
-        match tokio::time::timeout(CALL_DEADLINE, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if is_about_the_key(&err) => Err(DedupError::Rejected {
-                key: key.to_owned(),
-                reason: format!("{op}: {err}"),
-            }),
-            Ok(Err(err)) => Err(DedupError::Unavailable(format!("{subject}: {err}"))),
+        let cmd = ::redis::cmd("PING");
+        match tokio::time::timeout(CALL_DEADLINE, cmd.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(DedupError::Unavailable(format!(
+                "ping on {}: {err}",
+                self.shared.server
+            ))),
             Err(_) => Err(DedupError::Unavailable(format!(
-                "{subject}: timed out after {CALL_DEADLINE:?}"
+                "ping on {}: timed out after {CALL_DEADLINE:?}",
+                self.shared.server
             ))),
         }
+    }
+}
+
+/// An EVALSHA of `script` on `keys`, to which the caller adds the arguments.
+fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// What claim.lua's reply `{outcome, value}` means.
+fn claim_outcome(
+    key: &str,
+    owner: String,
+    outcome: i64,
+    value: i64,
+    lease_ms: u64,
+) -> Result<Claim, DedupError> {
+    match outcome {
+        1 => {
+            let fencing_token = u64::try_from(value).map_err(|_| DedupError::Rejected {
+                key: key.to_owned(),
+                reason: format!("fencing counter {} is negative ({value})", fence_key(key)),
+            })?;
+            Ok(Claim::Acquired(Lease {
+                key: key.to_owned(),
+                owner,
+                fencing_token,
+            }))
+        }
+        2 => Ok(Claim::Done),
+        3 => {
+            // PTTL is -1 only if a foreign writer left the key without an
+            // expiry; waiting one lease is then as good a guess as any.
+            let millis = u64::try_from(value).map_or(lease_ms, |ms| ms.max(1));
+            Ok(Claim::Busy {
+                retry_after: Duration::from_millis(millis),
+            })
+        }
+        other => Err(DedupError::Rejected {
+            key: key.to_owned(),
+            reason: format!("claim script returned unknown outcome {other}"),
+        }),
     }
 }
 

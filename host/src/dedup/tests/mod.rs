@@ -82,6 +82,9 @@ on_both_stores!(
     concurrent_claims_yield_exactly_one_acquired,
     zero_durations_round_up_to_one_millisecond,
     owner_cannot_renew_or_complete_after_release,
+    a_batch_claims_each_key_on_its_own,
+    a_batch_completes_renews_and_releases_only_what_it_owns,
+    an_empty_batch_asks_nothing,
 );
 
 async fn claim_acquires_with_fencing_token_one(store: Store) {
@@ -316,4 +319,105 @@ async fn memory_store_describes_itself_as_one_process_only() {
     );
     assert_eq!(store.key("orders", "m-1"), "warren:orders:m-1");
     store.ping().await.expect("memory ping");
+}
+
+async fn a_batch_claims_each_key_on_its_own(store: Store) {
+    let (free, done, held) = (
+        store.key("orders", "free"),
+        store.key("orders", "done"),
+        store.key("orders", "held"),
+    );
+    let marked = acquire(&store, &done, LEASE).await;
+    assert!(store.complete(&marked, WINDOW).await.expect("complete"));
+    acquire(&store, &held, LEASE).await;
+
+    // The same key twice in one batch: the first claim wins, the second
+    // sees it held, exactly as two messages claiming one after the other.
+    let keys = [free.as_str(), done.as_str(), held.as_str(), free.as_str()];
+    let got = store.claim_many(&keys, LEASE, WINDOW).await;
+    assert_eq!(got.len(), 4, "one result per key");
+    match &got[0] {
+        Ok(Claim::Acquired(l)) => assert_eq!((l.key.as_str(), l.fencing_token), (free.as_str(), 1)),
+        other => panic!("free key: expected acquired, got {other:?}"),
+    }
+    assert_eq!(got[1].as_ref().expect("done key"), &Claim::Done);
+    assert!(
+        matches!(got[2], Ok(Claim::Busy { .. })),
+        "held key: {:?}",
+        got[2]
+    );
+    assert!(
+        matches!(got[3], Ok(Claim::Busy { .. })),
+        "free key again: {:?}",
+        got[3]
+    );
+}
+
+async fn a_batch_completes_renews_and_releases_only_what_it_owns(store: Store) {
+    let keys: Vec<String> = (0..4)
+        .map(|i| store.key("orders", &format!("m-{i}")))
+        .collect();
+    let mut leases = Vec::new();
+    for k in &keys {
+        leases.push(acquire(&store, k, LEASE).await);
+    }
+    // Lease 3 is lost: released, then claimed by someone else.
+    assert!(store.release(&leases[3]).await.expect("release"));
+    let thief = acquire(&store, &keys[3], LEASE).await;
+
+    let all: Vec<&Lease> = leases.iter().collect();
+    let renewed: Vec<bool> = store
+        .renew_many(&all, LEASE)
+        .await
+        .into_iter()
+        .map(|r| r.expect("renew"))
+        .collect();
+    assert_eq!(renewed, [true, true, true, false]);
+
+    let done: Vec<bool> = store
+        .complete_many(&all[..2], WINDOW)
+        .await
+        .into_iter()
+        .chain(store.complete_many(&all[3..], WINDOW).await)
+        .map(|r| r.expect("complete"))
+        .collect();
+    assert_eq!(done, [true, true, false], "the lost lease writes nothing");
+    let released: Vec<bool> = store
+        .release_many(&all)
+        .await
+        .into_iter()
+        .map(|r| r.expect("release"))
+        .collect();
+    assert_eq!(
+        released,
+        [false, false, true, false],
+        "done keys stay done; only the held lease is released"
+    );
+    for (k, want) in keys
+        .iter()
+        .zip([Some(Claim::Done), Some(Claim::Done), None, None])
+    {
+        let got = store.claim(k, LEASE, WINDOW).await.expect("claim");
+        match want {
+            Some(w) => assert_eq!(got, w, "{k}"),
+            None if k == &keys[2] => assert!(matches!(got, Claim::Acquired(_)), "{k}: {got:?}"),
+            None => assert!(
+                matches!(got, Claim::Busy { .. }),
+                "{k} is the thief's: {got:?}"
+            ),
+        }
+    }
+    assert!(
+        store
+            .release(&thief)
+            .await
+            .expect("the thief still owns its key")
+    );
+}
+
+async fn an_empty_batch_asks_nothing(store: Store) {
+    assert!(store.claim_many(&[], LEASE, WINDOW).await.is_empty());
+    assert!(store.complete_many(&[], WINDOW).await.is_empty());
+    assert!(store.renew_many(&[], LEASE).await.is_empty());
+    assert!(store.release_many(&[]).await.is_empty());
 }

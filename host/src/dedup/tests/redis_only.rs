@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{LEASE, WINDOW, acquire, redis_store, redis_url, unique_prefix};
-use crate::dedup::{Claim, DedupError, Store, fence_key};
+use crate::dedup::{Claim, DedupError, Lease, Store, fence_key};
 
 /// A raw connection for looking behind the store's back.
 async fn raw_redis() -> ::redis::aio::MultiplexedConnection {
@@ -110,6 +110,69 @@ async fn redis_scripts_reload_after_script_flush() {
     assert!(store.complete(&lease, WINDOW).await.expect("complete"));
     let other = acquire(&store, &store.key("orders", "m-2"), LEASE).await;
     assert!(store.release(&other).await.expect("release"));
+}
+
+#[tokio::test]
+async fn redis_wrong_type_key_in_a_batch_rejects_only_that_key() {
+    let store = redis_store().await;
+    let bad = store.key("orders", "bad");
+    let _: () = ::redis::cmd("HSET")
+        .arg(&bad)
+        .arg("field")
+        .arg("value")
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("hset");
+    let (a, b) = (store.key("orders", "a"), store.key("orders", "b"));
+    let got = store.claim_many(&[&a, &bad, &b], LEASE, WINDOW).await;
+    assert!(matches!(got[0], Ok(Claim::Acquired(_))), "{:?}", got[0]);
+    match &got[1] {
+        Err(DedupError::Rejected { key, reason }) => {
+            assert_eq!(key, &bad);
+            assert!(reason.contains("WRONGTYPE"), "{reason}");
+        }
+        other => panic!("expected rejected, got {other:?}"),
+    }
+    assert!(matches!(got[2], Ok(Claim::Acquired(_))), "{:?}", got[2]);
+}
+
+#[tokio::test]
+async fn redis_batch_reloads_scripts_after_script_flush_and_runs_each_call_once() {
+    let store = redis_store().await;
+    let keys: Vec<String> = (0..8)
+        .map(|i| store.key("orders", &format!("m-{i}")))
+        .collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let _: () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("script flush");
+    let leases: Vec<Lease> = store
+        .claim_many(&refs, LEASE, WINDOW)
+        .await
+        .into_iter()
+        .map(|c| match c {
+            Ok(Claim::Acquired(l)) => l,
+            other => panic!("expected acquired, got {other:?}"),
+        })
+        .collect();
+    // Each key was claimed once: a call retried after NOSCRIPT had not run,
+    // so every fencing counter is at 1, not 2.
+    assert!(leases.iter().all(|l| l.fencing_token == 1), "{leases:?}");
+    let _: () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("script flush");
+    let all: Vec<&Lease> = leases.iter().collect();
+    assert!(
+        store
+            .complete_many(&all, WINDOW)
+            .await
+            .into_iter()
+            .all(|r| r.expect("complete"))
+    );
 }
 
 #[tokio::test]

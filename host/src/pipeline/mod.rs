@@ -1,0 +1,637 @@
+//! Messages, top to bottom, a batch at a time: idempotency keys, dedup
+//! claims, the sandboxed handler, then exactly one settlement per message
+//! (ack, delayed retry, dead-letter, or back to the queue).
+//!
+//! A batch is what one consumer channel had already received when a slot
+//! for it freed up: at most the handler's `max_batch` messages, and never a
+//! wait to fill one, so a lone message goes through alone and at once. Each
+//! step runs for the whole batch, so its fixed cost is paid once per batch:
+//! one Redis round trip per dedup step, one hand-off to a sandbox thread,
+//! one wait for the broker's confirms. Every message still settles on its
+//! own: one message's failure never changes another's outcome.
+//!
+//! The order of the success path is the at-least-once contract: outputs
+//! published and confirmed, then the dedup done-marker written, then the
+//! input acked. A crash between any two steps leaves the input unacked, so it
+//! comes back; the dedup marker (or the deterministic output ids) makes the
+//! second run harmless.
+//!
+//! This module decides; `amqp`, `dedup` and `runtime` carry it out.
+
+mod renew;
+mod settle;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
+
+use crate::amqp::{Inbound, Publisher, Topology};
+use crate::config::{self, DedupKey, MissingKey, OnUnavailable};
+use crate::dedup::{Claim, DedupError, Lease, Store};
+use crate::metrics::{HandlerMetrics, Metrics};
+use crate::registry::Versions;
+use crate::runtime::{
+    Completed, HandlerEnv, Message, Module, Outbound, Outcome, RunError, Runtime, WarmInstances,
+};
+use settle::Settle;
+
+/// What every message of the process shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: Runtime,
+    pub store: Store,
+    pub on_unavailable: OnUnavailable,
+    pub metrics: Metrics,
+    pub health: Health,
+    /// This host's name, for dead-letter headers.
+    pub host: String,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Readiness: connected to RabbitMQ, and the dedup store answering.
+#[derive(Debug)]
+pub struct Health {
+    pub amqp: AtomicBool,
+    pub dedup: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            amqp: AtomicBool::new(false),
+            dedup: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.amqp.load(Ordering::Relaxed) && self.dedup.load(Ordering::Relaxed)
+    }
+}
+
+/// One configured handler: its settings, its live module version and its
+/// limit on messages in flight.
+#[derive(Debug)]
+pub struct HandlerCtx {
+    pub cfg: config::Handler,
+    pub env: Arc<HandlerEnv>,
+    /// The live version and its history. A deploy swaps it; a batch loads
+    /// it once when its run starts, so its messages finish on the version
+    /// they started with.
+    pub versions: Versions,
+    pub topology: Topology,
+    /// Idle instances kept for the next message (`instances = "reuse"`).
+    pub warm: Arc<WarmInstances>,
+    /// `consumers` permits: messages in flight at once in this process.
+    pub concurrency: Arc<Semaphore>,
+    /// Batches in flight at once ([`config::Handler::batch_slots`]).
+    /// Bounding batches, not only messages, is what makes batches form:
+    /// while every slot is busy, deliveries gather in the prefetch buffer,
+    /// and the next batch takes them all. With only a bound on messages, a
+    /// loaded consumer settles into batches of one: each finished message
+    /// frees one permit, and the next batch takes one delivery.
+    pub batches: Arc<Semaphore>,
+    pub metrics: HandlerMetrics,
+}
+
+/// Handles a batch of deliveries from one consumer channel to the end.
+/// Never fails: every path settles each delivery one way or another, and a
+/// delivery dropped without settling is requeued by `Inbound`'s destructor.
+pub async fn process(shared: &Shared, h: &HandlerCtx, publisher: &Publisher, batch: Vec<Inbound>) {
+    h.metrics.batch.observe(batch.len() as f64);
+    let span = tracing::debug_span!("batch", handler = %h.cfg.name, messages = batch.len());
+    Pipeline {
+        shared,
+        h,
+        publisher,
+    }
+    .run(batch)
+    .instrument(span)
+    .await
+}
+
+struct Pipeline<'a> {
+    shared: &'a Shared,
+    h: &'a HandlerCtx,
+    publisher: &'a Publisher,
+}
+
+/// A message on its way through the batch.
+struct Job {
+    msg: Inbound,
+    /// Its idempotency key, as the message gives it (not namespaced).
+    key: Option<String>,
+    /// The dedup lease, once claimed; none without dedup, without a key, or
+    /// when the store was bypassed.
+    lease: Option<Lease>,
+}
+
+impl Pipeline<'_> {
+    fn name(&self) -> &str {
+        &self.h.cfg.name
+    }
+
+    async fn run(self, batch: Vec<Inbound>) {
+        // 1. The idempotency keys.
+        let jobs = self.keys(batch).await;
+
+        // 2. Claim them, in one round trip. Duplicates are acked and keys
+        //    held elsewhere deferred here; the rest hold a lease (or run
+        //    without dedup).
+        let jobs = self.claim(jobs).await;
+        if jobs.is_empty() {
+            return;
+        }
+
+        // 3-5. Run, publish, mark done: under lease renewal, in case the
+        //      batch runs past a third of the lease.
+        let leases: Vec<Lease> = jobs.iter().filter_map(|j| j.lease.clone()).collect();
+        let renew = renew::keep_renewed(&self.shared.store, self.name(), leases, self.lease_ttl());
+        tokio::select! {
+            () = self.handle(jobs) => {}
+            () = renew => unreachable!("renewal runs until the work is done"),
+        }
+    }
+
+    /// Runs the handler on each message and settles each by its outcome.
+    async fn handle(&self, jobs: Vec<Job>) {
+        // 3. Run the handler on the live version, the whole batch in one
+        //    hand-off to a sandbox thread.
+        let module = self.h.versions.live();
+        let results = self.run_guests(&module, &jobs).await;
+        let digest = module.digest().to_string();
+
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
+        for (job, result) in jobs.into_iter().zip(results) {
+            match result {
+                Ok(Completed {
+                    outcome: Outcome::Ack,
+                    publishes,
+                    ..
+                }) => acked.push((job, publishes)),
+                Ok(Completed {
+                    outcome: Outcome::Retry(r),
+                    ..
+                }) => failed.push((
+                    job,
+                    Settle::Retry {
+                        delay: r.delay_ms.map(Duration::from_millis),
+                        kind: "retry",
+                        reason: r.reason,
+                    },
+                )),
+                Ok(Completed {
+                    outcome: Outcome::Reject(reason),
+                    ..
+                }) => failed.push((
+                    job,
+                    Settle::DeadLetter {
+                        kind: "reject",
+                        reason,
+                    },
+                )),
+                Err(e) => {
+                    self.h.metrics.failure(e.kind());
+                    tracing::warn!(handler = self.name(), message_id = job.msg.message_id().unwrap_or("-"), attempt = job.msg.attempt(), module = module.digest().short(), error = %e, "handler failed");
+                    failed.push((
+                        job,
+                        Settle::Retry {
+                            delay: None,
+                            kind: e.kind(),
+                            reason: e.to_string(),
+                        },
+                    ))
+                }
+            }
+        }
+
+        // 4. Publish the outputs of every acked message at once, then wait
+        //    for all their confirms.
+        let refused = self.publish_outputs(&acked, &digest).await;
+        let mut done = Vec::with_capacity(acked.len());
+        for ((job, _), refused) in acked.into_iter().zip(refused) {
+            match refused {
+                None => done.push(job),
+                Some(reason) => {
+                    self.h.metrics.failure("publish");
+                    tracing::warn!(handler = self.name(), message_id = job.msg.message_id().unwrap_or("-"), error = %reason, "output not confirmed; input will be retried");
+                    failed.push((
+                        job,
+                        Settle::Retry {
+                            delay: None,
+                            kind: "publish",
+                            reason,
+                        },
+                    ));
+                }
+            }
+        }
+
+        // 5. Mark the keys done (one round trip), then ack.
+        let unmarked = self.complete_and_ack(done).await;
+
+        // 6. The failures give up their leases (one round trip), so a retry
+        //    or a replay from the dead-letter queue can claim the key again,
+        //    then each is retried or dead-lettered.
+        self.release(failed.iter().filter_map(|(j, _)| j.lease.as_ref()))
+            .await;
+        let settles = failed
+            .into_iter()
+            .map(|(job, how)| (job.msg, how))
+            .chain(unmarked)
+            .collect();
+        self.settle_all(settles, Some(&digest)).await;
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.h.cfg.dedup.lease_ms)
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs(self.h.cfg.dedup.window_s)
+    }
+
+    /// Step 1: each message's key; a message without one is dead-lettered
+    /// when dedup needs one (`dedup.missing = "reject"`).
+    async fn keys(&self, batch: Vec<Inbound>) -> Vec<Job> {
+        let dedup = &self.h.cfg.dedup;
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut keyless = Vec::new();
+        for msg in batch {
+            let key = idempotency_key(&dedup.key, &msg);
+            if key.is_none() && dedup.enabled && dedup.missing == MissingKey::Reject {
+                let reason = format!("message has no dedup key ({})", describe_key(&dedup.key));
+                keyless.push((
+                    msg,
+                    Settle::DeadLetter {
+                        kind: "no-dedup-key",
+                        reason,
+                    },
+                ));
+                continue;
+            }
+            jobs.push(Job {
+                msg,
+                key,
+                lease: None,
+            });
+        }
+        self.settle_all(keyless, None).await;
+        jobs
+    }
+
+    /// Step 2: claims every key of the batch in one round trip and settles
+    /// the messages that must not run now; returns those that run.
+    async fn claim(&self, jobs: Vec<Job>) -> Vec<Job> {
+        if !self.h.cfg.dedup.enabled {
+            return jobs;
+        }
+        let store = &self.shared.store;
+        let keys: Vec<Option<String>> = jobs
+            .iter()
+            .map(|j| j.key.as_deref().map(|k| store.key(self.name(), k)))
+            .collect();
+        let claims = self.claim_keys(&keys).await;
+
+        let mut run = Vec::with_capacity(jobs.len());
+        let mut settles = Vec::new();
+        let mut bypassed = 0u64;
+        for (mut job, claimed) in jobs.into_iter().zip(claims) {
+            match claimed {
+                Claimed::Lease(l) => {
+                    job.lease = Some(l);
+                    run.push(job);
+                }
+                Claimed::NoKey => run.push(job),
+                Claimed::Bypass => {
+                    bypassed += 1;
+                    run.push(job);
+                }
+                Claimed::Done => {
+                    tracing::debug!(
+                        handler = self.name(),
+                        message_id = job.msg.message_id().unwrap_or("-"),
+                        "duplicate: already handled, acked without running"
+                    );
+                    self.h.metrics.dedup_hit.inc();
+                    job.msg.ack();
+                }
+                Claimed::Busy(remaining) => settles.push((job.msg, Settle::Defer(remaining))),
+                Claimed::ShuttingDown => settles.push((job.msg, Settle::Requeue)),
+                Claimed::Refused(reason) => settles.push((
+                    job.msg,
+                    Settle::DeadLetter {
+                        kind: "dedup-store",
+                        reason,
+                    },
+                )),
+            }
+        }
+        if bypassed > 0 {
+            tracing::warn!(
+                handler = self.name(),
+                messages = bypassed,
+                "dedup store unavailable: handling without dedup (on_unavailable = process)"
+            );
+            self.h.metrics.dedup_bypassed.inc_by(bypassed);
+        }
+        self.settle_all(settles, None).await;
+        run
+    }
+
+    /// Asks the store for every key, pausing (`on_unavailable = "pause"`)
+    /// while it does not answer: those messages wait, unacked and not
+    /// started, and with every permit held by a waiting batch the consumer
+    /// stops taking more, so the rest stay in the queue.
+    async fn claim_keys(&self, keys: &[Option<String>]) -> Vec<Claimed> {
+        let store = &self.shared.store;
+        let mut claims: Vec<Claimed> = keys.iter().map(|_| Claimed::NoKey).collect();
+        let mut ask: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].is_some()).collect();
+        while !ask.is_empty() {
+            let names: Vec<&str> = ask.iter().filter_map(|&i| keys[i].as_deref()).collect();
+            let answers = store
+                .claim_many(&names, self.lease_ttl(), self.window())
+                .await;
+            let mut unanswered = Vec::new();
+            let mut down = None;
+            for (i, answer) in ask.into_iter().zip(answers) {
+                claims[i] = match answer {
+                    Ok(Claim::Acquired(l)) => Claimed::Lease(l),
+                    Ok(Claim::Done) => Claimed::Done,
+                    Ok(Claim::Busy { retry_after }) => Claimed::Busy(retry_after),
+                    // The store answers but cannot use this key (e.g. it
+                    // holds a value of another type): waiting will not help.
+                    Err(e @ DedupError::Rejected { .. }) => Claimed::Refused(e.to_string()),
+                    Err(_) if self.shared.on_unavailable == OnUnavailable::Process => {
+                        Claimed::Bypass
+                    }
+                    Err(e) => {
+                        down = Some(e);
+                        unanswered.push(i);
+                        continue;
+                    }
+                };
+            }
+            match down {
+                None => self.store_answers(),
+                Some(e) => {
+                    if !self.wait_for_store(&e).await {
+                        for &i in &unanswered {
+                            claims[i] = Claimed::ShuttingDown;
+                        }
+                        break;
+                    }
+                }
+            }
+            ask = unanswered;
+        }
+        claims
+    }
+
+    /// Marks the store as answering (after a pause, says so).
+    fn store_answers(&self) {
+        if !self.shared.health.dedup.swap(true, Ordering::Relaxed) {
+            tracing::info!("dedup store answers again: resuming");
+            self.shared.metrics.redis_available.set(1);
+        }
+    }
+
+    /// Waits until the store answers a ping: true, or false if shutdown came
+    /// first.
+    async fn wait_for_store(&self, error: &DedupError) -> bool {
+        if self.shared.health.dedup.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %error, "dedup store unavailable: pausing (on_unavailable = pause)");
+            self.shared.metrics.redis_available.set(0);
+        }
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.wait_for(|s| *s) => return false,
+            }
+            if self.shared.store.ping().await.is_ok() {
+                self.store_answers();
+                return true;
+            }
+        }
+    }
+
+    /// Step 3: runs every message of the batch, one after the other, on one
+    /// blocking thread: one hand-off for the batch, not one per message.
+    async fn run_guests(
+        &self,
+        module: &Arc<Module>,
+        jobs: &[Job],
+    ) -> Vec<Result<Completed, RunError>> {
+        let messages: Vec<Message> = jobs
+            .iter()
+            .map(|j| {
+                let token = j.lease.as_ref().map_or(0, |l| l.fencing_token);
+                j.msg.to_message(j.key.clone(), token)
+            })
+            .collect();
+        let n = messages.len();
+        let permit = self.shared.runtime.acquire().await;
+        let (rt, env, module) = (
+            self.shared.runtime.clone(),
+            self.h.env.clone(),
+            module.clone(),
+        );
+        let reuse = (self.h.cfg.instances == config::Instances::Reuse)
+            .then(|| (self.h.warm.clone(), self.h.cfg.reuse_max));
+        let duration = self.h.metrics.duration.clone();
+        self.h.metrics.in_flight.inc_by(n as i64);
+        let ran = tokio::task::spawn_blocking(move || {
+            messages
+                .iter()
+                .map(|message| {
+                    let started = Instant::now();
+                    let result = match &reuse {
+                        Some((warm, max)) => {
+                            rt.run_warm(&module, &env, message, &permit, warm, *max)
+                        }
+                        None => rt.run(&module, &env, message, &permit),
+                    };
+                    duration.observe(started.elapsed().as_secs_f64());
+                    result
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        self.h.metrics.in_flight.dec_by(n as i64);
+        ran.unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| {
+                    Err(RunError::Trap {
+                        message: format!("host task failed: {e}"),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Step 4: publishes every output of every acked message, each with its
+    /// deterministic id, all at once, and waits for their confirms. Returns,
+    /// per message, why an output of it was not confirmed (the first refusal
+    /// to arrive), or none when all were.
+    async fn publish_outputs(
+        &self,
+        acked: &[(Job, Vec<Outbound>)],
+        digest: &str,
+    ) -> Vec<Option<String>> {
+        let mut sends = FuturesUnordered::new();
+        for (j, (job, outputs)) in acked.iter().enumerate() {
+            if outputs.is_empty() {
+                continue;
+            }
+            let base = job.key.clone().unwrap_or_else(|| output_id_base(&job.msg));
+            for (i, out) in outputs.iter().enumerate() {
+                let id = output_message_id(self.name(), &base, i);
+                sends.push(async move {
+                    let sent = self.publisher.output(out, &id, digest).await;
+                    (
+                        j,
+                        sent.map_err(|e| format!("output {i} not confirmed: {e}")),
+                    )
+                });
+            }
+        }
+        let mut refused: Vec<Option<String>> = acked.iter().map(|_| None).collect();
+        while let Some((j, sent)) = sends.next().await {
+            if let Err(reason) = sent {
+                refused[j].get_or_insert(reason);
+            }
+        }
+        refused
+    }
+
+    /// Step 5: marks the keys of the messages whose outputs are durable as
+    /// done, in one round trip, and acks those marked (and those without a
+    /// lease). Returns the messages that could not be marked, with how they
+    /// settle: a lost lease goes back to the queue now (another owner may
+    /// have it), a store error after a pause.
+    async fn complete_and_ack(&self, done: Vec<Job>) -> Vec<(Inbound, Settle)> {
+        let leases: Vec<&Lease> = done.iter().filter_map(|j| j.lease.as_ref()).collect();
+        let mut marked = if leases.is_empty() {
+            Vec::new()
+        } else {
+            self.shared
+                .store
+                .complete_many(&leases, self.window())
+                .await
+        }
+        .into_iter();
+        let mut unmarked = Vec::new();
+        let mut acked = 0;
+        for job in done {
+            if let Some(lease) = &job.lease {
+                let message_id = job.msg.message_id().unwrap_or("-");
+                match marked.next() {
+                    Some(Ok(true)) => {}
+                    Some(Ok(false)) => {
+                        tracing::warn!(handler = self.name(), message_id, key = %lease.key, "dedup lease lost while the handler ran: not acking; the message goes back to the queue");
+                        unmarked.push((job.msg, Settle::Requeue));
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(handler = self.name(), message_id, key = %lease.key, error = %e, "cannot write the dedup done-marker: not acking; the message goes back to the queue");
+                        unmarked.push((job.msg, Settle::RequeueLater));
+                        continue;
+                    }
+                    None => {
+                        unmarked.push((job.msg, Settle::RequeueLater));
+                        continue;
+                    }
+                }
+            }
+            acked += 1;
+            job.msg.ack();
+        }
+        self.h.metrics.ack.inc_by(acked);
+        unmarked
+    }
+
+    /// Gives up leases after failed or rejected runs, in one round trip.
+    async fn release<'l>(&self, leases: impl Iterator<Item = &'l Lease>) {
+        let leases: Vec<&Lease> = leases.collect();
+        if leases.is_empty() {
+            return;
+        }
+        let results = self.shared.store.release_many(&leases).await;
+        for (lease, result) in leases.iter().zip(results) {
+            if let Err(e) = result {
+                tracing::warn!(handler = self.name(), key = %lease.key, error = %e, "cannot release the dedup lease; it expires on its own");
+            }
+        }
+    }
+}
+
+/// What the claim of one message's key came to.
+enum Claimed {
+    Lease(Lease),
+    /// The message has no key and runs without dedup.
+    NoKey,
+    Done,
+    Busy(Duration),
+    /// The store is unavailable and the policy is to run without it.
+    Bypass,
+    ShuttingDown,
+    Refused(String),
+}
+
+/// The message's idempotency key, or none when it has none.
+pub fn idempotency_key(how: &DedupKey, msg: &Inbound) -> Option<String> {
+    match how {
+        DedupKey::MessageId => msg
+            .message_id()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        DedupKey::Header(name) => msg.header_text(name).filter(|s| !s.is_empty()),
+        DedupKey::BodySha256 => Some(hex::encode(Sha256::digest(msg.body()))),
+    }
+}
+
+fn describe_key(how: &DedupKey) -> String {
+    match how {
+        DedupKey::MessageId => "no message-id property".into(),
+        DedupKey::Header(name) => format!("no text or integer header {name:?}"),
+        DedupKey::BodySha256 => "body-sha256".into(),
+    }
+}
+
+/// What output ids derive from when a message has no dedup key.
+fn output_id_base(msg: &Inbound) -> String {
+    msg.message_id()
+        .map(str::to_string)
+        .unwrap_or_else(|| hex::encode(Sha256::digest(msg.body())))
+}
+
+/// The message id of a handler's `index`-th output for input `key`: the same
+/// on every run of the same input, so a retried or duplicated run publishes
+/// the same ids and downstream consumers can drop the copies.
+pub fn output_message_id(handler: &str, key: &str, index: usize) -> String {
+    let name = format!("{handler}\n{key}\n{index}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_ids_are_deterministic_and_distinct() {
+        let a = output_message_id("echo", "k1", 0);
+        assert_eq!(a, output_message_id("echo", "k1", 0));
+        assert_ne!(a, output_message_id("echo", "k1", 1));
+        assert_ne!(a, output_message_id("echo", "k2", 0));
+        assert_ne!(a, output_message_id("other", "k1", 0));
+    }
+}
