@@ -17,7 +17,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
 };
@@ -81,12 +81,23 @@ impl Rabbit {
 
     /// Declares a durable classic queue, as warren declares its input queue.
     pub async fn declare(&self, queue: &str) -> anyhow::Result<()> {
+        self.declare_with(queue, None).await
+    }
+
+    /// Declares a durable classic queue, in RabbitMQ's `x-queue-mode`
+    /// `mode` if given (`lazy`: messages go to disk at once instead of
+    /// staying in the queue process's memory).
+    pub async fn declare_with(&self, queue: &str, mode: Option<&str>) -> anyhow::Result<()> {
         let opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        let mut args = FieldTable::default();
+        if let Some(mode) = mode {
+            args.insert("x-queue-mode".into(), AMQPValue::LongString(mode.into()));
+        }
         self.ch
-            .queue_declare(queue.into(), opts, FieldTable::default())
+            .queue_declare(queue.into(), opts, args)
             .await
             .with_context(|| format!("cannot declare queue {queue}"))?;
         Ok(())

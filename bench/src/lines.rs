@@ -36,6 +36,9 @@ pub struct Opts {
     pub python: PathBuf,
     pub seed_script: PathBuf,
     pub consumers: u32,
+    pub max_batch: u32,
+    /// `x-queue-mode` of the output queue of lines 2e and 4 to 7, if any.
+    pub out_queue_mode: Option<String>,
     pub prefetch: u16,
     pub channels: u32,
     pub instances: String,
@@ -212,7 +215,9 @@ async fn measure(
     let output = !matches!(line.kind, Kind::Warren { output: false, .. });
     if matches!(line.kind, Kind::Warren { .. } | Kind::BareEcho) {
         // Echo's outputs are mandatory publishes: their queue must exist.
-        rabbit.declare(&names.out).await?;
+        rabbit
+            .declare_with(&names.out, opts.out_queue_mode.as_deref())
+            .await?;
     }
     rabbit.fill(&names.queue, n, &names.queue).await?;
 
@@ -388,6 +393,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                     vec![("mode", "ack".into())]
                 },
                 consumers: opts.consumers,
+                max_batch: opts.max_batch,
                 prefetch: opts.prefetch,
                 channels: opts.channels,
                 instances: opts.instances.clone(),

@@ -93,12 +93,22 @@ struct RunArgs {
     /// Where the markdown table is written.
     #[arg(long, default_value = "bench/results.md")]
     out: PathBuf,
-    /// warren's `consumers` (messages in flight per process). 64 drained
-    /// faster than 32 on a 2-core machine; more did not help (BENCHMARKS.md).
-    #[arg(long, default_value_t = 64)]
-    consumers: u32,
-    /// `prefetch` per consumer channel, for warren and line 1.
+    /// warren's `consumers` (messages in flight per process). With batches,
+    /// 256 drained faster than 64 or 128 on a 2-core machine (BENCHMARKS.md).
     #[arg(long, default_value_t = 256)]
+    consumers: u32,
+    /// warren's `max_batch`: the most messages handled as one batch. With
+    /// `consumers` 256 and `prefetch` 512, 64 cost less CPU per message than
+    /// 16 or 32 and had a lower p99 than 128 (BENCHMARKS.md).
+    #[arg(long, default_value_t = 64)]
+    max_batch: u32,
+    /// RabbitMQ's `x-queue-mode` for the output queue of lines 2e and 4 to
+    /// 7 (`lazy`); by default a plain durable classic queue, which keeps the
+    /// outputs in the queue process's memory as they pile up.
+    #[arg(long)]
+    out_queue_mode: Option<String>,
+    /// `prefetch` per consumer channel, for warren and lines 1 and 2e.
+    #[arg(long, default_value_t = 512)]
     prefetch: u16,
     /// warren's consumer `channels` per process.
     #[arg(long, default_value_t = 2)]
@@ -156,6 +166,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         python: args.python.clone(),
         seed_script: args.seed_script.clone(),
         consumers: args.consumers,
+        max_batch: args.max_batch,
+        out_queue_mode: args.out_queue_mode.clone(),
         prefetch: args.prefetch,
         channels: args.channels,
         instances: args.instances.clone(),
@@ -228,16 +240,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
          it is measured).\n\n\
          - N = {} persistent 256-byte messages per line, in one durable classic queue\n\
          - latency: {} s of publishing at half each line's drain rate\n\
-         - warren: consumers = {}, prefetch = {}, channels = {} per process, instances = {}\n\
+         - warren: consumers = {}, max_batch = {}, prefetch = {}, channels = {} per process, instances = {}\n\
+         - output queue (lines 2e, 4 to 7): durable classic{}\n\
          - machine: {} cores, Linux {}, RabbitMQ {}, Redis {}\n\n\
          {table}\n\
          Targets (issue 7):\n\n{targets}",
         opts.n,
         opts.latency_secs,
         opts.consumers,
+        opts.max_batch,
         opts.prefetch,
         opts.channels,
         opts.instances,
+        opts.out_queue_mode
+            .as_deref()
+            .map_or(String::new(), |m| format!(", x-queue-mode {m}")),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()

@@ -183,6 +183,20 @@ pub fn targets(rows: &[Row]) -> String {
         "want < 25 µs",
         |x, _| x < 25.0,
     );
+    // Not targets: how line 5 stands against line 2e, the bare client doing
+    // the same work on the broker (consume, publish with confirms, ack).
+    let l2e = find(rows, "2e");
+    let mut say = |what: &str, x: Option<(f64, f64)>| {
+        if let Some((x, y)) = x.filter(|(_, y)| *y > 0.0) {
+            let _ = writeln!(t, "- (context) {what}: {:.2}x", x / y);
+        }
+    };
+    say("line 2e vs line 2 (drain)", rate(l2e, l2));
+    say("line 5 vs line 2e (drain)", rate(l5, l2e));
+    say(
+        "line 5 vs line 2e (consumer CPU per message)",
+        l5.zip(l2e).map(|(a, b)| (a.cpu_us, b.cpu_us)),
+    );
     t
 }
 
@@ -276,6 +290,24 @@ mod tests {
         assert!(
             g.contains("CPU per message: reached (want < 25 µs; measured 20.0)"),
             "{g}"
+        );
+        assert!(!g.contains("(context)"), "no line 2e, no context: {g}");
+        let with_2e = targets(&[
+            row("2", Ok(m(40_000.0, 10.0))),
+            row("2e", Ok(m(10_000.0, 20.0))),
+            row("5", Ok(m(8_000.0, 30.0))),
+        ]);
+        assert!(
+            with_2e.contains("- (context) line 2e vs line 2 (drain): 0.25x\n"),
+            "{with_2e}"
+        );
+        assert!(
+            with_2e.contains("line 5 vs line 2e (drain): 0.80x"),
+            "{with_2e}"
+        );
+        assert!(
+            with_2e.contains("line 5 vs line 2e (consumer CPU per message): 1.50x"),
+            "{with_2e}"
         );
         let missed = targets(&[row("5", Ok(m(25_000.0, 30.0)))]);
         assert!(missed.contains("CPU per message: MISSED"), "{missed}");

@@ -23,6 +23,7 @@ pub struct Spec {
     /// `[handler.config]`: e.g. echo's `out_routing_key`.
     pub config: Vec<(&'static str, String)>,
     pub consumers: u32,
+    pub max_batch: u32,
     pub prefetch: u16,
     pub channels: u32,
     /// warren's `instances`: `per-message` (its default) or `reuse`.
@@ -39,7 +40,7 @@ impl Spec {
         c += &format!(
             "[admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [[handler]]\nname = {:?}\nmodule = {:?}\nqueue = {:?}\n\
-             consumers = {}\nprefetch = {}\nchannels = {}\ninstances = {:?}\n\n\
+             consumers = {}\nmax_batch = {}\nprefetch = {}\nchannels = {}\ninstances = {:?}\n\n\
              [handler.dedup]\nenabled = {}\n\
              # The bench deletes its keys when a line ends; the window only\n\
              # bounds what a crashed run leaves behind.\nwindow_s = 600\n\n\
@@ -48,6 +49,7 @@ impl Spec {
             self.module.display().to_string(),
             self.queue,
             self.consumers,
+            self.max_batch,
             self.prefetch,
             self.channels,
             self.instances,
@@ -241,6 +243,7 @@ mod tests {
             queue: "q".into(),
             config: vec![("out_routing_key", "q.out".into())],
             consumers: 32,
+            max_batch: 8,
             prefetch: 256,
             channels: 2,
             instances: "reuse".into(),
@@ -248,7 +251,8 @@ mod tests {
         let c = warren::config::Config::parse(&spec.config(9999), Path::new("w.toml"), |_| None)
             .unwrap();
         let h = &c.handlers[0];
-        assert_eq!((h.consumers, h.prefetch, h.channels), (32, 256, 2));
+        assert_eq!((h.consumers, h.max_batch, h.prefetch), (32, 8, 256));
+        assert_eq!(h.channels, 2);
         assert_eq!(h.config["out_routing_key"], "q.out");
         assert_eq!(c.redis.unwrap().prefix, "bench-x");
         assert!(h.dedup.enabled);
