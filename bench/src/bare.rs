@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Reads the commands that come after `go` while the consumer runs: the
 /// number of timed messages to wait for (`expect N`), `u64::MAX` until told.
-pub fn expected_from(mut stdin: Lines<BufReader<Stdin>>) -> Arc<AtomicU64> {
+fn expected_from(mut stdin: Lines<BufReader<Stdin>>) -> Arc<AtomicU64> {
     let expected = Arc::new(AtomicU64::new(u64::MAX));
     let set = expected.clone();
     tokio::spawn(async move {
@@ -108,7 +108,7 @@ pub fn expected_from(mut stdin: Lines<BufReader<Stdin>>) -> Arc<AtomicU64> {
 }
 
 /// Prints `latencies v1,v2,...` (microseconds).
-pub fn print_latencies(samples: &[u64]) {
+fn print_latencies(samples: &[u64]) {
     let list: Vec<String> = samples.iter().map(u64::to_string).collect();
     println!("latencies {}", list.join(","));
 }

@@ -12,7 +12,8 @@
 //! than awaited one by one, confirms are taken in order, and each run of
 //! confirmed inputs is acked with one `multiple` ack (every 64, or 5 ms
 //! after the first). No dedup, no sandbox. It speaks the protocol of
-//! `child.rs`; a message's latency is taken when its output is confirmed.
+//! `child.rs` up to `drained`; its latency is taken by the bench, as
+//! warren's is, when an output arrives in the output queue.
 
 use std::time::Duration;
 
@@ -29,8 +30,6 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use warren::amqp::H_MODULE;
 use warren::pipeline::output_message_id;
-
-use crate::amqp::{now_us, stamp};
 
 /// Confirmed inputs acked at once.
 const ACK_BATCH: u64 = 64;
@@ -67,6 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    // The bench stops it with a signal; nothing more comes after `go`.
     println!("ready");
     while stdin.next_line().await?.context("stdin closed")? != "go" {}
     let mut consumer = input
@@ -77,7 +77,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    let expected = crate::bare::expected_from(stdin);
 
     // What warren writes: `sha256:` and 64 hex digits.
     let mut headers = FieldTable::default();
@@ -89,7 +88,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut to_ack: Option<Acker> = None;
     let mut unacked = 0u64;
     let mut handled = 0u64;
-    let mut samples = Vec::new();
     let mut flush = tokio::time::interval(ACK_DELAY);
     loop {
         tokio::select! {
@@ -110,11 +108,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         .basic_publish("".into(), queue.as_str().into(), opts, &d.data, props)
                         .await?
                         .await?;
-                    Ok::<_, lapin::Error>((d.acker, stamp(&d.data), confirm))
+                    Ok::<_, lapin::Error>((d.acker, confirm))
                 });
             }
             Some(done) = in_flight.next() => {
-                let (acker, t, confirm) = done?;
+                let (acker, confirm) = done?;
                 if !matches!(confirm, Confirmation::Ack(None)) {
                     bail!("the broker did not take an output: {confirm:?}");
                 }
@@ -127,16 +125,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if handled == args.drain {
                     println!("drained");
                 }
-                if t > 0 {
-                    samples.push(now_us().saturating_sub(t));
-                }
             }
             _ = flush.tick() => ack(&mut to_ack, &mut unacked).await?,
-        }
-        if samples.len() as u64 >= expected.load(std::sync::atomic::Ordering::SeqCst) {
-            ack(&mut to_ack, &mut unacked).await?;
-            crate::bare::print_latencies(&samples);
-            return Ok(());
         }
     }
 }

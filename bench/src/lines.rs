@@ -295,14 +295,17 @@ async fn measure(
     ));
     let deadline =
         Instant::now() + Duration::from_secs_f64(opts.latency_secs) + Duration::from_secs(60);
+    // A consumer with an output queue (warren, the bare echo) is timed when
+    // its output arrives, on an output queue emptied first and drained as
+    // it goes, so the broker is not also holding the drain's outputs.
     let (achieved, mut samples) = match &mut subject {
-        Subject::Own(c) => {
+        Subject::Own(c) if !matches!(line.kind, Kind::BareEcho) => {
             let achieved = rabbit
                 .paced(&names.queue, rate, count, n, &names.queue)
                 .await?;
             (achieved, c.latencies(count, deadline).await?)
         }
-        Subject::Warren(_) => {
+        Subject::Own(_) | Subject::Warren(_) => {
             rabbit.purge(&names.out).await?;
             let mut sink = rabbit.latency_sink(&names.out).await?;
             let (sent, samples) = tokio::join!(
