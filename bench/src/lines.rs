@@ -338,32 +338,27 @@ async fn measure(
 
 async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subject> {
     match &line.kind {
-        Kind::Bare { ack } => {
+        Kind::Bare { .. } | Kind::BareEcho => {
             let exe = std::env::current_exe().context("cannot find the bench binary")?;
             let mut cmd = Command::new(exe);
-            cmd.args(["bare-consumer", "--url", &opts.amqp_url, "--queue"])
+            let (sub, what) = match line.kind {
+                Kind::BareEcho => ("bare-echo", "the bare lapin echo"),
+                _ => ("bare-consumer", "the bare lapin consumer"),
+            };
+            cmd.args([sub, "--url", &opts.amqp_url, "--queue"])
                 .arg(&names.queue)
                 .args(["--drain", &opts.n.to_string()])
                 .args(["--prefetch", &opts.prefetch.to_string()]);
-            if !ack {
-                cmd.arg("--no-ack");
+            match line.kind {
+                Kind::BareEcho => {
+                    cmd.arg("--out").arg(&names.out);
+                }
+                Kind::Bare { ack: false } => {
+                    cmd.arg("--no-ack");
+                }
+                _ => {}
             }
-            Ok(Subject::Own(Box::new(
-                Consumer::start(cmd, "the bare lapin consumer").await?,
-            )))
-        }
-        Kind::BareEcho => {
-            let exe = std::env::current_exe().context("cannot find the bench binary")?;
-            let mut cmd = Command::new(exe);
-            cmd.args(["bare-echo", "--url", &opts.amqp_url, "--queue"])
-                .arg(&names.queue)
-                .arg("--out")
-                .arg(&names.out)
-                .args(["--drain", &opts.n.to_string()])
-                .args(["--prefetch", &opts.prefetch.to_string()]);
-            Ok(Subject::Own(Box::new(
-                Consumer::start(cmd, "the bare lapin echo").await?,
-            )))
+            Ok(Subject::Own(Box::new(Consumer::start(cmd, what).await?)))
         }
         Kind::Seed => {
             let mut cmd = Command::new(&opts.python);

@@ -18,6 +18,7 @@
 //!
 //! This module decides; `amqp`, `dedup` and `runtime` carry it out.
 
+mod claim;
 mod renew;
 mod settle;
 
@@ -33,7 +34,7 @@ use tracing::Instrument as _;
 
 use crate::amqp::{Inbound, Publisher, Topology};
 use crate::config::{self, DedupKey, MissingKey, OnUnavailable};
-use crate::dedup::{Claim, DedupError, Lease, Store};
+use crate::dedup::{Lease, Store};
 use crate::metrics::{HandlerMetrics, Metrics};
 use crate::registry::Versions;
 use crate::runtime::{
@@ -133,6 +134,16 @@ struct Job {
     lease: Option<Lease>,
 }
 
+/// What running and publishing a batch came to.
+struct Ran {
+    /// Acked, with every output confirmed: to be marked done and acked.
+    done: Vec<Job>,
+    /// Not to be acked as handled, with how each settles.
+    failed: Vec<(Job, Settle)>,
+    /// The digest of the module version that ran them.
+    digest: String,
+}
+
 impl Pipeline<'_> {
     fn name(&self) -> &str {
         &self.h.cfg.name
@@ -150,20 +161,42 @@ impl Pipeline<'_> {
             return;
         }
 
-        // 3-5. Run, publish, mark done: under lease renewal, in case the
-        //      batch runs past a third of the lease.
+        // 3-4. Run and publish under lease renewal, in case the batch runs
+        //      past a third of the lease. Renewal stops before the keys are
+        //      marked done or released: a renewal after that would find them
+        //      no longer ours.
         let leases: Vec<Lease> = jobs.iter().filter_map(|j| j.lease.clone()).collect();
         let renew = renew::keep_renewed(&self.shared.store, self.name(), leases, self.lease_ttl());
-        tokio::select! {
-            () = self.handle(jobs) => {}
+        let Ran {
+            done,
+            mut failed,
+            digest,
+        } = tokio::select! {
+            ran = self.run_and_publish(jobs) => ran,
             () = renew => unreachable!("renewal runs until the work is done"),
-        }
+        };
+
+        // 5. Mark the keys done (one round trip), then ack.
+        let unmarked = self.complete_and_ack(done).await;
+
+        // 6. The failures give up their leases (one round trip), so a retry
+        //    or a replay from the dead-letter queue can claim the key again,
+        //    then each is retried, dead-lettered or requeued.
+        self.release(failed.iter().filter_map(|(j, _)| j.lease.as_ref()))
+            .await;
+        failed.extend(unmarked);
+        let settles = failed
+            .into_iter()
+            .map(|(job, how)| (job.msg, how))
+            .collect();
+        self.settle_all(settles, Some(&digest)).await;
     }
 
-    /// Runs the handler on each message and settles each by its outcome.
-    async fn handle(&self, jobs: Vec<Job>) {
-        // 3. Run the handler on the live version, the whole batch in one
-        //    hand-off to a sandbox thread.
+    /// Steps 3 and 4: runs the handler on each message, on the live version
+    /// and the whole batch in one hand-off to a sandbox thread, then
+    /// publishes the outputs of every acked message at once and waits for
+    /// all their confirms.
+    async fn run_and_publish(&self, jobs: Vec<Job>) -> Ran {
         let module = self.h.versions.live();
         let results = self.run_guests(&module, &jobs).await;
         let digest = module.digest().to_string();
@@ -213,8 +246,6 @@ impl Pipeline<'_> {
             }
         }
 
-        // 4. Publish the outputs of every acked message at once, then wait
-        //    for all their confirms.
         let refused = self.publish_outputs(&acked, &digest).await;
         let mut done = Vec::with_capacity(acked.len());
         for ((job, _), refused) in acked.into_iter().zip(refused) {
@@ -234,21 +265,11 @@ impl Pipeline<'_> {
                 }
             }
         }
-
-        // 5. Mark the keys done (one round trip), then ack.
-        let unmarked = self.complete_and_ack(done).await;
-
-        // 6. The failures give up their leases (one round trip), so a retry
-        //    or a replay from the dead-letter queue can claim the key again,
-        //    then each is retried or dead-lettered.
-        self.release(failed.iter().filter_map(|(j, _)| j.lease.as_ref()))
-            .await;
-        let settles = failed
-            .into_iter()
-            .map(|(job, how)| (job.msg, how))
-            .chain(unmarked)
-            .collect();
-        self.settle_all(settles, Some(&digest)).await;
+        Ran {
+            done,
+            failed,
+            digest,
+        }
     }
 
     fn lease_ttl(&self) -> Duration {
@@ -286,142 +307,6 @@ impl Pipeline<'_> {
         }
         self.settle_all(keyless, None).await;
         jobs
-    }
-
-    /// Step 2: claims every key of the batch in one round trip and settles
-    /// the messages that must not run now; returns those that run.
-    async fn claim(&self, jobs: Vec<Job>) -> Vec<Job> {
-        if !self.h.cfg.dedup.enabled {
-            return jobs;
-        }
-        let store = &self.shared.store;
-        let keys: Vec<Option<String>> = jobs
-            .iter()
-            .map(|j| j.key.as_deref().map(|k| store.key(self.name(), k)))
-            .collect();
-        let claims = self.claim_keys(&keys).await;
-
-        let mut run = Vec::with_capacity(jobs.len());
-        let mut settles = Vec::new();
-        let mut bypassed = 0u64;
-        for (mut job, claimed) in jobs.into_iter().zip(claims) {
-            match claimed {
-                Claimed::Lease(l) => {
-                    job.lease = Some(l);
-                    run.push(job);
-                }
-                Claimed::NoKey => run.push(job),
-                Claimed::Bypass => {
-                    bypassed += 1;
-                    run.push(job);
-                }
-                Claimed::Done => {
-                    tracing::debug!(
-                        handler = self.name(),
-                        message_id = job.msg.message_id().unwrap_or("-"),
-                        "duplicate: already handled, acked without running"
-                    );
-                    self.h.metrics.dedup_hit.inc();
-                    job.msg.ack();
-                }
-                Claimed::Busy(remaining) => settles.push((job.msg, Settle::Defer(remaining))),
-                Claimed::ShuttingDown => settles.push((job.msg, Settle::Requeue)),
-                Claimed::Refused(reason) => settles.push((
-                    job.msg,
-                    Settle::DeadLetter {
-                        kind: "dedup-store",
-                        reason,
-                    },
-                )),
-            }
-        }
-        if bypassed > 0 {
-            tracing::warn!(
-                handler = self.name(),
-                messages = bypassed,
-                "dedup store unavailable: handling without dedup (on_unavailable = process)"
-            );
-            self.h.metrics.dedup_bypassed.inc_by(bypassed);
-        }
-        self.settle_all(settles, None).await;
-        run
-    }
-
-    /// Asks the store for every key, pausing (`on_unavailable = "pause"`)
-    /// while it does not answer: those messages wait, unacked and not
-    /// started, and with every permit held by a waiting batch the consumer
-    /// stops taking more, so the rest stay in the queue.
-    async fn claim_keys(&self, keys: &[Option<String>]) -> Vec<Claimed> {
-        let store = &self.shared.store;
-        let mut claims: Vec<Claimed> = keys.iter().map(|_| Claimed::NoKey).collect();
-        let mut ask: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].is_some()).collect();
-        while !ask.is_empty() {
-            let names: Vec<&str> = ask.iter().filter_map(|&i| keys[i].as_deref()).collect();
-            let answers = store
-                .claim_many(&names, self.lease_ttl(), self.window())
-                .await;
-            let mut unanswered = Vec::new();
-            let mut down = None;
-            for (i, answer) in ask.into_iter().zip(answers) {
-                claims[i] = match answer {
-                    Ok(Claim::Acquired(l)) => Claimed::Lease(l),
-                    Ok(Claim::Done) => Claimed::Done,
-                    Ok(Claim::Busy { retry_after }) => Claimed::Busy(retry_after),
-                    // The store answers but cannot use this key (e.g. it
-                    // holds a value of another type): waiting will not help.
-                    Err(e @ DedupError::Rejected { .. }) => Claimed::Refused(e.to_string()),
-                    Err(_) if self.shared.on_unavailable == OnUnavailable::Process => {
-                        Claimed::Bypass
-                    }
-                    Err(e) => {
-                        down = Some(e);
-                        unanswered.push(i);
-                        continue;
-                    }
-                };
-            }
-            match down {
-                None => self.store_answers(),
-                Some(e) => {
-                    if !self.wait_for_store(&e).await {
-                        for &i in &unanswered {
-                            claims[i] = Claimed::ShuttingDown;
-                        }
-                        break;
-                    }
-                }
-            }
-            ask = unanswered;
-        }
-        claims
-    }
-
-    /// Marks the store as answering (after a pause, says so).
-    fn store_answers(&self) {
-        if !self.shared.health.dedup.swap(true, Ordering::Relaxed) {
-            tracing::info!("dedup store answers again: resuming");
-            self.shared.metrics.redis_available.set(1);
-        }
-    }
-
-    /// Waits until the store answers a ping: true, or false if shutdown came
-    /// first.
-    async fn wait_for_store(&self, error: &DedupError) -> bool {
-        if self.shared.health.dedup.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %error, "dedup store unavailable: pausing (on_unavailable = pause)");
-            self.shared.metrics.redis_available.set(0);
-        }
-        let mut shutdown = self.shared.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = shutdown.wait_for(|s| *s) => return false,
-            }
-            if self.shared.store.ping().await.is_ok() {
-                self.store_answers();
-                return true;
-            }
-        }
     }
 
     /// Step 3: runs every message of the batch, one after the other, on one
@@ -518,38 +403,36 @@ impl Pipeline<'_> {
     /// lease). Returns the messages that could not be marked, with how they
     /// settle: a lost lease goes back to the queue now (another owner may
     /// have it), a store error after a pause.
-    async fn complete_and_ack(&self, done: Vec<Job>) -> Vec<(Inbound, Settle)> {
+    async fn complete_and_ack(&self, done: Vec<Job>) -> Vec<(Job, Settle)> {
         let leases: Vec<&Lease> = done.iter().filter_map(|j| j.lease.as_ref()).collect();
-        let mut marked = if leases.is_empty() {
-            Vec::new()
-        } else {
-            self.shared
-                .store
-                .complete_many(&leases, self.window())
-                .await
-        }
-        .into_iter();
+        let mut marked = self
+            .shared
+            .store
+            .complete_many(&leases, self.window())
+            .await
+            .into_iter();
         let mut unmarked = Vec::new();
         let mut acked = 0;
         for job in done {
             if let Some(lease) = &job.lease {
                 let message_id = job.msg.message_id().unwrap_or("-");
-                match marked.next() {
-                    Some(Ok(true)) => {}
+                let how = match marked.next() {
+                    Some(Ok(true)) => None,
                     Some(Ok(false)) => {
                         tracing::warn!(handler = self.name(), message_id, key = %lease.key, "dedup lease lost while the handler ran: not acking; the message goes back to the queue");
-                        unmarked.push((job.msg, Settle::Requeue));
-                        continue;
+                        Some(Settle::Requeue)
                     }
                     Some(Err(e)) => {
                         tracing::warn!(handler = self.name(), message_id, key = %lease.key, error = %e, "cannot write the dedup done-marker: not acking; the message goes back to the queue");
-                        unmarked.push((job.msg, Settle::RequeueLater));
-                        continue;
+                        Some(Settle::RequeueLater)
                     }
-                    None => {
-                        unmarked.push((job.msg, Settle::RequeueLater));
-                        continue;
-                    }
+                    // The store answers every lease; were one missing, the
+                    // key is not known to be done.
+                    None => Some(Settle::RequeueLater),
+                };
+                if let Some(how) = how {
+                    unmarked.push((job, how));
+                    continue;
                 }
             }
             acked += 1;
@@ -562,9 +445,6 @@ impl Pipeline<'_> {
     /// Gives up leases after failed or rejected runs, in one round trip.
     async fn release<'l>(&self, leases: impl Iterator<Item = &'l Lease>) {
         let leases: Vec<&Lease> = leases.collect();
-        if leases.is_empty() {
-            return;
-        }
         let results = self.shared.store.release_many(&leases).await;
         for (lease, result) in leases.iter().zip(results) {
             if let Err(e) = result {
@@ -572,19 +452,6 @@ impl Pipeline<'_> {
             }
         }
     }
-}
-
-/// What the claim of one message's key came to.
-enum Claimed {
-    Lease(Lease),
-    /// The message has no key and runs without dedup.
-    NoKey,
-    Done,
-    Busy(Duration),
-    /// The store is unavailable and the policy is to run without it.
-    Bypass,
-    ShuttingDown,
-    Refused(String),
 }
 
 /// The message's idempotency key, or none when it has none.

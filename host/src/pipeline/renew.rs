@@ -1,5 +1,7 @@
 //! Lease renewal for a batch: every held lease is renewed, in one round
-//! trip, every third of its length for as long as the batch runs.
+//! trip, every third of its length while the batch's messages run and their
+//! outputs are published (not after: then the keys are marked done or
+//! released, and a renewal would find them no longer ours).
 //!
 //! It runs inside the batch's own task (raced against the work with
 //! `select!`), not as a task of its own: a lease outlives the handler's
