@@ -244,7 +244,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
          - output queue (lines 2e, 4 to 7): durable classic{}\n\
          - machine: {} cores, Linux {}, RabbitMQ {}, Redis {}\n\n\
          {table}\n\
-         Targets (issue 7):\n\n{targets}",
+         Targets:\n\n{targets}",
         opts.n,
         opts.latency_secs,
         opts.consumers,

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 
-use crate::server::Host;
+use crate::context::Host;
 use crate::shutdown;
 
 #[derive(Clone, Debug)]
@@ -84,7 +84,7 @@ const MAX_MODULE_BYTES: usize = 256 << 20;
 fn find<'a>(
     s: &'a AdminState,
     name: &str,
-) -> Result<&'a Arc<crate::pipeline::HandlerCtx>, Box<Response>> {
+) -> Result<&'a Arc<crate::context::HandlerCtx>, Box<Response>> {
     s.host
         .handlers
         .iter()
@@ -141,8 +141,9 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let h = &s.host.shared.health;
     let amqp = h.amqp.load(std::sync::atomic::Ordering::Relaxed);
     let dedup = h.dedup.load(std::sync::atomic::Ordering::Relaxed);
-    let body = json!({ "ready": amqp && dedup, "amqp": amqp, "dedup": dedup }).to_string() + "\n";
-    let code = if amqp && dedup {
+    let ready = h.ready();
+    let body = json!({ "ready": ready, "amqp": amqp, "dedup": dedup }).to_string() + "\n";
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -1,30 +1,37 @@
 //! warren: run sandboxed WebAssembly message handlers on RabbitMQ.
 //!
-//! Layout (one module per concern; the pipeline for a batch of messages reads
-//! top to bottom in [`pipeline::process`]):
+//! Layout, top to bottom; a module imports only from modules below it
+//! (ARCHITECTURE.md draws the same layers):
 //!
+//! - [`app`]: `warren run` as two calls, `load_config` and `serve`;
+//!   [`cli`]: the command line and the subcommands that are not `run`.
+//! - [`server`]: start-up, the connection supervisor, the consumer loops,
+//!   graceful shutdown; [`admin`]: the HTTP admin endpoint; [`watch`]:
+//!   deploy when a module file changes; [`client`]: `warren deploy`,
+//!   `rollback`, `status` against a running host.
+//! - [`registry`]: deploy and roll back module versions.
+//! - [`pipeline`]: a batch of messages, from keys to settlement; the one
+//!   place where AMQP's types and the guest's are converted.
+//! - [`context`]: what every layer above shares: the process's `Shared`,
+//!   each handler's `HandlerCtx`, the `Host`.
+//! - [`versions`]: a handler's live, previous and known module versions.
+//! - [`amqp`]: RabbitMQ, the only module that knows lapin; [`dedup`]: the
+//!   dedup store, the only module that knows Redis; [`runtime`]: the
+//!   sandbox, the only module that knows wasmtime; [`metrics`]: the
+//!   Prometheus registry.
+//! - [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
+//!   out to every task; [`logging`]: structured log set-up; [`check`]:
+//!   `warren check`; [`scaffold`]: `warren new`.
 //! - [`config`]: the TOML config file, defaults, validation.
-//! - [`server`]: `warren run`: start-up, the connection supervisor, consumer
-//!   loops, graceful shutdown.
-//! - [`pipeline`]: a batch of messages: dedup claims, handler, settlement.
-//! - [`amqp`]: RabbitMQ, the only module that knows lapin.
-//! - [`dedup`]: the dedup store, the only module that knows Redis.
-//! - [`runtime`]: the sandbox, the only module that knows wasmtime.
-//! - [`registry`]: module versions per handler; deploy and rollback.
-//! - [`retry`]: backoff and wait-queue tiers.
-//! - [`admin`]: the HTTP admin endpoint; [`metrics`]: what it exports.
-//! - [`shutdown`]: signals fanned out to every task.
-//! - [`watch`]: deploy when a module file changes.
-//! - [`check`]: `warren check`; [`client`]: `warren deploy`, `rollback`,
-//!   `status` against a running host.
-//! - [`scaffold`]: `warren new`, handler project templates per language.
-//! - [`logging`]: structured log set-up.
 
 pub mod admin;
 pub mod amqp;
+pub mod app;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod dedup;
 pub mod logging;
 pub mod metrics;
@@ -35,4 +42,5 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod shutdown;
+pub mod versions;
 pub mod watch;

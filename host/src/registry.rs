@@ -1,52 +1,20 @@
-//! Module versions per handler, and deploying a new one.
+//! Deploying a new module version of a handler, and rolling back.
 //!
-//! A handler has one live version, the one before it (for rollback), and
-//! every version it has run in this process, by digest, so a redeploy of a
-//! known digest is a swap without compiling. A deploy compiles off the
+//! The versions themselves are kept by [`crate::versions::Versions`]: a
+//! redeploy of a digest this process knows is a swap without compiling. A
+//! deploy compiles off the
 //! message path, type-checks against the world, instantiates once (and runs
 //! the handler's smoke message, if it has one), and only then swaps the
 //! live handle; a version that fails any step never replaces a working one.
 //! Messages already running keep the version they loaded; nothing on the
 //! AMQP side is touched.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::pipeline::{HandlerCtx, Shared};
-use crate::runtime::{Message, Module};
-
-/// The versions of one handler.
-#[derive(Debug)]
-pub struct Versions {
-    live: ArcSwap<Module>,
-    state: Mutex<History>,
-    /// One deploy at a time per handler (a file change and an upload may
-    /// race).
-    deploying: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug)]
-struct History {
-    live: VersionInfo,
-    previous: Option<(Arc<Module>, VersionInfo)>,
-    known: HashMap<String, Arc<Module>>,
-}
-
-/// What is known of one version, for the admin API and `warren status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VersionInfo {
-    pub digest: String,
-    /// Where it came from: `file PATH` at start or on a change, `upload` for
-    /// `warren deploy`, `rollback`.
-    pub source: String,
-    /// Seconds since the Unix epoch.
-    pub loaded_at: u64,
-    pub size: usize,
-}
+use crate::context::{HandlerCtx, Shared};
+use crate::runtime::Message;
 
 /// What a deploy or rollback did.
 #[derive(Debug, Clone, Serialize)]
@@ -58,11 +26,42 @@ pub struct DeployReport {
     pub compile_ms: f64,
     /// Where the compiled code came from: `cranelift`, `disk-cache` or
     /// `memory` (a version this process ran before).
-    pub compiled_by: &'static str,
+    pub compiled_by: CompiledBy,
     /// Time to swap the live handle.
     pub swap_us: f64,
     /// False when the version was already live: nothing changed.
     pub swapped: bool,
+}
+
+/// Where a version's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompiledBy {
+    /// Compiled now.
+    Cranelift,
+    /// Loaded from the on-disk cache of compiled modules.
+    DiskCache,
+    /// A version this process had already compiled.
+    Memory,
+}
+
+impl CompiledBy {
+    /// How a freshly loaded `module` was compiled.
+    pub fn of(module: &crate::runtime::Module) -> Self {
+        if module.from_cache() {
+            CompiledBy::DiskCache
+        } else {
+            CompiledBy::Cranelift
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompiledBy::Cranelift => "cranelift",
+            CompiledBy::DiskCache => "disk-cache",
+            CompiledBy::Memory => "memory",
+        }
+    }
 }
 
 /// Why a deploy was refused; the old version keeps serving.
@@ -72,72 +71,6 @@ pub enum DeployError {
     Refused { handler: String, reason: String },
     #[error("handler {0:?}: no previous version to roll back to")]
     NoPrevious(String),
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl Versions {
-    pub fn new(module: Module, source: String) -> Self {
-        let module = Arc::new(module);
-        let live = info(&module, source);
-        let known = HashMap::from([(module.digest().hex().to_string(), module.clone())]);
-        Self {
-            live: ArcSwap::new(module),
-            state: Mutex::new(History {
-                live,
-                previous: None,
-                known,
-            }),
-            deploying: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// The live version: one atomic load, no lock.
-    pub fn live(&self) -> Arc<Module> {
-        self.live.load_full()
-    }
-
-    /// The live and the previous version.
-    pub fn info(&self) -> (VersionInfo, Option<VersionInfo>) {
-        let h = self.state.lock().expect("versions lock");
-        (h.live.clone(), h.previous.as_ref().map(|(_, i)| i.clone()))
-    }
-
-    fn known(&self, digest: &str) -> Option<Arc<Module>> {
-        self.state
-            .lock()
-            .expect("versions lock")
-            .known
-            .get(digest)
-            .cloned()
-    }
-
-    /// Makes `module` live; the current one becomes the previous. Returns
-    /// the old digest and how long the swap took.
-    fn swap(&self, module: Arc<Module>, source: String) -> (String, Duration) {
-        let mut h = self.state.lock().expect("versions lock");
-        let started = Instant::now();
-        let old = self.live.swap(module.clone());
-        let took = started.elapsed();
-        let old_info = std::mem::replace(&mut h.live, info(&module, source));
-        h.known.insert(module.digest().hex().to_string(), module);
-        let old_digest = old_info.digest.clone();
-        h.previous = Some((old, old_info));
-        (old_digest, took)
-    }
-}
-
-fn info(module: &Module, source: String) -> VersionInfo {
-    VersionInfo {
-        digest: module.digest().to_string(),
-        source,
-        loaded_at: now(),
-        size: module.size(),
-    }
 }
 
 /// The smoke message a handler's `smoke_body` describes.
@@ -156,7 +89,7 @@ pub async fn deploy(
     bytes: Vec<u8>,
     source: String,
 ) -> Result<DeployReport, DeployError> {
-    let _one = h.versions.deploying.lock().await;
+    let _one = h.versions.deploy_lock().await;
     let name = h.cfg.name.clone();
     let refused = |reason: String| DeployError::Refused {
         handler: name.clone(),
@@ -170,24 +103,20 @@ pub async fn deploy(
             old_digest: digest.to_string(),
             new_digest: digest.to_string(),
             compile_ms: 0.0,
-            compiled_by: "memory",
+            compiled_by: CompiledBy::Memory,
             swap_us: 0.0,
             swapped: false,
         });
     }
     let (module, compiled_by) = match h.versions.known(digest.hex()) {
-        Some(m) => (m, "memory"),
+        Some(m) => (m, CompiledBy::Memory),
         None => {
             let rt = shared.runtime.clone();
             let m = tokio::task::spawn_blocking(move || rt.compile(&bytes))
                 .await
                 .map_err(|e| refused(format!("compile task failed: {e}")))?
                 .map_err(|e| refused(e.to_string()))?;
-            let by = if m.from_cache() {
-                "disk-cache"
-            } else {
-                "cranelift"
-            };
+            let by = CompiledBy::of(&m);
             (Arc::new(m), by)
         }
     };
@@ -201,7 +130,7 @@ pub async fn deploy(
         .map_err(|e| refused(format!("smoke test task failed: {e}")))?
         .map_err(|e| refused(format!("smoke test failed: {e}")))?;
 
-    let compile_ms = if compiled_by == "memory" {
+    let compile_ms = if compiled_by == CompiledBy::Memory {
         0.0
     } else {
         module.compile_time().as_secs_f64() * 1e3
@@ -220,7 +149,7 @@ pub async fn deploy(
             handler: name.clone(),
         })
         .inc();
-    tracing::info!(handler = %name, old = %old_digest, new = %new_digest, source, compiled_by, compile_ms, "module deployed");
+    tracing::info!(handler = %name, old = %old_digest, new = %new_digest, source, compiled_by = compiled_by.as_str(), compile_ms, "module deployed");
     Ok(DeployReport {
         handler: name,
         old_digest,
@@ -234,16 +163,8 @@ pub async fn deploy(
 
 /// Makes the previous version live again (and the live one the previous).
 pub async fn rollback(shared: &Shared, h: &HandlerCtx) -> Result<DeployReport, DeployError> {
-    let _one = h.versions.deploying.lock().await;
-    let previous = h
-        .versions
-        .state
-        .lock()
-        .expect("versions lock")
-        .previous
-        .as_ref()
-        .map(|(m, _)| m.clone());
-    let Some(module) = previous else {
+    let _one = h.versions.deploy_lock().await;
+    let Some(module) = h.versions.previous() else {
         return Err(DeployError::NoPrevious(h.cfg.name.clone()));
     };
     let new_digest = module.digest().to_string();
@@ -259,7 +180,7 @@ pub async fn rollback(shared: &Shared, h: &HandlerCtx) -> Result<DeployReport, D
         old_digest,
         new_digest,
         compile_ms: 0.0,
-        compiled_by: "memory",
+        compiled_by: CompiledBy::Memory,
         swap_us: took.as_secs_f64() * 1e6,
         swapped: true,
     })

@@ -17,21 +17,16 @@ use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::amqp::{Binding, Broker, ConsumerChannel, Publisher, Topology};
+use crate::amqp::{self, Binding, Broker, ConsumerChannel, Publisher, Topology};
 use crate::config::{Config, QueueType};
+use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
-use crate::pipeline::{HandlerCtx, Health, Shared, process};
-use crate::registry::{self, Versions};
+use crate::pipeline::process;
+use crate::registry::{self, CompiledBy};
 use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
-
-/// Everything `warren run` started, for the admin endpoint and for tests.
-#[derive(Debug, Clone)]
-pub struct Host {
-    pub shared: Arc<Shared>,
-    pub handlers: Vec<Arc<HandlerCtx>>,
-}
+use crate::versions::Versions;
 
 impl Host {
     /// Compiles every handler's module and connects the dedup store; the
@@ -106,7 +101,7 @@ impl Host {
                 module = %module.digest(),
                 path = %h.module.display(),
                 compile_ms = module.compile_time().as_millis() as u64,
-                compiled_by = if module.from_cache() { "disk-cache" } else { "cranelift" },
+                compiled_by = CompiledBy::of(&module).as_str(),
                 "module loaded"
             );
             metrics.set_module(&h.name, None, module.digest().hex());
@@ -117,7 +112,7 @@ impl Host {
                     dead_letter_queue: h.dead_letter_queue(),
                     bind: h.bind.as_ref().map(|b| Binding {
                         exchange: b.exchange.clone(),
-                        kind: b.exchange_type.clone(),
+                        kind: b.exchange_type,
                         routing_keys: b.routing_keys.clone(),
                     }),
                 },
@@ -133,9 +128,12 @@ impl Host {
 
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
-                let store = Store::redis(&r.url, &r.prefix)
-                    .await
-                    .with_context(|| format!("cannot connect to Redis at {}", r.url))?;
+                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
+                    format!(
+                        "cannot connect to Redis at {}",
+                        crate::config::redact_url(&r.url)
+                    )
+                })?;
                 (store, r.on_unavailable)
             }
             None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
@@ -233,7 +231,7 @@ impl Host {
                     ));
                 }
             }
-            Ok::<_, lapin::Error>((publisher, consumers))
+            Ok::<_, amqp::Error>((publisher, consumers))
         };
         let (publisher, consumers) = match setup.await {
             Ok(x) => x,

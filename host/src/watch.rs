@@ -9,7 +9,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::pipeline::{HandlerCtx, Shared};
+use crate::context::{HandlerCtx, Shared};
 use crate::registry;
 
 /// How long a file must stay unchanged before it is read: a copy in

@@ -23,9 +23,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::convert::headers_from_table;
 use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
-use crate::runtime::Message;
 
 /// Acks ready to send before a flush is forced.
 const ACK_BATCH: usize = 64;
@@ -151,7 +149,7 @@ impl ConsumerChannel {
     }
 }
 
-/// One delivery. Settle it with [`Inbound::ack`] or [`Inbound::requeue`];
+/// One delivery. Disposition it with [`Inbound::ack`] or [`Inbound::requeue`];
 /// dropped unsettled, it is requeued.
 #[derive(Debug)]
 pub struct Inbound {
@@ -177,6 +175,8 @@ impl Inbound {
             .map(|s| s.as_str())
     }
 
+    /// The broker's redelivered flag: this delivery may have been seen
+    /// before.
     pub fn redelivered(&self) -> bool {
         self.delivery.redelivered
     }
@@ -230,43 +230,28 @@ impl Inbound {
             .unwrap_or_else(|| self.delivery.routing_key.to_string())
     }
 
-    /// The delivery as the guest sees it.
-    pub fn to_message(&self, dedup_key: Option<String>, fencing_token: u64) -> Message {
-        let p = &self.delivery.properties;
-        let text = |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| s.to_string());
-        Message {
-            body: self.delivery.data.clone(),
-            content_type: text(p.content_type()),
-            content_encoding: text(p.content_encoding()),
-            message_id: text(p.message_id()),
-            correlation_id: text(p.correlation_id()),
-            reply_to: text(p.reply_to()),
-            timestamp: *p.timestamp(),
-            type_: text(p.kind()),
-            app_id: text(p.app_id()),
-            headers: headers_from_table(p.headers().as_ref()),
-            exchange: self.original_exchange(),
-            routing_key: self.original_routing_key(),
-            redelivered: self.delivery.redelivered,
-            attempt: self.attempt(),
-            dedup_key,
-            fencing_token,
-        }
+    /// The exchange and routing key the broker delivered it with (for a
+    /// retry, the default exchange and the work queue).
+    pub fn delivered_via(&self) -> (&str, &str) {
+        (
+            self.delivery.exchange.as_str(),
+            self.delivery.routing_key.as_str(),
+        )
     }
 
     /// Done with it: acked with the next batch.
     pub fn ack(mut self) {
-        self.settle(Settle::Ack);
+        self.settle(Disposition::Ack);
     }
 
     /// Back to the head of the queue now. Only for deliveries that were not
     /// worked on (shutdown, a paused dedup store, a lost lease): a failed
     /// handler is retried through a wait queue instead, never requeued hot.
     pub fn requeue(mut self) {
-        self.settle(Settle::Requeue);
+        self.settle(Disposition::Requeue);
     }
 
-    fn settle(&mut self, how: Settle) {
+    fn settle(&mut self, how: Disposition) {
         self.settled = true;
         let _ = self.acks.send(AckEvent::Settled(
             self.delivery.delivery_tag,
@@ -279,13 +264,14 @@ impl Inbound {
 impl Drop for Inbound {
     fn drop(&mut self) {
         if !self.settled {
-            self.settle(Settle::Requeue);
+            self.settle(Disposition::Requeue);
         }
     }
 }
 
+/// How the ack batcher is to settle a delivery with the broker.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Settle {
+enum Disposition {
     Ack,
     Requeue,
 }
@@ -293,14 +279,14 @@ enum Settle {
 #[derive(Debug)]
 enum AckEvent {
     Received(u64),
-    Settled(u64, Acker, Settle),
+    Settled(u64, Acker, Disposition),
     Flush(oneshot::Sender<()>),
 }
 
 /// Keeps the channel's outstanding delivery tags in order and sends the
 /// acks; ends when every sender (the consumer and its deliveries) is gone.
 async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
-    let mut outstanding: BTreeMap<u64, Option<(Acker, Settle)>> = BTreeMap::new();
+    let mut outstanding: BTreeMap<u64, Option<(Acker, Disposition)>> = BTreeMap::new();
     let mut ready = 0usize;
     let mut deadline: Option<Instant> = None;
     loop {
@@ -323,7 +309,7 @@ async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
             Some(AckEvent::Settled(t, acker, how)) => {
                 outstanding.insert(t, Some((acker, how)));
                 ready += 1;
-                if how == Settle::Requeue || ready >= ACK_BATCH {
+                if how == Disposition::Requeue || ready >= ACK_BATCH {
                     flush(&mut outstanding, &tag).await;
                     (ready, deadline) = (0, None);
                 } else if deadline.is_none() {
@@ -347,7 +333,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Settles the longest settled prefix of `outstanding`: one `multiple` ack
 /// per run of acks, one nack per requeue.
-async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Settle)>>, tag: &str) {
+async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Disposition)>>, tag: &str) {
     let mut last_ack: Option<(u64, Acker)> = None;
     while let Some(entry) = outstanding.first_entry() {
         let Some((acker, how)) = entry.get().clone() else {
@@ -356,8 +342,8 @@ async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Settle)>>, tag: &s
         let t = *entry.key();
         entry.remove();
         match how {
-            Settle::Ack => last_ack = Some((t, acker)),
-            Settle::Requeue => {
+            Disposition::Ack => last_ack = Some((t, acker)),
+            Disposition::Requeue => {
                 if let Some((t, a)) = last_ack.take() {
                     send_ack(&a, t, tag).await;
                 }

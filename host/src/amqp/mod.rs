@@ -7,14 +7,25 @@
 //!   `multiple` behind a short timer.
 //! - [`publisher`]: one confirm-mode channel for outputs, retries and
 //!   dead-letters; every publish waits for its confirm.
-//! - [`convert`]: field tables and properties to and from the WIT types.
+//! - [`wire`]: AMQP's own data types (field tables, properties), which
+//!   callers convert to and from their own.
 //!
-//! It does not know handlers, dedup or the sandbox: the pipeline decides,
-//! this module carries it out.
+//! It does not know handlers, dedup or the sandbox (it imports nothing from
+//! them): the pipeline decides and converts, this module carries it out.
 
 pub mod consumer;
-pub mod convert;
 pub mod publisher;
+
+/// AMQP's data model as this module's callers see it: field tables and
+/// values, short strings, message properties. Re-exported so that the
+/// conversion to the guest's types (in the pipeline) never names the client
+/// library.
+pub mod wire {
+    pub use lapin::BasicProperties;
+    pub use lapin::types::{
+        AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+    };
+}
 
 use std::time::Duration;
 
@@ -23,7 +34,11 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
+use crate::config::ExchangeType;
+
 pub use consumer::{ConsumerChannel, Inbound};
+/// The client's error: connection, channel and protocol failures.
+pub use lapin::Error;
 pub use publisher::{DeadLetter, PublishError, Publisher};
 
 /// Header: which attempt the next delivery of this message is (1-based).
@@ -37,6 +52,31 @@ pub const H_ROUTING_KEY: &str = "x-warren-routing-key";
 /// Header: the digest of the module version that produced an output, or
 /// that last handled a dead-lettered message.
 pub const H_MODULE: &str = "x-warren-module";
+/// Dead-letter header: the handler that gave up on the message.
+pub const H_HANDLER: &str = "x-warren-handler";
+/// Dead-letter header: why, as a short stable kind (`reject`, `timeout`...).
+pub const H_ERROR_KIND: &str = "x-warren-error-kind";
+/// Dead-letter header: why, in words.
+pub const H_REASON: &str = "x-warren-reason";
+/// Dead-letter header: the host that dead-lettered it.
+pub const H_HOST: &str = "x-warren-host";
+/// Dead-letter header: when (seconds since the Unix epoch).
+pub const H_FAILED_AT: &str = "x-warren-failed-at";
+
+/// Checks that `url` is an AMQP URL the client accepts, without
+/// connecting. The error shows the URL without its password.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    let shown = crate::config::redact_url(url);
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("amqp" | "amqps")) {
+        return Err(format!(
+            "{shown:?} is not an AMQP URL: expected amqp://user:pass@host:port/vhost"
+        ));
+    }
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| ())
+        .map_err(|e| format!("{shown:?} is not a valid AMQP URL: {e}"))
+}
 
 /// What to declare for one handler.
 #[derive(Debug, Clone)]
@@ -50,7 +90,7 @@ pub struct Topology {
 #[derive(Debug, Clone)]
 pub struct Binding {
     pub exchange: String,
-    pub kind: String,
+    pub kind: ExchangeType,
     pub routing_keys: Vec<String>,
 }
 
@@ -64,7 +104,7 @@ pub struct Broker {
 impl Broker {
     /// Connects, naming the connection so operators can find it in
     /// `rabbitmqctl list_connections`.
-    pub async fn connect(url: &str, name: &str) -> Result<Broker, lapin::Error> {
+    pub async fn connect(url: &str, name: &str) -> Result<Broker, Error> {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
         Ok(Broker {
@@ -79,7 +119,7 @@ impl Broker {
 
     /// Declares a handler's queues and binding. Idempotent; run again after
     /// every reconnect.
-    pub async fn declare(&self, t: &Topology) -> Result<(), lapin::Error> {
+    pub async fn declare(&self, t: &Topology) -> Result<(), Error> {
         let ch = self.conn.create_channel().await?;
         let durable = QueueDeclareOptions {
             durable: true,
@@ -101,11 +141,11 @@ impl Broker {
         )
         .await?;
         if let Some(b) = &t.bind {
-            let kind = match b.kind.as_str() {
-                "direct" => ExchangeKind::Direct,
-                "fanout" => ExchangeKind::Fanout,
-                "headers" => ExchangeKind::Headers,
-                _ => ExchangeKind::Topic,
+            let kind = match b.kind {
+                ExchangeType::Direct => ExchangeKind::Direct,
+                ExchangeType::Fanout => ExchangeKind::Fanout,
+                ExchangeType::Headers => ExchangeKind::Headers,
+                ExchangeType::Topic => ExchangeKind::Topic,
             };
             let opts = ExchangeDeclareOptions {
                 durable: true,
@@ -139,12 +179,12 @@ impl Broker {
         queue: &str,
         prefetch: u16,
         tag: &str,
-    ) -> Result<ConsumerChannel, lapin::Error> {
+    ) -> Result<ConsumerChannel, Error> {
         ConsumerChannel::open(&self.conn, queue, prefetch, tag).await
     }
 
     /// Opens the confirm-mode publishing channel.
-    pub async fn publisher(&self) -> Result<Publisher, lapin::Error> {
+    pub async fn publisher(&self) -> Result<Publisher, Error> {
         Publisher::open(&self.conn).await
     }
 

@@ -13,9 +13,10 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::consumer::Inbound;
-use super::convert::outbound_properties;
-use super::{H_ATTEMPT, H_EXCHANGE, H_MODULE, H_ROUTING_KEY};
-use crate::runtime::Outbound;
+use super::{
+    H_ATTEMPT, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON,
+    H_ROUTING_KEY,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -119,20 +120,21 @@ impl Publisher {
         }
     }
 
-    /// Publishes a guest's output with its deterministic message id and, in
-    /// `x-warren-module`, the digest of the module version that produced it.
+    /// Publishes an output, with `properties` as the caller built them
+    /// and, in `x-warren-module`, the digest of the module version that
+    /// produced it. Mandatory: an unroutable output is an error.
     pub async fn output(
         &self,
-        o: &Outbound,
-        message_id: &str,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
         module: &str,
     ) -> Result<(), PublishError> {
-        let mut props = outbound_properties(o, message_id).map_err(PublishError::Invalid)?;
-        let mut headers = props.headers().clone().unwrap_or_default();
+        let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
-        props = props.with_headers(headers);
-        self.publish(&o.exchange, &o.routing_key, &o.body, props, true)
-            .await
+        let props = properties.with_headers(headers);
+        self.publish(exchange, routing_key, body, props, true).await
     }
 
     /// Sends `msg` to wait `delay` in `wait_queue`, after which the broker
@@ -174,23 +176,20 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let mut headers = carried_headers(msg);
         let text = |s: &str| AMQPValue::LongString(s.into());
-        headers.insert("x-warren-handler".into(), text(dl.handler));
-        headers.insert("x-warren-error-kind".into(), text(dl.kind));
-        headers.insert("x-warren-reason".into(), text(dl.reason));
+        headers.insert(H_HANDLER.into(), text(dl.handler));
+        headers.insert(H_ERROR_KIND.into(), text(dl.kind));
+        headers.insert(H_REASON.into(), text(dl.reason));
         headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(dl.attempt as i64));
         if let Some(m) = dl.module {
             headers.insert(H_MODULE.into(), text(m));
         }
-        headers.insert("x-warren-host".into(), text(dl.host));
+        headers.insert(H_HOST.into(), text(dl.host));
         headers.insert(H_EXCHANGE.into(), text(&msg.original_exchange()));
         headers.insert(H_ROUTING_KEY.into(), text(&msg.original_routing_key()));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        headers.insert(
-            "x-warren-failed-at".into(),
-            AMQPValue::Timestamp(now.as_secs()),
-        );
+        headers.insert(H_FAILED_AT.into(), AMQPValue::Timestamp(now.as_secs()));
         let props = msg
             .properties()
             .clone()

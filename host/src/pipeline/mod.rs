@@ -19,88 +19,27 @@
 //! This module decides; `amqp`, `dedup` and `runtime` carry it out.
 
 mod claim;
+pub mod convert;
+mod guests;
+mod keys;
 mod renew;
 mod settle;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use keys::{describe_key, output_id_base};
+pub use keys::{idempotency_key, output_message_id};
+
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use sha2::{Digest as _, Sha256};
-use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
 
-use crate::amqp::{Inbound, Publisher, Topology};
-use crate::config::{self, DedupKey, MissingKey, OnUnavailable};
-use crate::dedup::{Lease, Store};
-use crate::metrics::{HandlerMetrics, Metrics};
-use crate::registry::Versions;
-use crate::runtime::{
-    Completed, HandlerEnv, Message, Module, Outbound, Outcome, RunError, Runtime, WarmInstances,
-};
+use crate::amqp::{Inbound, Publisher};
+use crate::config::MissingKey;
+use crate::context::{HandlerCtx, Shared};
+use crate::dedup::Lease;
+use crate::runtime::{Completed, Outbound, Outcome};
 use settle::Settle;
-
-/// What every message of the process shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub runtime: Runtime,
-    pub store: Store,
-    pub on_unavailable: OnUnavailable,
-    pub metrics: Metrics,
-    pub health: Health,
-    /// This host's name, for dead-letter headers.
-    pub host: String,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// Readiness: connected to RabbitMQ, and the dedup store answering.
-#[derive(Debug)]
-pub struct Health {
-    pub amqp: AtomicBool,
-    pub dedup: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            amqp: AtomicBool::new(false),
-            dedup: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Health {
-    pub fn ready(&self) -> bool {
-        self.amqp.load(Ordering::Relaxed) && self.dedup.load(Ordering::Relaxed)
-    }
-}
-
-/// One configured handler: its settings, its live module version and its
-/// limit on messages in flight.
-#[derive(Debug)]
-pub struct HandlerCtx {
-    pub cfg: config::Handler,
-    pub env: Arc<HandlerEnv>,
-    /// The live version and its history. A deploy swaps it; a batch loads
-    /// it once when its run starts, so its messages finish on the version
-    /// they started with.
-    pub versions: Versions,
-    pub topology: Topology,
-    /// Idle instances kept for the next message (`instances = "reuse"`).
-    pub warm: Arc<WarmInstances>,
-    /// `consumers` permits: messages in flight at once in this process.
-    pub concurrency: Arc<Semaphore>,
-    /// Batches in flight at once ([`config::Handler::batch_slots`]).
-    /// Bounding batches, not only messages, is what makes batches form:
-    /// while every slot is busy, deliveries gather in the prefetch buffer,
-    /// and the next batch takes them all. With only a bound on messages, a
-    /// loaded consumer settles into batches of one: each finished message
-    /// frees one permit, and the next batch takes one delivery.
-    pub batches: Arc<Semaphore>,
-    pub metrics: HandlerMetrics,
-}
 
 /// Handles a batch of deliveries from one consumer channel to the end.
 /// Never fails: every path settles each delivery one way or another, and a
@@ -309,60 +248,6 @@ impl Pipeline<'_> {
         jobs
     }
 
-    /// Step 3: runs every message of the batch, one after the other, on one
-    /// blocking thread: one hand-off for the batch, not one per message.
-    async fn run_guests(
-        &self,
-        module: &Arc<Module>,
-        jobs: &[Job],
-    ) -> Vec<Result<Completed, RunError>> {
-        let messages: Vec<Message> = jobs
-            .iter()
-            .map(|j| {
-                let token = j.lease.as_ref().map_or(0, |l| l.fencing_token);
-                j.msg.to_message(j.key.clone(), token)
-            })
-            .collect();
-        let n = messages.len();
-        let permit = self.shared.runtime.acquire().await;
-        let (rt, env, module) = (
-            self.shared.runtime.clone(),
-            self.h.env.clone(),
-            module.clone(),
-        );
-        let reuse = (self.h.cfg.instances == config::Instances::Reuse)
-            .then(|| (self.h.warm.clone(), self.h.cfg.reuse_max));
-        let duration = self.h.metrics.duration.clone();
-        self.h.metrics.in_flight.inc_by(n as i64);
-        let ran = tokio::task::spawn_blocking(move || {
-            messages
-                .iter()
-                .map(|message| {
-                    let started = Instant::now();
-                    let result = match &reuse {
-                        Some((warm, max)) => {
-                            rt.run_warm(&module, &env, message, &permit, warm, *max)
-                        }
-                        None => rt.run(&module, &env, message, &permit),
-                    };
-                    duration.observe(started.elapsed().as_secs_f64());
-                    result
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        self.h.metrics.in_flight.dec_by(n as i64);
-        ran.unwrap_or_else(|e| {
-            (0..n)
-                .map(|_| {
-                    Err(RunError::Trap {
-                        message: format!("host task failed: {e}"),
-                    })
-                })
-                .collect()
-        })
-    }
-
     /// Step 4: publishes every output of every acked message, each with its
     /// deterministic id, all at once, and waits for their confirms. Returns,
     /// per message, why an output of it was not confirmed (the first refusal
@@ -381,7 +266,14 @@ impl Pipeline<'_> {
             for (i, out) in outputs.iter().enumerate() {
                 let id = output_message_id(self.name(), &base, i);
                 sends.push(async move {
-                    let sent = self.publisher.output(out, &id, digest).await;
+                    let sent = match convert::outbound_properties(out, &id) {
+                        Ok(props) => self
+                            .publisher
+                            .output(&out.exchange, &out.routing_key, &out.body, props, digest)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(invalid) => Err(format!("invalid outbound message: {invalid}")),
+                    };
                     (
                         j,
                         sent.map_err(|e| format!("output {i} not confirmed: {e}")),
@@ -451,54 +343,5 @@ impl Pipeline<'_> {
                 tracing::warn!(handler = self.name(), key = %lease.key, error = %e, "cannot release the dedup lease; it expires on its own");
             }
         }
-    }
-}
-
-/// The message's idempotency key, or none when it has none.
-pub fn idempotency_key(how: &DedupKey, msg: &Inbound) -> Option<String> {
-    match how {
-        DedupKey::MessageId => msg
-            .message_id()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        DedupKey::Header(name) => msg.header_text(name).filter(|s| !s.is_empty()),
-        DedupKey::BodySha256 => Some(hex::encode(Sha256::digest(msg.body()))),
-    }
-}
-
-fn describe_key(how: &DedupKey) -> String {
-    match how {
-        DedupKey::MessageId => "no message-id property".into(),
-        DedupKey::Header(name) => format!("no text or integer header {name:?}"),
-        DedupKey::BodySha256 => "body-sha256".into(),
-    }
-}
-
-/// What output ids derive from when a message has no dedup key.
-fn output_id_base(msg: &Inbound) -> String {
-    msg.message_id()
-        .map(str::to_string)
-        .unwrap_or_else(|| hex::encode(Sha256::digest(msg.body())))
-}
-
-/// The message id of a handler's `index`-th output for input `key`: the same
-/// on every run of the same input, so a retried or duplicated run publishes
-/// the same ids and downstream consumers can drop the copies.
-pub fn output_message_id(handler: &str, key: &str, index: usize) -> String {
-    let name = format!("{handler}\n{key}\n{index}");
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_ids_are_deterministic_and_distinct() {
-        let a = output_message_id("echo", "k1", 0);
-        assert_eq!(a, output_message_id("echo", "k1", 0));
-        assert_ne!(a, output_message_id("echo", "k1", 1));
-        assert_ne!(a, output_message_id("echo", "k2", 0));
-        assert_ne!(a, output_message_id("other", "k1", 0));
     }
 }

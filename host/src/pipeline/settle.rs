@@ -53,7 +53,9 @@ impl Pipeline<'_> {
         match how {
             Settle::Defer(remaining) => {
                 let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
-                let delay = retry::tier(remaining.clamp(floor, self.lease_ttl()));
+                // Not `clamp`: it panics when the floor (backoff_ms) is above
+                // the lease, which the config allows.
+                let delay = retry::tier(remaining.min(self.lease_ttl()).max(floor));
                 tracing::debug!(
                     handler = self.name(),
                     message_id = msg.message_id().unwrap_or("-"),

@@ -11,7 +11,10 @@ use super::bindings::{Level, Outbound, PublishError, warren::handler};
 use super::stdio::CappedPipe;
 use super::{HandlerEnv, Limits};
 
-/// The data of one `Store`: lives exactly as long as one message.
+/// The data of one `Store`: one message's worth with a fresh instance per
+/// message; in reuse mode it lives as long as its warm instance, and
+/// [`State::begin`] resets the per-message parts (buffers, caps, tags)
+/// before each message.
 pub(crate) struct State {
     wasi: WasiCtx,
     table: ResourceTable,

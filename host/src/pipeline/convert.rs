@@ -1,12 +1,15 @@
-//! AMQP field tables and properties to and from the WIT types.
+//! The one place where AMQP's types and the guest's meet: a delivery as
+//! the guest sees it ([`message_for_guest`]), and a guest's output as AMQP
+//! properties ([`outbound_properties`]).
 //!
 //! Field tables nest; WIT types cannot, so nested arrays and tables go into
 //! the `nested` arena of [`Headers`] and are pointed to by index.
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, ShortString};
-
-use crate::runtime::{Decimal, FieldValue, Header, Headers, Nested, Outbound};
+use crate::amqp::Inbound;
+use crate::amqp::wire::{
+    AMQPValue, BasicProperties, ByteArray, DecimalValue, FieldArray, FieldTable, ShortString,
+};
+use crate::runtime::{Decimal, FieldValue, Header, Headers, Message, Nested, Outbound};
 
 /// Headers warren writes for its own bookkeeping; guests never see them.
 pub const INTERNAL_PREFIX: &str = "x-warren-";
@@ -20,6 +23,32 @@ const MAX_DEPTH: usize = 32;
 
 pub(crate) fn is_internal(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX) || name == X_DEATH
+}
+
+/// The delivery as the guest sees it: its properties, its headers without
+/// warren's and the broker's bookkeeping, where it was first published,
+/// which attempt this is, and its dedup key and fencing token.
+pub fn message_for_guest(msg: &Inbound, dedup_key: Option<String>, fencing_token: u64) -> Message {
+    let p = msg.properties();
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.to_string());
+    Message {
+        body: msg.body().to_vec(),
+        content_type: text(p.content_type()),
+        content_encoding: text(p.content_encoding()),
+        message_id: text(p.message_id()),
+        correlation_id: text(p.correlation_id()),
+        reply_to: text(p.reply_to()),
+        timestamp: *p.timestamp(),
+        type_: text(p.kind()),
+        app_id: text(p.app_id()),
+        headers: headers_from_table(p.headers().as_ref()),
+        exchange: msg.original_exchange(),
+        routing_key: msg.original_routing_key(),
+        redelivered: msg.redelivered(),
+        attempt: msg.attempt(),
+        dedup_key,
+        fencing_token,
+    }
 }
 
 /// The headers of a delivery as the guest sees them: without warren's own.

@@ -1,0 +1,345 @@
+//! The config file (`warren run --config FILE`): TOML, read once at start.
+//!
+//! Owns parsing, defaults, environment overrides and validation, so that the
+//! rest of the host gets values it can use as they are. Every error names the
+//! file, the key (TOML's own errors give the line) and what was expected;
+//! unknown keys are errors.
+//!
+//! The bottom layer: it imports no other module of the crate. What only the
+//! client libraries can check (that a URL is one lapin or redis accepts) is
+//! checked by `amqp::validate_url` and `dedup::validate_url`, which
+//! `server::load_config` calls after [`Config::load`].
+//!
+//! - this file: the types, as the TOML reads;
+//! - `defaults.rs`: the default of every optional key;
+//! - `load.rs`: reading, environment overrides, relative paths;
+//! - `validate.rs`: the checks that need more than one key;
+//! - `redact.rs`: URLs without their passwords, for logs and errors.
+
+mod defaults;
+mod load;
+mod redact;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use redact::redact_url;
+
+/// The environment variable that overrides `amqp.url`.
+pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
+/// The environment variable that overrides `redis.url`.
+pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
+/// The environment variable that sets `admin.token`.
+pub const ENV_ADMIN_TOKEN: &str = "WARREN_ADMIN_TOKEN";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub amqp: Amqp,
+    /// Without it, dedup uses an in-process store (one process only).
+    pub redis: Option<Redis>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    #[serde(rename = "handler", default)]
+    pub handlers: Vec<Handler>,
+    /// The file this was read from; set by [`Config::load`].
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: String,
+    /// Longest wait between reconnection attempts.
+    #[serde(default = "defaults::reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    /// Every dedup key starts with this, then the handler name.
+    #[serde(default = "defaults::redis_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+/// What to do with messages while Redis does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Stop starting new messages and leave them in the queue until Redis
+    /// answers again.
+    #[default]
+    Pause,
+    /// Handle messages without dedup, counted and logged as such.
+    Process,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Where the admin endpoint listens (health, readiness, metrics,
+    /// deploy); off when unset.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoint requires; `WARREN_ADMIN_TOKEN` wins.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// How long a graceful shutdown waits for in-flight handlers.
+    #[serde(default = "defaults::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Where compiled modules are cached, by module hash and engine
+    /// settings; default `$XDG_CACHE_HOME/warren/modules` (or
+    /// `~/.cache/warren/modules`); `""` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
+            cache_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handler {
+    pub name: String,
+    /// The component file; relative paths are relative to the config file.
+    pub module: PathBuf,
+    pub queue: String,
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Messages in flight at once in this process.
+    #[serde(default = "defaults::consumers")]
+    pub consumers: u32,
+    /// `basic.qos` per consumer channel.
+    #[serde(default = "defaults::prefetch")]
+    pub prefetch: u16,
+    /// AMQP consumer channels for this handler in this process.
+    #[serde(default = "defaults::channels")]
+    pub channels: u32,
+    /// The most deliveries handled together as one batch: one dedup round
+    /// trip, one hand-off to the sandbox and one wait for confirms for all
+    /// of them. A batch takes only what has already arrived, so it never
+    /// waits to fill; its messages run one after another, so a slow one
+    /// delays the settling of the others in its batch. 1 handles every
+    /// message on its own, up to `consumers` at once.
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: u32,
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "defaults::memory_mb")]
+    pub memory_mb: u32,
+    /// Where messages end that cannot be handled; default `<queue>.dead`.
+    pub dead_letter_queue: Option<String>,
+    pub bind: Option<Bind>,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub dedup: Dedup,
+    #[serde(default)]
+    pub publish: Publish,
+    /// `per-message` (default): a fresh instance per message, nothing
+    /// carries over. `reuse`: an instance serves up to `reuse_max`
+    /// messages (a fresh one after any trap); far cheaper for interpreted
+    /// guests, at the price of state carrying over between messages.
+    #[serde(default)]
+    pub instances: Instances,
+    #[serde(default = "defaults::reuse_max")]
+    pub reuse_max: u32,
+    /// A message body to run through a new module version before it goes
+    /// live (at start and on deploy); the run must end without a trap.
+    /// Without it, a new version is only instantiated.
+    pub smoke_body: Option<String>,
+    /// Free key/values handed to the guest through `config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    #[default]
+    PerMessage,
+    Reuse,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bind {
+    pub exchange: String,
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
+    #[serde(default)]
+    pub routing_keys: Vec<String>,
+}
+
+/// The kind of exchange `bind.exchange` is declared as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    Direct,
+    #[default]
+    Topic,
+    Fanout,
+    Headers,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts in all, the first included; past it the message is
+    /// dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before attempt 2; doubles per attempt, with jitter.
+    #[serde(default = "defaults::backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::max_attempts(),
+            backoff_ms: defaults::backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dedup {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub key: DedupKey,
+    #[serde(default = "defaults::lease_ms")]
+    pub lease_ms: u64,
+    #[serde(default = "defaults::window_s")]
+    pub window_s: u64,
+    /// What to do with a message that has no key.
+    #[serde(default)]
+    pub missing: MissingKey,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key: DedupKey::default(),
+            lease_ms: defaults::lease_ms(),
+            window_s: defaults::window_s(),
+            missing: MissingKey::default(),
+        }
+    }
+}
+
+/// Where a message's idempotency key comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DedupKey {
+    /// The AMQP `message-id` property.
+    #[default]
+    MessageId,
+    /// A header, by name.
+    Header(String),
+    /// The SHA-256 of the body.
+    BodySha256,
+}
+
+impl<'de> Deserialize<'de> for DedupKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "message-id" => Ok(DedupKey::MessageId),
+            "body-sha256" => Ok(DedupKey::BodySha256),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if !name.is_empty() => Ok(DedupKey::Header(name.to_string())),
+                _ => Err(serde::de::Error::custom(format!(
+                    "invalid dedup key {s:?}: expected \"message-id\", \"header:NAME\" or \"body-sha256\""
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingKey {
+    /// Dead-letter the message, saying it had no key.
+    #[default]
+    Reject,
+    /// Handle it without dedup.
+    Process,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Exchanges the handler may publish to; `""` is the default exchange.
+    #[serde(default = "defaults::allow")]
+    pub allow: Vec<String>,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Self {
+            allow: defaults::allow(),
+        }
+    }
+}
+
+/// The largest memory cap a handler may ask for.
+pub const MAX_MEMORY_MB: u32 = 4096;
+
+impl Handler {
+    pub fn dead_letter_queue(&self) -> String {
+        self.dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead", self.queue))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// How many batches may be in flight at once on a machine with `cores`
+    /// CPUs: enough to hold `consumers` messages in batches of `max_batch`,
+    /// and at least one per core (up to `consumers`), because a batch runs
+    /// its messages one after another on one thread, and a guest can only
+    /// compute (it has no I/O to wait for), so batches beyond the cores
+    /// would not run guests faster, and fewer would leave cores idle.
+    pub fn batch_slots(&self, cores: u32) -> u32 {
+        let to_hold = self.consumers.div_ceil(self.max_batch.max(1));
+        to_hold.max(cores.min(self.consumers)).max(1)
+    }
+}

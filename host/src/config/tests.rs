@@ -1,0 +1,115 @@
+//! Unit tests of parsing, defaults and validation.
+
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> anyhow::Result<Config> {
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = text.replace("MODULE", &module.display().to_string());
+    Config::parse(&text, Path::new("/etc/warren/warren.toml"), |_| None)
+}
+
+const MINIMAL: &str = r#"
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+[[handler]]
+name = "echo"
+module = "MODULE"
+queue = "orders"
+"#;
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    let h = &c.handlers[0];
+    assert_eq!(
+        (h.consumers, h.prefetch, h.timeout_ms, h.memory_mb),
+        (8, 32, 5000, 64)
+    );
+    assert_eq!(h.dead_letter_queue(), "orders.dead");
+    assert_eq!(h.dedup.key, DedupKey::MessageId);
+    assert_eq!(h.publish.allow, [""]);
+    assert!(c.redis.is_none());
+}
+
+#[test]
+fn relative_module_paths_are_relative_to_the_config_file() {
+    let text = MINIMAL.replace("MODULE", "guests/echo.wasm");
+    let err = Config::parse(&text, Path::new("/srv/app/warren.toml"), |_| None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/srv/app/warren.toml: handler \"echo\": key module: module file /srv/app/guests/echo.wasm does not exist"
+    );
+}
+
+#[test]
+fn environment_overrides_the_urls() {
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n");
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = text.replace("MODULE", &module.display().to_string());
+    let c = Config::parse(&text, Path::new("x.toml"), |k| match k {
+        ENV_AMQP_URL => Some("amqp://u:p@rabbit:5672/v".into()),
+        ENV_REDIS_URL => Some("redis://cache:6379/1".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.amqp.url, "amqp://u:p@rabbit:5672/v");
+    assert_eq!(c.redis.unwrap().url, "redis://cache:6379/1");
+}
+
+#[test]
+fn dedup_key_forms() {
+    let c = parse(&format!(
+        "{MINIMAL}[handler.dedup]\nkey = \"header:x-id\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.handlers[0].dedup.key, DedupKey::Header("x-id".into()));
+    let err = parse(&format!("{MINIMAL}[handler.dedup]\nkey = \"uuid\"\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("invalid dedup key \"uuid\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn lease_must_outlast_the_deadline() {
+    let err = parse(&format!("{MINIMAL}timeout_ms = 40000\n")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/warren/warren.toml: handler \"echo\": key dedup.lease_ms: the lease (30000 ms) must be longer than timeout_ms (40000 ms)"
+    );
+}
+
+#[test]
+fn batches_default_to_16_and_are_enough_for_consumers() {
+    let h = &parse(MINIMAL).unwrap().handlers[0];
+    assert_eq!(h.max_batch, 16);
+    assert_eq!(h.batch_slots(1), 1, "8 consumers fit one batch");
+    assert_eq!(h.batch_slots(4), 4, "one batch per core");
+    assert_eq!(h.batch_slots(32), 8, "never more batches than consumers");
+    let h = &parse(&format!("{MINIMAL}consumers = 64\nmax_batch = 10\n"))
+        .unwrap()
+        .handlers[0];
+    assert_eq!(h.batch_slots(2), 7, "6 batches of 10 hold only 60 of 64");
+    let h = &parse(&format!("{MINIMAL}consumers = 3\nmax_batch = 1\n"))
+        .unwrap()
+        .handlers[0];
+    assert_eq!(h.batch_slots(1), 3);
+    let err = parse(&format!("{MINIMAL}max_batch = 0\n")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/warren/warren.toml: handler \"echo\": key max_batch: must be at least 1"
+    );
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    let err = parse(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MINIMAL}")).unwrap_err();
+    assert!(err.to_string().contains("admin.token"), "{err}");
+}

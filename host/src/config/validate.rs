@@ -1,0 +1,109 @@
+//! The checks that TOML's types cannot express: values in range, names
+//! unique, a lease longer than the deadline, a token off loopback.
+
+use std::collections::HashSet;
+
+use anyhow::bail;
+
+use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB};
+
+impl Config {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        if let Some(addr) = self.admin.listen
+            && !addr.ip().is_loopback()
+            && self.admin.token.as_deref().is_none_or(str::is_empty)
+        {
+            bail!(
+                "key admin.listen: {addr} is not a loopback address, so admin.token (or {ENV_ADMIN_TOKEN}) must be set"
+            );
+        }
+        if self.handlers.is_empty() {
+            bail!("no [[handler]] entries: at least one handler is needed");
+        }
+        let mut names = HashSet::new();
+        let mut queues = HashSet::new();
+        for h in &self.handlers {
+            let at = |key: &str| format!("handler {:?}: key {key}", h.name);
+            if h.name.is_empty()
+                || !h
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "{}: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                    at("name"),
+                    h.name
+                );
+            }
+            if !names.insert(&h.name) {
+                bail!("{}: the name {:?} is used twice", at("name"), h.name);
+            }
+            if !queues.insert(&h.queue) {
+                bail!(
+                    "{}: queue {:?} is already consumed by another handler",
+                    at("queue"),
+                    h.queue
+                );
+            }
+            if h.queue.is_empty() {
+                bail!("{}: must not be empty", at("queue"));
+            }
+            if !h.module.is_file() {
+                bail!(
+                    "{}: module file {} does not exist",
+                    at("module"),
+                    h.module.display()
+                );
+            }
+            for (key, v) in [
+                ("consumers", h.consumers as u64),
+                ("prefetch", h.prefetch as u64),
+                ("channels", h.channels as u64),
+                ("max_batch", h.max_batch as u64),
+                ("timeout_ms", h.timeout_ms),
+                ("memory_mb", h.memory_mb as u64),
+                ("retry.max_attempts", h.retry.max_attempts as u64),
+                ("dedup.lease_ms", h.dedup.lease_ms),
+                ("dedup.window_s", h.dedup.window_s),
+            ] {
+                if v == 0 {
+                    bail!("{}: must be at least 1", at(key));
+                }
+            }
+            if h.memory_mb > MAX_MEMORY_MB {
+                bail!(
+                    "{}: {} MiB is over the limit of {MAX_MEMORY_MB} MiB",
+                    at("memory_mb"),
+                    h.memory_mb
+                );
+            }
+            if h.retry.max_backoff_ms < h.retry.backoff_ms {
+                bail!(
+                    "{}: must be at least retry.backoff_ms ({})",
+                    at("retry.max_backoff_ms"),
+                    h.retry.backoff_ms
+                );
+            }
+            // A lease shorter than the handler's deadline could expire while
+            // the handler still runs and let a duplicate in (docs/semantics.md).
+            if h.dedup.enabled && h.dedup.lease_ms <= h.timeout_ms {
+                bail!(
+                    "{}: the lease ({} ms) must be longer than timeout_ms ({} ms)",
+                    at("dedup.lease_ms"),
+                    h.dedup.lease_ms,
+                    h.timeout_ms
+                );
+            }
+            if let Some(b) = &h.bind
+                && b.exchange.is_empty()
+            {
+                bail!(
+                    "{}: the default exchange cannot be bound; name an exchange",
+                    at("bind.exchange")
+                );
+            }
+        }
+        Ok(())
+    }
+}

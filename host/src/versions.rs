@@ -1,0 +1,127 @@
+//! The module versions of one handler: the live one (swapped atomically),
+//! the one before it (for rollback), and every version this process has
+//! run, by digest, so a redeploy of a known digest needs no compile.
+//!
+//! It only keeps versions; validating a new one and deciding to swap is
+//! the registry's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::runtime::Module;
+
+/// The versions of one handler.
+#[derive(Debug)]
+pub struct Versions {
+    live: ArcSwap<Module>,
+    state: Mutex<History>,
+    /// One deploy at a time per handler (a file change and an upload may
+    /// race).
+    deploying: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct History {
+    live: VersionInfo,
+    previous: Option<(Arc<Module>, VersionInfo)>,
+    known: HashMap<String, Arc<Module>>,
+}
+
+/// What is known of one version, for the admin API and `warren status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub digest: String,
+    /// Where it came from: `file PATH` at start or on a change, `upload` for
+    /// `warren deploy`, `rollback`.
+    pub source: String,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: u64,
+    pub size: usize,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Versions {
+    pub fn new(module: Module, source: String) -> Self {
+        let module = Arc::new(module);
+        let live = info(&module, source);
+        let known = HashMap::from([(module.digest().hex().to_string(), module.clone())]);
+        Self {
+            live: ArcSwap::new(module),
+            state: Mutex::new(History {
+                live,
+                previous: None,
+                known,
+            }),
+            deploying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The live version: one atomic load, no lock.
+    pub fn live(&self) -> Arc<Module> {
+        self.live.load_full()
+    }
+
+    /// The version before the live one, for a rollback.
+    pub fn previous(&self) -> Option<Arc<Module>> {
+        self.state
+            .lock()
+            .expect("versions lock")
+            .previous
+            .as_ref()
+            .map(|(m, _)| m.clone())
+    }
+
+    /// Holds off every other deploy or rollback of this handler while the
+    /// guard lives: a file change and an upload may race.
+    pub async fn deploy_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.deploying.lock().await
+    }
+
+    /// The live and the previous version.
+    pub fn info(&self) -> (VersionInfo, Option<VersionInfo>) {
+        let h = self.state.lock().expect("versions lock");
+        (h.live.clone(), h.previous.as_ref().map(|(_, i)| i.clone()))
+    }
+
+    /// A version this process has run before, by its hex digest.
+    pub fn known(&self, digest: &str) -> Option<Arc<Module>> {
+        self.state
+            .lock()
+            .expect("versions lock")
+            .known
+            .get(digest)
+            .cloned()
+    }
+
+    /// Makes `module` live; the current one becomes the previous. Returns
+    /// the old digest and how long the swap took.
+    pub fn swap(&self, module: Arc<Module>, source: String) -> (String, Duration) {
+        let mut h = self.state.lock().expect("versions lock");
+        let started = Instant::now();
+        let old = self.live.swap(module.clone());
+        let took = started.elapsed();
+        let old_info = std::mem::replace(&mut h.live, info(&module, source));
+        h.known.insert(module.digest().hex().to_string(), module);
+        let old_digest = old_info.digest.clone();
+        h.previous = Some((old, old_info));
+        (old_digest, took)
+    }
+}
+
+fn info(module: &Module, source: String) -> VersionInfo {
+    VersionInfo {
+        digest: module.digest().to_string(),
+        source,
+        loaded_at: now(),
+        size: module.size(),
+    }
+}
