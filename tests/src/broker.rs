@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -61,7 +61,7 @@ impl Got {
 /// A test's own connection to the broker.
 #[derive(Debug)]
 pub struct Rabbit {
-    _conn: Connection,
+    conn: Connection,
     ch: Channel,
 }
 
@@ -81,7 +81,7 @@ impl Rabbit {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm mode");
-        Rabbit { _conn: conn, ch }
+        Rabbit { conn, ch }
     }
 
     /// Declares a durable queue (as warren would).
@@ -106,6 +106,48 @@ impl Rabbit {
             })
             .next()
             .unwrap_or(0)
+    }
+
+    /// Messages ready in each queue, asked of the queue itself (a passive
+    /// declare, on a channel of its own since a missing queue closes it):
+    /// `rabbitmqctl list_queues` counts can lag by the broker's statistics
+    /// interval.
+    pub async fn ready(&self, queues: &[String]) -> Vec<u32> {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let mut counts = Vec::new();
+        for q in queues {
+            let opts = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let declared = ch
+                .queue_declare(q.as_str().into(), opts, FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("queue {q}: {e}"));
+            counts.push(declared.message_count());
+        }
+        let _ = ch.close(200, "counted".into()).await;
+        counts
+    }
+
+    /// Reads the message at the head of `queue` and puts it back (nack with
+    /// requeue keeps its place and its expiry).
+    pub async fn peek(&self, queue: &str) -> Got {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let m = ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+            .unwrap_or_else(|| panic!("{queue} is empty"));
+        let got = Got::from_delivery(&m.delivery);
+        m.nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+        .expect("nack");
+        let _ = ch.close(200, "peeked".into()).await;
+        got
     }
 
     /// Publishes persistent messages to the default exchange, each with its

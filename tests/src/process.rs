@@ -136,6 +136,34 @@ impl Warren {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+
+    /// `warren_messages_total` for `outcome` (`ack`, `dedup_hit`,
+    /// `deferred`, `retry`, `requeued`, `dead_letter`).
+    pub fn outcome(&self, outcome: &str) -> u64 {
+        self.metric("warren_messages_total", &[("outcome", outcome)]) as u64
+    }
+
+    /// Deliveries settled for good: acked after a run, acked as a
+    /// duplicate, or dead-lettered.
+    pub fn settled(&self) -> u64 {
+        self.outcome("ack") + self.outcome("dedup_hit") + self.outcome("dead_letter")
+    }
+
+    /// Guest invocations so far (each run is observed in the duration
+    /// histogram, whatever its outcome).
+    pub fn runs(&self) -> u64 {
+        self.metric("warren_handler_duration_seconds_count", &[]) as u64
+    }
+
+    /// Handler runs under way now.
+    pub fn in_flight(&self) -> u64 {
+        self.metric("warren_in_flight", &[]) as u64
+    }
+
+    /// Messages handled without dedup (`on_unavailable = "process"`).
+    pub fn bypassed(&self) -> u64 {
+        self.metric("warren_dedup_bypassed_total", &[]) as u64
+    }
 }
 
 impl Drop for Warren {

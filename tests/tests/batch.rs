@@ -5,9 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use warren_tests::broker::Rabbit;
-use warren_tests::guest;
-use warren_tests::process::{Warren, config, eventually, free_port, unique};
+use warren_tests::fixture::Fixture;
+use warren_tests::process::Warren;
 
 /// Batches of `handler` seen so far, and how many of them held one message.
 fn batches(w: &Warren, handler: &str) -> (f64, f64) {
@@ -19,35 +18,30 @@ fn batches(w: &Warren, handler: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_of_mixed_outcomes_settles_each_message_on_its_own() {
-    let q = unique("batch-mixed");
-    let (out, dead) = (format!("{q}.out"), format!("{q}.dead"));
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    r.declare(&q).await;
     // The whole burst is in the queue before warren starts, so its first
     // batches are full: acks, rejects, retries and traps side by side.
+    let mut f = Fixture::new("batch-mixed")
+        .guest("sandbox")
+        .handler("mixed")
+        .extra(
+            "consumers = 32\nmax_batch = 32\nprefetch = 64\n\
+             [handler.retry]\nmax_attempts = 3\nbackoff_ms = 50\nmax_backoff_ms = 100\n",
+        )
+        .prepare()
+        .await;
     let modes = ["ack", "reject", "retry-twice", "ack", "panic", "ack"];
     let msgs: Vec<(String, &str)> = (0..60)
         .map(|i| (format!("m-{i:02}"), modes[i % modes.len()]))
         .collect();
-    r.publish_many(
-        &q,
-        msgs.iter()
-            .map(|(id, mode)| (Some(id.clone()), mode.as_bytes().to_vec())),
-    )
-    .await;
-
-    let port = free_port();
-    let extra = format!(
-        "consumers = 32\nmax_batch = 32\nprefetch = 64\n\
-         [handler.retry]\nmax_attempts = 3\nbackoff_ms = 50\nmax_backoff_ms = 100\n\
-         [handler.config]\nout_routing_key = \"{out}\"\n"
-    );
-    let mut w = Warren::start(
-        &config(&guest("sandbox"), "mixed", &q, Some(port), &extra),
-        Some(port),
-    );
-    w.wait_log("consuming", Duration::from_secs(30));
+    f.rabbit
+        .publish_many(
+            &f.queue,
+            msgs.iter()
+                .map(|(id, mode)| (Some(id.clone()), mode.as_bytes().to_vec())),
+        )
+        .await;
+    f.launch();
+    let r = &f.rabbit;
 
     let want = |m: &str| -> BTreeSet<String> {
         msgs.iter()
@@ -57,7 +51,14 @@ async fn a_batch_of_mixed_outcomes_settles_each_message_on_its_own() {
     };
     // Acked messages publish their body; retry-twice publishes the attempt
     // that acked. Each output carries its input's deterministic output id.
-    let outputs = r.collect(&out, 40, Duration::from_secs(60)).await;
+    let mut outputs = r.collect(&f.out, 40, Duration::from_secs(60)).await;
+    // Rejects go to the dead-letter queue at once, traps after 3 attempts.
+    let mut dl = r.collect(&f.dead, 20, Duration::from_secs(60)).await;
+    // Every input settled: a late duplicate, had there been one, is in its
+    // queue by now.
+    f.settle(60, Duration::from_secs(30)).await;
+    outputs.extend(r.drain(&f.out).await);
+    dl.extend(r.drain(&f.dead).await);
     let mut by_output: BTreeMap<String, String> = BTreeMap::new();
     for g in &outputs {
         by_output.insert(g.message_id.clone().unwrap(), g.body_str());
@@ -76,8 +77,6 @@ async fn a_batch_of_mixed_outcomes_settles_each_message_on_its_own() {
     }
     assert_eq!(outputs.len(), 40, "no output twice, none for a failure");
 
-    // Rejects go to the dead-letter queue at once, traps after 3 attempts.
-    let dl = r.collect(&dead, 20, Duration::from_secs(60)).await;
     let kinds: BTreeMap<String, (String, String)> = dl
         .iter()
         .map(|g| {
@@ -96,50 +95,41 @@ async fn a_batch_of_mixed_outcomes_settles_each_message_on_its_own() {
     for id in want("panic") {
         assert_eq!(kinds[&id], ("trap".into(), "3".into()), "{id}");
     }
-    assert_eq!(dl.len(), 20);
+    assert_eq!(dl.len(), 20, "a dead letter twice");
 
-    eventually(Duration::from_secs(10), "input queue empty", || async {
-        r.total(&q).await == 0
-    })
-    .await;
-    let ack = w.metric("warren_messages_total", &[("outcome", "ack")]);
-    assert_eq!(ack, 40.0);
-    let (all, single) = batches(&w, "mixed");
+    let w = f.w();
+    assert_eq!(w.outcome("ack"), 40);
+    assert_eq!(w.outcome("dead_letter"), 20);
+    let (all, single) = batches(w, "mixed");
     assert!(
         all > 0.0 && single < all,
         "no batch held more than one message ({all} batches, {single} of one)"
     );
-    r.delete(&[&q, &out, &dead]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_batch_1_handles_every_message_alone() {
-    let q = unique("batch-one");
-    let out = format!("{q}.out");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    r.declare(&q).await;
-    r.publish_many(
-        &q,
-        (0..50).map(|i| (Some(format!("m-{i}")), format!("m-{i}").into_bytes())),
-    )
-    .await;
-    let port = free_port();
-    let extra = format!(
-        "consumers = 8\nmax_batch = 1\nprefetch = 64\n[handler.config]\nout_routing_key = \"{out}\"\n"
-    );
-    let mut w = Warren::start(
-        &config(&guest("echo"), "alone", &q, Some(port), &extra),
-        Some(port),
-    );
-    w.wait_log("consuming", Duration::from_secs(30));
-    let got = r.collect(&out, 50, Duration::from_secs(60)).await;
+    let mut f = Fixture::new("batch-one")
+        .handler("alone")
+        .extra("consumers = 8\nmax_batch = 1\nprefetch = 64\n")
+        .prepare()
+        .await;
+    f.rabbit
+        .publish_many(
+            &f.queue,
+            (0..50).map(|i| (Some(format!("m-{i}")), format!("m-{i}").into_bytes())),
+        )
+        .await;
+    f.launch();
+    let r = &f.rabbit;
+    let mut got = r.collect(&f.out, 50, Duration::from_secs(60)).await;
+    // Keep looking past the 50th: a late duplicate would be in the queue
+    // once every input settled.
+    f.settle(50, Duration::from_secs(30)).await;
+    got.extend(r.drain(&f.out).await);
+    assert_eq!(got.len(), 50, "an output twice");
     let bodies: BTreeSet<String> = got.iter().map(|g| g.body_str()).collect();
     assert_eq!(bodies.len(), 50);
-    eventually(Duration::from_secs(10), "50 acks", || async {
-        w.metric("warren_messages_total", &[("outcome", "ack")]) == 50.0
-    })
-    .await;
-    assert_eq!(batches(&w, "alone"), (50.0, 50.0));
-    r.delete(&[&q, &out, &format!("{q}.dead")]).await;
+    assert_eq!(f.w().outcome("ack"), 50);
+    assert_eq!(batches(f.w(), "alone"), (50.0, 50.0));
 }

