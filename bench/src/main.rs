@@ -122,10 +122,35 @@ struct RunArgs {
     /// busy the machine was.
     #[arg(long, default_value_t = 120)]
     wait_quiet: u64,
+    /// Another warren binary (e.g. a build of an earlier commit) to measure
+    /// beside `--warren`: every warren line runs with it too, right before
+    /// the line with `--warren`, as line `ID@base`, and the report gives
+    /// the ratios of each pair. Comparing two builds in one run is what
+    /// makes a before/after figure trustworthy on a shared machine.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Record `perf record` data of warren in line 5 into this file (the
     /// profiler slows it: the figures of that run are not the benchmark's).
     #[arg(long)]
     perf: Option<PathBuf>,
+}
+
+/// Measures one line, or says why it was skipped or failed.
+async fn measure_line(
+    opts: &lines::Opts,
+    line: &lines::Line,
+    rabbit: &amqp::Rabbit,
+) -> Result<report::Measured, String> {
+    match lines::skip_reason(opts, line) {
+        Some(why) => {
+            progress::say(format_args!("    {why}"));
+            Err(why)
+        }
+        None => lines::run(opts, line, rabbit).await.map_err(|e| {
+            progress::say(format_args!("    FAILED: {e:#}"));
+            format!("failed: {e:#}")
+        }),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -211,21 +236,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         opts.latency_secs
     ));
 
+    let baseline = match &args.baseline {
+        Some(path) if !path.is_file() => bail!("no baseline warren binary at {}", path.display()),
+        // Its own run id: its queues and dedup keys must not be the ones the
+        // same line with `--warren` uses.
+        Some(path) => Some(lines::Opts {
+            warren: path.clone(),
+            run_id: format!("{}-base", opts.run_id),
+            ..opts.clone()
+        }),
+        None => None,
+    };
     let mut rows = Vec::new();
     for line in &chosen {
+        let is_warren = matches!(line.kind, lines::Kind::Warren { .. });
+        if let (Some(base), true) = (&baseline, is_warren) {
+            let id = format!("{}@base", line.id);
+            progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
+            let result = measure_line(base, line, &rabbit).await;
+            rows.push(Row {
+                id,
+                what: format!("{} (baseline)", line.what),
+                result,
+            });
+        }
         progress::say(format_args!("line {}: {}", line.id, line.what));
-        let result = match lines::skip_reason(&opts, line) {
-            Some(why) => {
-                progress::say(format_args!("    {why}"));
-                Err(why)
-            }
-            None => lines::run(&opts, line, &rabbit).await.map_err(|e| {
-                progress::say(format_args!("    FAILED: {e:#}"));
-                format!("failed: {e:#}")
-            }),
-        };
+        let result = measure_line(&opts, line, &rabbit).await;
         rows.push(Row {
-            id: line.id,
+            id: line.id.to_string(),
             what: line.what.to_string(),
             result,
         });
@@ -233,7 +271,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     rabbit.close().await;
 
     let table = report::table(&rows);
-    let targets = report::targets(&rows);
+    let mut targets = report::targets(&rows);
+    if baseline.is_some() {
+        targets.push_str(&report::against_baseline(&rows));
+    }
     let doc = format!(
         "# warren end-to-end benchmark: results\n\n\
          Written by `bench/run` (see BENCHMARKS.md for what each line is and how \

@@ -32,7 +32,7 @@ pub struct Measured {
 /// One line of the table.
 #[derive(Debug, Clone)]
 pub struct Row {
-    pub id: &'static str,
+    pub id: String,
     pub what: String,
     /// The figures, or why there are none (skipped or failed).
     pub result: Result<Measured, String>,
@@ -134,6 +134,31 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// The targets, each reached, missed or not measured.
+/// Each warren line against its `@base` twin from the baseline binary:
+/// drain rate and consumer CPU per message as ratios (this build over the
+/// baseline).
+pub fn against_baseline(rows: &[Row]) -> String {
+    let mut t = String::from("\nAgainst the baseline binary (this build / baseline, same run):\n\n");
+    for r in rows {
+        let Some(id) = r.id.strip_suffix("@base") else {
+            continue;
+        };
+        match (find(rows, id), find(rows, &r.id)) {
+            (Some(new), Some(base)) => t.push_str(&format!(
+                "- line {id}: drain {:.3}x ({:.0} vs {:.0} msg/s), consumer CPU per message {:.3}x ({:.1} vs {:.1} us)\n",
+                new.drain_rate / base.drain_rate,
+                new.drain_rate,
+                base.drain_rate,
+                new.cpu_us / base.cpu_us,
+                new.cpu_us,
+                base.cpu_us,
+            )),
+            _ => t.push_str(&format!("- line {id}: not measured for both binaries\n")),
+        }
+    }
+    t
+}
+
 pub fn targets(rows: &[Row]) -> String {
     let (l1, l2, l3, l5) = (
         find(rows, "1"),
@@ -231,7 +256,7 @@ mod tests {
 
     fn row(id: &'static str, r: Result<Measured, String>) -> Row {
         Row {
-            id,
+            id: id.to_string(),
             what: format!("line {id}"),
             result: r,
         }
