@@ -17,6 +17,8 @@ use serde::Deserialize;
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
 /// The environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
+/// The environment variable that sets `amqp.bookkeeping_key`.
+pub const ENV_BOOKKEEPING_KEY: &str = "WARREN_BOOKKEEPING_KEY";
 /// The environment variable that sets `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "WARREN_ADMIN_TOKEN";
 
@@ -44,6 +46,19 @@ pub struct Amqp {
     /// Longest wait between reconnection attempts.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// The secret that signs warren's bookkeeping headers (attempt, first
+    /// exchange and routing key), shared by every process of a group;
+    /// `WARREN_BOOKKEEPING_KEY` wins. Without it the AMQP URL (with its
+    /// password) is the secret, which protects only against publishers
+    /// that do not know warren's broker credentials.
+    pub bookkeeping_key: Option<String>,
+}
+
+impl Amqp {
+    /// The secret that signs the bookkeeping headers.
+    pub fn bookkeeping_secret(&self) -> &str {
+        self.bookkeeping_key.as_deref().unwrap_or(&self.url)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +387,9 @@ impl Config {
         }
         if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
             redis.url = url;
+        }
+        if let Some(key) = env(ENV_BOOKKEEPING_KEY) {
+            config.amqp.bookkeeping_key = Some(key);
         }
         if let Some(token) = env(ENV_ADMIN_TOKEN) {
             config.admin.token = Some(token);

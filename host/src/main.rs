@@ -95,6 +95,9 @@ impl AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        ensure_thread_stacks();
+    }
     warren::logging::init();
     let result = match cli.command {
         Command::Run { config } => run(config),
@@ -141,6 +144,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every thread warren does not size itself, among them the client's
+/// frame-parsing thread, gets [`warren::amqp::limits::THREAD_STACK_BYTES`]
+/// of stack (address space; only what a deep header touches is used): the
+/// client parses nested header values recursively, and a publisher can nest
+/// them about 26,000 deep within RabbitMQ's default `frame_max`. The
+/// standard library reads `RUST_MIN_STACK` once, before the first such
+/// thread, and setting it from inside the process is not sound once any
+/// thread runs, so the process starts itself again with it set. An
+/// operator's own `RUST_MIN_STACK` is left as it is.
+fn ensure_thread_stacks() {
+    use std::os::unix::process::CommandExt as _;
+    const VAR: &str = "RUST_MIN_STACK";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, warren::amqp::limits::THREAD_STACK_BYTES.to_string())
+        .exec();
+    eprintln!(
+        "warning: cannot start again with {VAR} set ({err}); deep message headers may overflow a thread's stack"
+    );
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

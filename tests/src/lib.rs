@@ -64,4 +64,5 @@ pub mod broker;
 pub mod enrich_cases;
 pub mod private_broker;
 pub mod process;
+pub mod raw_amqp;
 pub mod redis_server;

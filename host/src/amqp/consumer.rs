@@ -10,6 +10,7 @@
 //! send nothing (lapin answers `Ok(false)`); those deliveries come back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -23,7 +24,9 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::bookkeeping::{H_SIG, Key, Values};
 use super::convert::headers_from_table;
+use super::limits::{MAX_DEPTH, too_deep};
 use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
 use crate::runtime::Message;
 
@@ -39,6 +42,8 @@ pub struct ConsumerChannel {
     consumer: Consumer,
     tag: String,
     acks: mpsc::UnboundedSender<AckEvent>,
+    /// Verifies the bookkeeping headers of each delivery.
+    key: Arc<Key>,
     /// The stream ended or failed (seen by [`ConsumerChannel::try_next`]);
     /// it gives nothing more.
     ended: bool,
@@ -52,6 +57,7 @@ impl ConsumerChannel {
         queue: &str,
         prefetch: u16,
         tag: &str,
+        key: Arc<Key>,
     ) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
         // QoS before consume: without it the broker pushes the whole queue
@@ -74,6 +80,7 @@ impl ConsumerChannel {
             consumer,
             tag: tag.to_string(),
             acks: tx,
+            key,
             ended: false,
         })
     }
@@ -106,8 +113,10 @@ impl ConsumerChannel {
         match next {
             Some(Ok(delivery)) => {
                 let _ = self.acks.send(AckEvent::Received(delivery.delivery_tag));
+                let bookkeeping = verified(&delivery, &self.key);
                 Some(Inbound {
                     delivery,
+                    bookkeeping,
                     acks: self.acks.clone(),
                     settled: false,
                 })
@@ -156,6 +165,8 @@ impl ConsumerChannel {
 #[derive(Debug)]
 pub struct Inbound {
     delivery: Delivery,
+    /// The bookkeeping headers, when their signature holds.
+    bookkeeping: Option<Bookkeeping>,
     acks: mpsc::UnboundedSender<AckEvent>,
     settled: bool,
 }
@@ -193,41 +204,40 @@ impl Inbound {
     /// A header as text: strings as they are, integers in decimal; other
     /// types have no text form and count as missing.
     pub fn header_text(&self, name: &str) -> Option<String> {
-        match self.header(name)? {
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
-            AMQPValue::ShortString(s) => Some(s.to_string()),
-            AMQPValue::ShortShortInt(i) => Some(i.to_string()),
-            AMQPValue::ShortShortUInt(i) => Some(i.to_string()),
-            AMQPValue::ShortInt(i) => Some(i.to_string()),
-            AMQPValue::ShortUInt(i) => Some(i.to_string()),
-            AMQPValue::LongInt(i) => Some(i.to_string()),
-            AMQPValue::LongUInt(i) => Some(i.to_string()),
-            AMQPValue::LongLongInt(i) => Some(i.to_string()),
-            _ => None,
-        }
+        value_text(self.header(name)?)
     }
 
-    /// The attempt this delivery is: the `x-warren-attempt` header a retry
+    /// Why this delivery cannot be handed to a guest, if it cannot: a
+    /// header nested deeper than the limit.
+    pub fn unreadable(&self) -> Option<String> {
+        let (name, depth) = too_deep(self.delivery.properties.headers().as_ref()?)?;
+        Some(format!(
+            "header {:?} nests {depth} levels deep; at most {MAX_DEPTH} are accepted",
+            super::limits::cap_text(&name, 64)
+        ))
+    }
+
+    /// The attempt this delivery is: the signed `x-warren-attempt` a retry
     /// set, or 1.
     pub fn attempt(&self) -> u32 {
-        match self.header(H_ATTEMPT) {
-            Some(AMQPValue::LongInt(n)) => (*n).max(1) as u32,
-            Some(AMQPValue::LongUInt(n)) => (*n).max(1),
-            Some(AMQPValue::LongLongInt(n)) => (*n).clamp(1, u32::MAX as i64) as u32,
-            _ => 1,
-        }
+        self.bookkeeping.as_ref().map_or(1, |b| b.attempt)
     }
 
-    /// The exchange the message was first published to.
+    /// The exchange the message was first published to: the signed
+    /// `x-warren-exchange` of a retry, or the delivery's own.
     pub fn original_exchange(&self) -> String {
-        self.header_text(H_EXCHANGE)
-            .unwrap_or_else(|| self.delivery.exchange.to_string())
+        match &self.bookkeeping {
+            Some(b) => b.exchange.clone(),
+            None => self.delivery.exchange.to_string(),
+        }
     }
 
     /// The routing key the message was first published with.
     pub fn original_routing_key(&self) -> String {
-        self.header_text(H_ROUTING_KEY)
-            .unwrap_or_else(|| self.delivery.routing_key.to_string())
+        match &self.bookkeeping {
+            Some(b) => b.routing_key.clone(),
+            None => self.delivery.routing_key.to_string(),
+        }
     }
 
     /// The delivery as the guest sees it.
@@ -273,6 +283,60 @@ impl Inbound {
             self.delivery.acker.clone(),
             how,
         ));
+    }
+}
+
+/// A header value as text: strings as they are, integers in decimal.
+fn value_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::ShortShortInt(i) => Some(i.to_string()),
+        AMQPValue::ShortShortUInt(i) => Some(i.to_string()),
+        AMQPValue::ShortInt(i) => Some(i.to_string()),
+        AMQPValue::ShortUInt(i) => Some(i.to_string()),
+        AMQPValue::LongInt(i) => Some(i.to_string()),
+        AMQPValue::LongUInt(i) => Some(i.to_string()),
+        AMQPValue::LongLongInt(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Bookkeeping values whose signature held.
+#[derive(Debug, Clone)]
+struct Bookkeeping {
+    attempt: u32,
+    exchange: String,
+    routing_key: String,
+}
+
+/// The bookkeeping headers of `d` if `x-warren-sig` signs them under `key`;
+/// `None` (attempt 1, the delivery's own exchange and routing key) when a
+/// header is missing or the signature does not hold.
+fn verified(d: &Delivery, key: &Key) -> Option<Bookkeeping> {
+    let h = d.properties.headers().as_ref()?.inner();
+    let text = |name: &str| h.get(name).and_then(value_text);
+    let sig = text(H_SIG)?;
+    let b = Bookkeeping {
+        attempt: text(H_ATTEMPT)?.parse().ok()?,
+        exchange: text(H_EXCHANGE)?,
+        routing_key: text(H_ROUTING_KEY)?,
+    };
+    let values = Values {
+        attempt: b.attempt,
+        exchange: &b.exchange,
+        routing_key: &b.routing_key,
+        message_id: d.properties.message_id().as_ref().map(|s| s.as_str()),
+        body: &d.data,
+    };
+    if key.verify(&values, &sig) {
+        Some(b)
+    } else {
+        tracing::warn!(
+            message_id = values.message_id.unwrap_or("-"),
+            "bookkeeping headers with a wrong signature: ignored"
+        );
+        None
     }
 }
 

@@ -1,11 +1,14 @@
 //! AMQP field tables and properties to and from the WIT types.
 //!
 //! Field tables nest; WIT types cannot, so nested arrays and tables go into
-//! the `nested` arena of [`Headers`] and are pointed to by index.
+//! the `nested` arena of [`Headers`] and are pointed to by index. Both ways
+//! stop at [`MAX_DEPTH`], so neither recurses further than that whatever a
+//! publisher or a guest sends, and neither panics on any input.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, ShortString};
 
+use super::limits::{MAX_DEPTH, cap_text};
 use crate::runtime::{Decimal, FieldValue, Header, Headers, Nested, Outbound};
 
 /// Headers warren writes for its own bookkeeping; guests never see them.
@@ -14,15 +17,13 @@ pub const INTERNAL_PREFIX: &str = "x-warren-";
 /// queue on its way back; noise to a handler.
 const X_DEATH: &str = "x-death";
 
-/// How deep nested tables and arrays may go in a guest's headers; deeper, or
-/// an index cycle, is refused.
-const MAX_DEPTH: usize = 32;
-
 pub(crate) fn is_internal(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX) || name == X_DEATH
 }
 
 /// The headers of a delivery as the guest sees them: without warren's own.
+/// Values nested deeper than [`MAX_DEPTH`] show as void (the pipeline
+/// dead-letters such deliveries before a guest sees them).
 pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
     let mut nested = Vec::new();
     let entries = table
@@ -32,7 +33,7 @@ pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
                 .filter(|(k, _)| !is_internal(k.as_str()))
                 .map(|(k, v)| Header {
                     name: k.to_string(),
-                    value: value_in(v, &mut nested),
+                    value: value_in(v, &mut nested, 0),
                 })
                 .collect()
         })
@@ -40,7 +41,11 @@ pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
     Headers { entries, nested }
 }
 
-fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
+fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>, depth: usize) -> FieldValue {
+    let deeper = matches!(v, AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_));
+    if deeper && depth >= MAX_DEPTH {
+        return FieldValue::Void;
+    }
     match v {
         AMQPValue::Boolean(b) => FieldValue::Boolean(*b),
         AMQPValue::ShortShortInt(i) => FieldValue::I8(*i),
@@ -69,7 +74,11 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
             // items (which may nest further) are converted.
             let at = nested.len();
             nested.push(Nested::Array(Vec::new()));
-            let items = a.as_slice().iter().map(|v| value_in(v, nested)).collect();
+            let items = a
+                .as_slice()
+                .iter()
+                .map(|v| value_in(v, nested, depth + 1))
+                .collect();
             nested[at] = Nested::Array(items);
             FieldValue::Array(at as u32)
         }
@@ -81,7 +90,7 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
                 .iter()
                 .map(|(k, v)| Header {
                     name: k.to_string(),
-                    value: value_in(v, nested),
+                    value: value_in(v, nested, depth + 1),
                 })
                 .collect();
             nested[at] = Nested::Table(entries);
@@ -91,8 +100,9 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
 }
 
 /// The field table for headers a guest built. Refuses names longer than 255
-/// bytes, dangling nested indices and nesting deeper than 32 (which is also
-/// how an index cycle ends).
+/// bytes, names in warren's own `x-warren-` space, dangling nested indices
+/// and nesting deeper than [`MAX_DEPTH`] (which is also how an index cycle
+/// ends).
 pub fn table_from_headers(h: &Headers) -> Result<FieldTable, String> {
     entries_out(&h.entries, &h.nested, 0)
 }
@@ -100,10 +110,16 @@ pub fn table_from_headers(h: &Headers) -> Result<FieldTable, String> {
 fn entries_out(entries: &[Header], nested: &[Nested], depth: usize) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for e in entries {
+        if e.name.starts_with(INTERNAL_PREFIX) {
+            return Err(format!(
+                "header name {:?} is reserved for the host ({INTERNAL_PREFIX}*)",
+                cap_text(&e.name, 64)
+            ));
+        }
         let name = ShortString::try_new(e.name.clone()).map_err(|_| {
             format!(
-                "header name {:?}... is longer than 255 bytes",
-                &e.name[..32]
+                "header name {:?} is longer than 255 bytes",
+                cap_text(&e.name, 64)
             )
         })?;
         table.insert(name, value_out(&e.value, nested, depth)?);
@@ -299,5 +315,180 @@ mod tests {
                 .unwrap_err()
                 .contains("longer than 255 bytes")
         );
+    }
+
+    #[test]
+    fn a_long_multibyte_name_is_refused_without_a_panic() {
+        let h = Headers {
+            entries: vec![Header {
+                name: "ü".repeat(200),
+                value: FieldValue::Void,
+            }],
+            nested: vec![],
+        };
+        assert!(
+            table_from_headers(&h)
+                .unwrap_err()
+                .contains("longer than 255")
+        );
+        let reserved = Headers {
+            entries: vec![Header {
+                name: "x-warren-routing-key".into(),
+                value: FieldValue::Text("elsewhere".into()),
+            }],
+            nested: vec![],
+        };
+        assert!(
+            table_from_headers(&reserved)
+                .unwrap_err()
+                .contains("reserved")
+        );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use lapin::types::LongString;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z-]{0,12}",
+            ".{0,300}",
+            Just("x-warren-attempt".to_string()),
+            Just("x-death".to_string())
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = AMQPValue> {
+        prop_oneof![
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            any::<u16>().prop_map(AMQPValue::ShortUInt),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            (-1e9f64..1e9).prop_map(AMQPValue::Double),
+            (any::<u8>(), any::<u32>())
+                .prop_map(|(scale, value)| AMQPValue::DecimalValue(DecimalValue { scale, value })),
+            ".{0,20}".prop_map(|s| AMQPValue::LongString(s.as_str().into())),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|b| AMQPValue::ByteArray(ByteArray::from(b.as_slice()))),
+            any::<u64>().prop_map(AMQPValue::Timestamp),
+            Just(AMQPValue::Void),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = AMQPValue> {
+        scalar().prop_recursive(40, 200, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| AMQPValue::FieldArray(FieldArray::from(v))),
+                proptest::collection::vec(("[a-z]{0,6}", inner), 0..4).prop_map(|v| {
+                    let mut t = FieldTable::default();
+                    for (k, v) in v {
+                        t.insert(k.into(), v);
+                    }
+                    AMQPValue::FieldTable(t)
+                }),
+            ]
+        })
+    }
+
+    fn inbound_table() -> impl Strategy<Value = FieldTable> {
+        proptest::collection::vec(("[a-z-]{0,12}", value()), 0..6).prop_map(|v| {
+            let mut t = FieldTable::default();
+            for (k, v) in v {
+                t.insert(k.into(), v);
+            }
+            t
+        })
+    }
+
+    fn field_value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            Just(FieldValue::Void),
+            any::<i32>().prop_map(FieldValue::I32),
+            ".{0,10}".prop_map(FieldValue::Text),
+            proptest::collection::vec(any::<u8>(), 0..10).prop_map(FieldValue::Bytes),
+            any::<u32>().prop_map(|i| FieldValue::Array(i % 8)),
+            any::<u32>().prop_map(|i| FieldValue::Table(i % 8)),
+        ]
+    }
+
+    /// Guest headers: any names, any values, nested indices that may
+    /// dangle, point to the wrong kind or form cycles.
+    fn guest_headers() -> impl Strategy<Value = Headers> {
+        let entries = proptest::collection::vec(
+            (name(), field_value()).prop_map(|(name, value)| Header { name, value }),
+            0..6,
+        );
+        let nested = proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(field_value(), 0..4).prop_map(Nested::Array),
+                proptest::collection::vec(
+                    (name(), field_value()).prop_map(|(name, value)| Header { name, value }),
+                    0..4
+                )
+                .prop_map(Nested::Table),
+            ],
+            0..8,
+        );
+        (entries, nested).prop_map(|(entries, nested)| Headers { entries, nested })
+    }
+
+    proptest! {
+        /// Any guest headers convert or are refused with a reason, never a
+        /// panic; what converts comes back as it went (after one pass, which
+        /// settles the arena's order) and never carries `x-warren-*`.
+        #[test]
+        fn guest_headers_convert_or_are_refused(h in guest_headers()) {
+            if let Ok(t) = table_from_headers(&h) {
+                prop_assert!(t.inner().keys().all(|k| !k.as_str().starts_with(INTERNAL_PREFIX)));
+                let once = headers_from_table(Some(&t));
+                let again = table_from_headers(&once).expect("a converted table converts again");
+                prop_assert_eq!(headers_from_table(Some(&again)), once);
+            }
+        }
+
+        /// Any inbound table converts without a panic, hides the
+        /// bookkeeping, and (within the depth limit) converts back to a
+        /// table that converts to the same headers.
+        #[test]
+        fn inbound_tables_convert_both_ways(t in inbound_table(), extra in name()) {
+            let mut t = t;
+            t.insert(ShortString::try_new(extra.clone()).unwrap_or_else(|_| "long".into()), AMQPValue::Void);
+            let h = headers_from_table(Some(&t));
+            prop_assert!(h.entries.iter().all(|e| !is_internal(&e.name)));
+            let back = table_from_headers(&h).expect("inbound headers convert back");
+            prop_assert_eq!(headers_from_table(Some(&back)), h);
+        }
+
+        /// Nesting past the limit turns into void on the way in and is
+        /// refused on the way out, at every depth.
+        #[test]
+        fn depth_is_bounded_both_ways(d in 0usize..200, table in any::<bool>()) {
+            let mut v = AMQPValue::Boolean(true);
+            for _ in 0..d {
+                v = if table {
+                    let mut t = FieldTable::default();
+                    t.insert("k".into(), v);
+                    AMQPValue::FieldTable(t)
+                } else {
+                    AMQPValue::FieldArray(FieldArray::from(vec![v]))
+                };
+            }
+            prop_assert_eq!(super::super::limits::depth(&v), d);
+            let mut t = FieldTable::default();
+            t.insert("h".into(), v);
+            let h = headers_from_table(Some(&t));
+            prop_assert!(h.nested.len() <= MAX_DEPTH);
+            let out = table_from_headers(&h);
+            if d <= MAX_DEPTH {
+                prop_assert_eq!(out.expect("within the limit"), t);
+            }
+        }
     }
 }

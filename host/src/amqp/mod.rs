@@ -8,14 +8,19 @@
 //! - [`publisher`]: one confirm-mode channel for outputs, retries and
 //!   dead-letters; every publish waits for its confirm.
 //! - [`convert`]: field tables and properties to and from the WIT types.
+//! - [`bookkeeping`]: the signature that makes `x-warren-*` unforgeable.
+//! - [`limits`]: depth, size and length limits against hostile deliveries.
 //!
 //! It does not know handlers, dedup or the sandbox: the pipeline decides,
 //! this module carries it out.
 
+pub mod bookkeeping;
 pub mod consumer;
 pub mod convert;
+pub mod limits;
 pub mod publisher;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -59,17 +64,24 @@ pub struct Binding {
 pub struct Broker {
     conn: Connection,
     name: String,
+    key: Arc<bookkeeping::Key>,
 }
 
 impl Broker {
     /// Connects, naming the connection so operators can find it in
-    /// `rabbitmqctl list_connections`.
-    pub async fn connect(url: &str, name: &str) -> Result<Broker, lapin::Error> {
+    /// `rabbitmqctl list_connections`. `key` signs and verifies the
+    /// bookkeeping headers; every process of a group must share it.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        key: bookkeeping::Key,
+    ) -> Result<Broker, lapin::Error> {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
         Ok(Broker {
             conn,
             name: name.to_string(),
+            key: Arc::new(key),
         })
     }
 
@@ -140,12 +152,12 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<ConsumerChannel, lapin::Error> {
-        ConsumerChannel::open(&self.conn, queue, prefetch, tag).await
+        ConsumerChannel::open(&self.conn, queue, prefetch, tag, self.key.clone()).await
     }
 
     /// Opens the confirm-mode publishing channel.
     pub async fn publisher(&self) -> Result<Publisher, lapin::Error> {
-        Publisher::open(&self.conn).await
+        Publisher::open(&self.conn, self.key.clone()).await
     }
 
     /// Resolves when the connection fails (broker gone, connection closed by
