@@ -18,6 +18,7 @@ const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 
 /// One connection with one channel in confirm mode.
+#[derive(Debug)]
 pub struct RawPublisher {
     stream: TcpStream,
     /// The negotiated largest frame.
@@ -25,7 +26,7 @@ pub struct RawPublisher {
 }
 
 /// The properties of a message, as raw bytes where a test wants them raw.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct RawProps {
     pub message_id: Option<Vec<u8>>,
     /// A field table's contents (entries, without the length prefix).
@@ -54,8 +55,8 @@ impl RawPublisher {
         shortstr(&mut start_ok, b"en_US");
         p.send(FRAME_METHOD, 0, &start_ok);
         let tune = p.expect_method(10, 30);
-        let channel_max = u16::from_be_bytes([tune[4], tune[5]]);
-        p.frame_max = u32::from_be_bytes([tune[6], tune[7], tune[8], tune[9]]);
+        let channel_max = u16::from_be_bytes([tune[0], tune[1]]);
+        p.frame_max = u32::from_be_bytes([tune[2], tune[3], tune[4], tune[5]]);
         let mut tune_ok = method(10, 31);
         tune_ok.extend(channel_max.to_be_bytes());
         tune_ok.extend(p.frame_max.to_be_bytes());

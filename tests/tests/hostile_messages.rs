@@ -43,7 +43,7 @@ async fn headers_nested_as_deep_as_the_broker_passes_are_dead_lettered_and_the_q
     let (out, dead) = (format!("{q}.out"), format!("{q}.dead"));
     let r = Rabbit::connect().await;
     r.declare(&out).await;
-    let mut w = start(
+    let w = start(
         "sandbox",
         &q,
         &format!("[handler.config]\nout_routing_key = \"{out}\"\n"),
@@ -114,7 +114,7 @@ async fn a_reason_of_a_mib_is_capped_in_the_header_and_the_log() {
     let q = unique("reason");
     let dead = format!("{q}.dead");
     let r = Rabbit::connect().await;
-    let mut w = start("sandbox", &q, "");
+    let w = start("sandbox", &q, "");
     // The sandbox guest rejects an unknown mode with the mode in the
     // reason: a 1 MiB body makes a reason of more than 1 MiB.
     let body = "m".repeat(1 << 20);
@@ -144,7 +144,7 @@ async fn a_failing_message_with_headers_at_the_frame_limit_is_dead_lettered_with
     let q = unique("bighdr");
     let dead = format!("{q}.dead");
     let r = Rabbit::connect().await;
-    let mut w = start(
+    let w = start(
         "sandbox",
         &q,
         "[handler.retry]\nmax_attempts = 5\nbackoff_ms = 100\n",
@@ -179,7 +179,7 @@ async fn a_forged_attempt_does_not_shorten_the_retries() {
     let q = unique("forged-attempt");
     let dead = format!("{q}.dead");
     let r = Rabbit::connect().await;
-    let mut w = start(
+    let w = start(
         "sandbox",
         &q,
         "[handler.retry]\nmax_attempts = 3\nbackoff_ms = 100\nmax_backoff_ms = 200\n",

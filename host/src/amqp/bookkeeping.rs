@@ -13,7 +13,11 @@
 //! It does not decide what to do with a message, only whether its
 //! bookkeeping is the host's own.
 
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
 use sha2::{Digest as _, Sha256};
+
+use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
 
 /// Header: the signature over the bookkeeping values.
 pub const H_SIG: &str = "x-warren-sig";
@@ -96,6 +100,60 @@ impl Values<'_> {
         }
         field(&Sha256::digest(self.body));
         out
+    }
+}
+
+/// A header value as text: strings as they are, integers in decimal.
+pub(super) fn value_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::ShortShortInt(i) => Some(i.to_string()),
+        AMQPValue::ShortShortUInt(i) => Some(i.to_string()),
+        AMQPValue::ShortInt(i) => Some(i.to_string()),
+        AMQPValue::ShortUInt(i) => Some(i.to_string()),
+        AMQPValue::LongInt(i) => Some(i.to_string()),
+        AMQPValue::LongUInt(i) => Some(i.to_string()),
+        AMQPValue::LongLongInt(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Bookkeeping values whose signature held.
+#[derive(Debug, Clone)]
+pub(super) struct Bookkeeping {
+    pub attempt: u32,
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// The bookkeeping headers of `d` if `x-warren-sig` signs them under `key`;
+/// `None` (attempt 1, the delivery's own exchange and routing key) when a
+/// header is missing or the signature does not hold.
+pub(super) fn verified(d: &Delivery, key: &Key) -> Option<Bookkeeping> {
+    let h = d.properties.headers().as_ref()?.inner();
+    let text = |name: &str| h.get(name).and_then(value_text);
+    let sig = text(H_SIG)?;
+    let b = Bookkeeping {
+        attempt: text(H_ATTEMPT)?.parse().ok()?,
+        exchange: text(H_EXCHANGE)?,
+        routing_key: text(H_ROUTING_KEY)?,
+    };
+    let values = Values {
+        attempt: b.attempt,
+        exchange: &b.exchange,
+        routing_key: &b.routing_key,
+        message_id: d.properties.message_id().as_ref().map(|s| s.as_str()),
+        body: &d.data,
+    };
+    if key.verify(&values, &sig) {
+        Some(b)
+    } else {
+        tracing::warn!(
+            message_id = values.message_id.unwrap_or("-"),
+            "bookkeeping headers with a wrong signature: ignored"
+        );
+        None
     }
 }
 

@@ -29,8 +29,10 @@ pub const BROKER_HEADER_RESERVE: usize = 4096;
 /// The stack of every thread warren does not size itself (it sets
 /// `RUST_MIN_STACK`), the AMQP client's frame-parsing thread among them:
 /// parsing the deepest header RabbitMQ passes under its default `frame_max`
-/// (131072 bytes, about 26,000 nested arrays) takes 32 to 64 MiB.
-pub const THREAD_STACK_BYTES: usize = 256 << 20;
+/// (131072 bytes, about 26,000 nested arrays) overflows 256 MiB there and
+/// fits in 512; this leaves twice that. It is address space: only what a
+/// message's nesting touches is used.
+pub const THREAD_STACK_BYTES: usize = 1 << 30;
 
 /// Bytes of a content header frame that are not properties: the frame
 /// header and end (8), class, weight, body size and the property flags

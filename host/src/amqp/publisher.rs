@@ -256,7 +256,7 @@ impl Publisher {
                 .iter()
                 .map(|(k, v)| (entry_size(k.as_str(), v), k.clone()))
                 .collect();
-            by_size.sort_by(|a, b| b.0.cmp(&a.0));
+            by_size.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (n, k) in by_size {
                 if size <= budget {
                     break;
