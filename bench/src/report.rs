@@ -138,7 +138,8 @@ pub fn table(rows: &[Row]) -> String {
 /// drain rate and consumer CPU per message as ratios (this build over the
 /// baseline).
 pub fn against_baseline(rows: &[Row]) -> String {
-    let mut t = String::from("\nAgainst the baseline binary (this build / baseline, same run):\n\n");
+    let mut t =
+        String::from("\nAgainst the baseline binary (this build / baseline, same run):\n\n");
     for r in rows {
         let Some(id) = r.id.strip_suffix("@base") else {
             continue;

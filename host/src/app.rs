@@ -51,3 +51,31 @@ pub async fn serve(config: &Config, shutdown: shutdown::Signal) -> anyhow::Resul
     let _watcher = watch::start(host.shared.clone(), host.handlers.clone())?;
     host.serve(config).await
 }
+
+/// Every thread warren does not size itself, among them the AMQP client's
+/// frame-parsing thread, gets [`amqp::limits::THREAD_STACK_BYTES`] of
+/// stack (address space; only what a deep header touches is used): the
+/// client parses nested header values recursively, and a publisher can
+/// nest them about 26,000 deep within RabbitMQ's default `frame_max`. The
+/// standard library reads `RUST_MIN_STACK` once, before the first such
+/// thread, and setting it from inside the process is not sound once any
+/// thread runs, so the process starts itself again with it set (an
+/// `exec`: same pid). An operator's own `RUST_MIN_STACK` is left as it is.
+/// Call it first thing in `main`, before any thread starts.
+pub fn ensure_thread_stacks() {
+    use std::os::unix::process::CommandExt as _;
+    const VAR: &str = "RUST_MIN_STACK";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, amqp::limits::THREAD_STACK_BYTES.to_string())
+        .exec();
+    eprintln!(
+        "warning: cannot start again with {VAR} set ({err}); deep message headers may overflow a thread's stack"
+    );
+}

@@ -10,6 +10,9 @@ use warren::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        warren::app::ensure_thread_stacks();
+    }
     warren::logging::init();
     let result = match cli.command {
         Command::Run { config } => run(&config),

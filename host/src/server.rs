@@ -165,7 +165,8 @@ impl Host {
             if *shutdown.borrow() {
                 break;
             }
-            let broker = match Broker::connect(&config.amqp.url, &name).await {
+            let key = amqp::bookkeeping::Key::new(config.amqp.bookkeeping_secret().as_bytes());
+            let broker = match Broker::connect(&config.amqp.url, &name, key).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");

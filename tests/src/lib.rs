@@ -65,6 +65,7 @@ pub mod enrich_cases;
 pub mod fixture;
 pub mod private_broker;
 pub mod process;
+pub mod raw_amqp;
 pub mod redis_server;
 pub mod relay;
 pub mod tally;

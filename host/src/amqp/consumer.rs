@@ -10,6 +10,7 @@
 //! send nothing (lapin answers `Ok(false)`); those deliveries come back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -23,7 +24,8 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{H_ATTEMPT, H_EXCHANGE, H_ROUTING_KEY};
+use super::bookkeeping::{Bookkeeping, Key, value_text, verified};
+use super::limits::{MAX_DEPTH, too_deep};
 
 /// Acks ready to send before a flush is forced.
 const ACK_BATCH: usize = 64;
@@ -37,6 +39,8 @@ pub struct ConsumerChannel {
     consumer: Consumer,
     tag: String,
     acks: mpsc::UnboundedSender<AckEvent>,
+    /// Verifies the bookkeeping headers of each delivery.
+    key: Arc<Key>,
     /// The stream ended or failed (seen by [`ConsumerChannel::try_next`]);
     /// it gives nothing more.
     ended: bool,
@@ -50,6 +54,7 @@ impl ConsumerChannel {
         queue: &str,
         prefetch: u16,
         tag: &str,
+        key: Arc<Key>,
     ) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
         // QoS before consume: without it the broker pushes the whole queue
@@ -72,6 +77,7 @@ impl ConsumerChannel {
             consumer,
             tag: tag.to_string(),
             acks: tx,
+            key,
             ended: false,
         })
     }
@@ -104,8 +110,10 @@ impl ConsumerChannel {
         match next {
             Some(Ok(delivery)) => {
                 let _ = self.acks.send(AckEvent::Received(delivery.delivery_tag));
+                let bookkeeping = verified(&delivery, &self.key);
                 Some(Inbound {
                     delivery,
+                    bookkeeping,
                     acks: self.acks.clone(),
                     settled: false,
                 })
@@ -154,6 +162,8 @@ impl ConsumerChannel {
 #[derive(Debug)]
 pub struct Inbound {
     delivery: Delivery,
+    /// The bookkeeping headers, when their signature holds.
+    bookkeeping: Option<Bookkeeping>,
     acks: mpsc::UnboundedSender<AckEvent>,
     settled: bool,
 }
@@ -193,41 +203,40 @@ impl Inbound {
     /// A header as text: strings as they are, integers in decimal; other
     /// types have no text form and count as missing.
     pub fn header_text(&self, name: &str) -> Option<String> {
-        match self.header(name)? {
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
-            AMQPValue::ShortString(s) => Some(s.to_string()),
-            AMQPValue::ShortShortInt(i) => Some(i.to_string()),
-            AMQPValue::ShortShortUInt(i) => Some(i.to_string()),
-            AMQPValue::ShortInt(i) => Some(i.to_string()),
-            AMQPValue::ShortUInt(i) => Some(i.to_string()),
-            AMQPValue::LongInt(i) => Some(i.to_string()),
-            AMQPValue::LongUInt(i) => Some(i.to_string()),
-            AMQPValue::LongLongInt(i) => Some(i.to_string()),
-            _ => None,
-        }
+        value_text(self.header(name)?)
     }
 
-    /// The attempt this delivery is: the `x-warren-attempt` header a retry
+    /// Why this delivery cannot be handed to a guest, if it cannot: a
+    /// header nested deeper than the limit.
+    pub fn unreadable(&self) -> Option<String> {
+        let (name, depth) = too_deep(self.delivery.properties.headers().as_ref()?)?;
+        Some(format!(
+            "header {:?} nests {depth} levels deep; at most {MAX_DEPTH} are accepted",
+            super::limits::cap_text(&name, 64)
+        ))
+    }
+
+    /// The attempt this delivery is: the signed `x-warren-attempt` a retry
     /// set, or 1.
     pub fn attempt(&self) -> u32 {
-        match self.header(H_ATTEMPT) {
-            Some(AMQPValue::LongInt(n)) => (*n).max(1) as u32,
-            Some(AMQPValue::LongUInt(n)) => (*n).max(1),
-            Some(AMQPValue::LongLongInt(n)) => (*n).clamp(1, u32::MAX as i64) as u32,
-            _ => 1,
-        }
+        self.bookkeeping.as_ref().map_or(1, |b| b.attempt)
     }
 
-    /// The exchange the message was first published to.
+    /// The exchange the message was first published to: the signed
+    /// `x-warren-exchange` of a retry, or the delivery's own.
     pub fn original_exchange(&self) -> String {
-        self.header_text(H_EXCHANGE)
-            .unwrap_or_else(|| self.delivery.exchange.to_string())
+        match &self.bookkeeping {
+            Some(b) => b.exchange.clone(),
+            None => self.delivery.exchange.to_string(),
+        }
     }
 
     /// The routing key the message was first published with.
     pub fn original_routing_key(&self) -> String {
-        self.header_text(H_ROUTING_KEY)
-            .unwrap_or_else(|| self.delivery.routing_key.to_string())
+        match &self.bookkeeping {
+            Some(b) => b.routing_key.clone(),
+            None => self.delivery.routing_key.to_string(),
+        }
     }
 
     /// The exchange and routing key the broker delivered it with (for a

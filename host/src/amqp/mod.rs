@@ -9,11 +9,15 @@
 //!   dead-letters; every publish waits for its confirm.
 //! - [`wire`]: AMQP's own data types (field tables, properties), which
 //!   callers convert to and from their own.
+//! - [`bookkeeping`]: the signature that makes `x-warren-*` unforgeable.
+//! - [`limits`]: depth, size and length limits against hostile deliveries.
 //!
 //! It does not know handlers, dedup or the sandbox (it imports nothing from
 //! them): the pipeline decides and converts, this module carries it out.
 
+pub mod bookkeeping;
 pub mod consumer;
+pub mod limits;
 pub mod publisher;
 
 /// AMQP's data model as this module's callers see it: field tables and
@@ -27,6 +31,7 @@ pub mod wire {
     };
 }
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,6 +45,13 @@ pub use consumer::{ConsumerChannel, Inbound};
 /// The client's error: connection, channel and protocol failures.
 pub use lapin::Error;
 pub use publisher::{DeadLetter, PublishError, Publisher};
+
+/// Every header warren writes for its own bookkeeping starts with this;
+/// guests never see them, and may not write them.
+pub const INTERNAL_PREFIX: &str = "x-warren-";
+/// Dead-letter header: inbound headers left off the dead-letter copy to fit
+/// it in a frame, by name.
+pub const H_DROPPED_HEADERS: &str = "x-warren-dropped-headers";
 
 /// Header: which attempt the next delivery of this message is (1-based).
 pub const H_ATTEMPT: &str = "x-warren-attempt";
@@ -99,17 +111,20 @@ pub struct Binding {
 pub struct Broker {
     conn: Connection,
     name: String,
+    key: Arc<bookkeeping::Key>,
 }
 
 impl Broker {
     /// Connects, naming the connection so operators can find it in
-    /// `rabbitmqctl list_connections`.
-    pub async fn connect(url: &str, name: &str) -> Result<Broker, Error> {
+    /// `rabbitmqctl list_connections`. `key` signs and verifies the
+    /// bookkeeping headers; every process of a group must share it.
+    pub async fn connect(url: &str, name: &str, key: bookkeeping::Key) -> Result<Broker, Error> {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
         Ok(Broker {
             conn,
             name: name.to_string(),
+            key: Arc::new(key),
         })
     }
 
@@ -180,12 +195,12 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<ConsumerChannel, Error> {
-        ConsumerChannel::open(&self.conn, queue, prefetch, tag).await
+        ConsumerChannel::open(&self.conn, queue, prefetch, tag, self.key.clone()).await
     }
 
     /// Opens the confirm-mode publishing channel.
     pub async fn publisher(&self) -> Result<Publisher, Error> {
-        Publisher::open(&self.conn).await
+        Publisher::open(&self.conn, self.key.clone()).await
     }
 
     /// Resolves when the connection fails (broker gone, connection closed by

@@ -2,8 +2,14 @@
 //! dead-letters. Every publish is persistent and waits for the broker's
 //! confirm; outputs are mandatory, so an unroutable one is an error rather
 //! than a silent drop.
+//!
+//! Every header frame it writes is sized first against the connection's
+//! `frame_max`: a frame over it makes the broker close the whole
+//! connection. A retry copy that would not fit (with room for what the
+//! broker adds on its way back) is refused with [`PublishError::TooLarge`],
+//! and a dead-letter copy drops the largest inbound headers until it fits.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,10 +18,15 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
+use super::bookkeeping::{H_SIG, Key, Values};
 use super::consumer::Inbound;
+use super::limits::{
+    BROKER_HEADER_RESERVE, MAX_DEPTH, cap_reason, cap_text, depth, entry_size, header_budget,
+    table_size,
+};
 use super::{
-    H_ATTEMPT, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON,
-    H_ROUTING_KEY,
+    H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST,
+    H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +48,8 @@ pub enum PublishError {
     },
     #[error("invalid outbound message: {0}")]
     Invalid(String),
+    #[error("too large to publish: {0}")]
+    TooLarge(String),
     #[error("publish failed: {0}")]
     Amqp(#[from] lapin::Error),
 }
@@ -63,17 +76,27 @@ pub struct Publisher {
     /// Wait queues declared on this connection; a retry to a new delay tier
     /// declares its queue first.
     declared: Arc<Mutex<HashSet<String>>>,
+    /// Signs the bookkeeping headers of retries.
+    key: Arc<Key>,
+    /// The negotiated largest frame, which a header frame must fit.
+    frame_max: usize,
 }
 
 impl Publisher {
-    pub(super) async fn open(conn: &Connection) -> Result<Self, lapin::Error> {
+    pub(super) async fn open(conn: &Connection, key: Arc<Key>) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let frame_max = match conn.configuration().frame_max() {
+            0 => u32::MAX as usize,
+            n => n as usize,
+        };
         Ok(Self {
             channel,
             declared: Arc::default(),
+            key,
+            frame_max,
         })
     }
 
@@ -122,7 +145,8 @@ impl Publisher {
 
     /// Publishes an output, with `properties` as the caller built them
     /// and, in `x-warren-module`, the digest of the module version that
-    /// produced it. Mandatory: an unroutable output is an error.
+    /// produced it. Mandatory: an unroutable output is an error. Headers
+    /// that would not fit in a frame are refused before anything is sent.
     pub async fn output(
         &self,
         exchange: &str,
@@ -133,6 +157,13 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
+        let budget = header_budget(self.frame_max, other_properties_size(&properties));
+        let size = table_size(&headers);
+        if size > budget {
+            return Err(PublishError::Invalid(format!(
+                "output headers take {size} bytes; at most {budget} fit in a frame"
+            )));
+        }
         let props = properties.with_headers(headers);
         self.publish(exchange, routing_key, body, props, true).await
     }
@@ -147,23 +178,35 @@ impl Publisher {
         delay: Duration,
         attempt: u32,
     ) -> Result<(), PublishError> {
-        self.declare_wait_queue(work_queue, wait_queue, delay)
-            .await?;
-        let mut headers = carried_headers(msg);
+        let (exchange, routing_key) = (msg.original_exchange(), msg.original_routing_key());
+        let (headers, _) = carried_headers(msg);
+        let sig = self.key.sign(&Values {
+            attempt,
+            exchange: &exchange,
+            routing_key: &routing_key,
+            message_id: msg.message_id(),
+            body: msg.body(),
+        });
+        let mut headers = FieldTable::from(headers);
         headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(attempt as i64));
-        headers.insert(
-            H_EXCHANGE.into(),
-            AMQPValue::LongString(msg.original_exchange().into()),
-        );
+        headers.insert(H_EXCHANGE.into(), AMQPValue::LongString(exchange.into()));
         headers.insert(
             H_ROUTING_KEY.into(),
-            AMQPValue::LongString(msg.original_routing_key().into()),
+            AMQPValue::LongString(routing_key.into()),
         );
-        let props = msg
-            .properties()
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
+        headers.insert(H_SIG.into(), AMQPValue::LongString(sig.into()));
+        let props = without_headers(msg.properties()).with_delivery_mode(2);
+        let budget = header_budget(self.frame_max, other_properties_size(&props))
+            .saturating_sub(BROKER_HEADER_RESERVE);
+        let size = table_size(&headers);
+        if size > budget {
+            return Err(PublishError::TooLarge(format!(
+                "a retry copy needs {size} bytes of headers; at most {budget} fit in a frame with room for the broker's own"
+            )));
+        }
+        self.declare_wait_queue(work_queue, wait_queue, delay)
+            .await?;
+        let props = props.with_headers(headers);
         self.publish("", wait_queue, msg.body(), props, true).await
     }
 
@@ -174,27 +217,66 @@ impl Publisher {
         dead_letter_queue: &str,
         dl: &DeadLetter<'_>,
     ) -> Result<(), PublishError> {
-        let mut headers = carried_headers(msg);
+        let (mut headers, mut dropped) = carried_headers(msg);
         let text = |s: &str| AMQPValue::LongString(s.into());
-        headers.insert(H_HANDLER.into(), text(dl.handler));
-        headers.insert(H_ERROR_KIND.into(), text(dl.kind));
-        headers.insert(H_REASON.into(), text(dl.reason));
-        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(dl.attempt as i64));
+        let mut ours = FieldTable::default();
+        ours.insert(H_HANDLER.into(), text(dl.handler));
+        ours.insert(H_ERROR_KIND.into(), text(dl.kind));
+        ours.insert(H_REASON.into(), text(&cap_reason(dl.reason)));
+        // Not signed: a dead-lettered message shovelled back to the work
+        // queue starts again at attempt 1.
+        ours.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(dl.attempt as i64));
         if let Some(m) = dl.module {
-            headers.insert(H_MODULE.into(), text(m));
+            ours.insert(H_MODULE.into(), text(m));
         }
-        headers.insert(H_HOST.into(), text(dl.host));
-        headers.insert(H_EXCHANGE.into(), text(&msg.original_exchange()));
-        headers.insert(H_ROUTING_KEY.into(), text(&msg.original_routing_key()));
+        ours.insert(H_HOST.into(), text(dl.host));
+        ours.insert(
+            H_EXCHANGE.into(),
+            text(&cap_text(&msg.original_exchange(), 255)),
+        );
+        ours.insert(
+            H_ROUTING_KEY.into(),
+            text(&cap_text(&msg.original_routing_key(), 255)),
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        headers.insert(H_FAILED_AT.into(), AMQPValue::Timestamp(now.as_secs()));
-        let props = msg
-            .properties()
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
+        ours.insert(H_FAILED_AT.into(), AMQPValue::Timestamp(now.as_secs()));
+        let props = without_headers(msg.properties()).with_delivery_mode(2);
+        // What must fit: ours, the list of dropped names (at most
+        // MAX_REASON_BYTES) and what is kept of the inbound headers.
+        let budget = header_budget(self.frame_max, other_properties_size(&props))
+            .saturating_sub(table_size(&ours) + 40 + super::limits::MAX_REASON_BYTES);
+        let mut size = 4 + headers
+            .iter()
+            .map(|(k, v)| entry_size(k.as_str(), v))
+            .sum::<usize>();
+        if size > budget {
+            let mut by_size: Vec<(usize, ShortString)> = headers
+                .iter()
+                .map(|(k, v)| (entry_size(k.as_str(), v), k.clone()))
+                .collect();
+            by_size.sort_by_key(|e| std::cmp::Reverse(e.0));
+            for (n, k) in by_size {
+                if size <= budget {
+                    break;
+                }
+                size -= n;
+                dropped.push(k.to_string());
+                headers.remove(&k);
+            }
+        }
+        let mut headers = FieldTable::from(headers);
+        for (k, v) in ours.inner() {
+            headers.insert(k.clone(), v.clone());
+        }
+        if !dropped.is_empty() {
+            headers.insert(
+                H_DROPPED_HEADERS.into(),
+                text(&cap_reason(&dropped.join(","))),
+            );
+        }
+        let props = props.with_headers(headers);
         self.publish("", dead_letter_queue, msg.body(), props, true)
             .await
     }
@@ -242,15 +324,94 @@ impl Publisher {
 }
 
 /// The headers of `msg` to carry onto a retry or dead-letter copy: the
-/// publisher's own, without the broker's `x-death` trail.
-fn carried_headers(msg: &Inbound) -> FieldTable {
-    let mut t = FieldTable::default();
+/// publisher's own, without the broker's `x-death` trail, warren's previous
+/// bookkeeping, or any header nested deeper than the limit (those are
+/// named in the second value).
+fn carried_headers(msg: &Inbound) -> (BTreeMap<ShortString, AMQPValue>, Vec<String>) {
+    let mut t = BTreeMap::new();
+    let mut dropped = Vec::new();
     if let Some(h) = msg.properties().headers() {
         for (k, v) in h.inner() {
-            if k.as_str() != "x-death" {
-                t.insert(k.clone(), v.clone());
+            if k.as_str() == "x-death" || k.as_str().starts_with(INTERNAL_PREFIX) {
+                continue;
             }
+            // Checked before the clone: cloning a deep value recurses.
+            if depth(v) > MAX_DEPTH {
+                dropped.push(k.to_string());
+                continue;
+            }
+            t.insert(k.clone(), v.clone());
         }
     }
-    t
+    (t, dropped)
+}
+
+/// A copy of `p` without its headers (which are rebuilt, and may be too
+/// deep to clone safely).
+fn without_headers(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    let s = |v: &Option<ShortString>| v.clone();
+    if let Some(v) = s(p.content_type()) {
+        out = out.with_content_type(v);
+    }
+    if let Some(v) = s(p.content_encoding()) {
+        out = out.with_content_encoding(v);
+    }
+    if let Some(v) = *p.delivery_mode() {
+        out = out.with_delivery_mode(v);
+    }
+    if let Some(v) = *p.priority() {
+        out = out.with_priority(v);
+    }
+    if let Some(v) = s(p.correlation_id()) {
+        out = out.with_correlation_id(v);
+    }
+    if let Some(v) = s(p.reply_to()) {
+        out = out.with_reply_to(v);
+    }
+    if let Some(v) = s(p.expiration()) {
+        out = out.with_expiration(v);
+    }
+    if let Some(v) = s(p.message_id()) {
+        out = out.with_message_id(v);
+    }
+    if let Some(v) = *p.timestamp() {
+        out = out.with_timestamp(v);
+    }
+    if let Some(v) = s(p.kind()) {
+        out = out.with_type(v);
+    }
+    if let Some(v) = s(p.user_id()) {
+        out = out.with_user_id(v);
+    }
+    if let Some(v) = s(p.app_id()) {
+        out = out.with_app_id(v);
+    }
+    if let Some(v) = s(p.cluster_id()) {
+        out = out.with_cluster_id(v);
+    }
+    out
+}
+
+/// The encoded size of every property of `p` but the headers.
+fn other_properties_size(p: &BasicProperties) -> usize {
+    let s = |v: &Option<ShortString>| v.as_ref().map_or(0, |v| 1 + v.as_str().len());
+    [
+        p.content_type(),
+        p.content_encoding(),
+        p.correlation_id(),
+        p.reply_to(),
+        p.expiration(),
+        p.message_id(),
+        p.kind(),
+        p.user_id(),
+        p.app_id(),
+        p.cluster_id(),
+    ]
+    .into_iter()
+    .map(s)
+    .sum::<usize>()
+        + p.delivery_mode().map_or(0, |_| 1)
+        + p.priority().map_or(0, |_| 1)
+        + p.timestamp().map_or(0, |_| 8)
 }

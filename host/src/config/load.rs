@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_REDIS_URL};
+use super::{Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_BOOKKEEPING_KEY, ENV_REDIS_URL};
 
 impl Config {
     /// Reads, parses, applies the environment overrides and validates.
@@ -31,6 +31,9 @@ impl Config {
         }
         if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
             redis.url = url;
+        }
+        if let Some(key) = env(ENV_BOOKKEEPING_KEY) {
+            config.amqp.bookkeeping_key = Some(key);
         }
         if let Some(token) = env(ENV_ADMIN_TOKEN) {
             config.admin.token = Some(token);

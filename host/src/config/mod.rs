@@ -36,6 +36,8 @@ pub use redact::redact_url;
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
 /// The environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
+/// The environment variable that sets `amqp.bookkeeping_key`.
+pub const ENV_BOOKKEEPING_KEY: &str = "WARREN_BOOKKEEPING_KEY";
 /// The environment variable that sets `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "WARREN_ADMIN_TOKEN";
 
@@ -63,6 +65,19 @@ pub struct Amqp {
     /// Longest wait between reconnection attempts.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// The secret that signs warren's bookkeeping headers (attempt, first
+    /// exchange and routing key), shared by every process of a group;
+    /// `WARREN_BOOKKEEPING_KEY` wins. Without it the AMQP URL (with its
+    /// password) is the secret, which protects only against publishers
+    /// that do not know warren's broker credentials.
+    pub bookkeeping_key: Option<String>,
+}
+
+impl Amqp {
+    /// The secret that signs the bookkeeping headers.
+    pub fn bookkeeping_secret(&self) -> &str {
+        self.bookkeeping_key.as_deref().unwrap_or(&self.url)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,23 +3,20 @@
 //! properties ([`outbound_properties`]).
 //!
 //! Field tables nest; WIT types cannot, so nested arrays and tables go into
-//! the `nested` arena of [`Headers`] and are pointed to by index.
+//! the `nested` arena of [`Headers`] and are pointed to by index. Both ways
+//! stop at [`MAX_DEPTH`], so neither recurses further than that whatever a
+//! publisher or a guest sends, and neither panics on any input.
 
-use crate::amqp::Inbound;
+use crate::amqp::limits::{MAX_DEPTH, cap_text};
 use crate::amqp::wire::{
     AMQPValue, BasicProperties, ByteArray, DecimalValue, FieldArray, FieldTable, ShortString,
 };
+use crate::amqp::{INTERNAL_PREFIX, Inbound};
 use crate::runtime::{Decimal, FieldValue, Header, Headers, Message, Nested, Outbound};
 
-/// Headers warren writes for its own bookkeeping; guests never see them.
-pub const INTERNAL_PREFIX: &str = "x-warren-";
 /// The header RabbitMQ adds when a message is dead-lettered, here by a wait
 /// queue on its way back; noise to a handler.
 const X_DEATH: &str = "x-death";
-
-/// How deep nested tables and arrays may go in a guest's headers; deeper, or
-/// an index cycle, is refused.
-const MAX_DEPTH: usize = 32;
 
 pub(crate) fn is_internal(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX) || name == X_DEATH
@@ -52,6 +49,8 @@ pub fn message_for_guest(msg: &Inbound, dedup_key: Option<String>, fencing_token
 }
 
 /// The headers of a delivery as the guest sees them: without warren's own.
+/// Values nested deeper than [`MAX_DEPTH`] show as void (the pipeline
+/// dead-letters such deliveries before a guest sees them).
 pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
     let mut nested = Vec::new();
     let entries = table
@@ -61,7 +60,7 @@ pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
                 .filter(|(k, _)| !is_internal(k.as_str()))
                 .map(|(k, v)| Header {
                     name: k.to_string(),
-                    value: value_in(v, &mut nested),
+                    value: value_in(v, &mut nested, 0),
                 })
                 .collect()
         })
@@ -69,7 +68,11 @@ pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
     Headers { entries, nested }
 }
 
-fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
+fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>, depth: usize) -> FieldValue {
+    let deeper = matches!(v, AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_));
+    if deeper && depth >= MAX_DEPTH {
+        return FieldValue::Void;
+    }
     match v {
         AMQPValue::Boolean(b) => FieldValue::Boolean(*b),
         AMQPValue::ShortShortInt(i) => FieldValue::I8(*i),
@@ -98,7 +101,11 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
             // items (which may nest further) are converted.
             let at = nested.len();
             nested.push(Nested::Array(Vec::new()));
-            let items = a.as_slice().iter().map(|v| value_in(v, nested)).collect();
+            let items = a
+                .as_slice()
+                .iter()
+                .map(|v| value_in(v, nested, depth + 1))
+                .collect();
             nested[at] = Nested::Array(items);
             FieldValue::Array(at as u32)
         }
@@ -110,7 +117,7 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
                 .iter()
                 .map(|(k, v)| Header {
                     name: k.to_string(),
-                    value: value_in(v, nested),
+                    value: value_in(v, nested, depth + 1),
                 })
                 .collect();
             nested[at] = Nested::Table(entries);
@@ -120,8 +127,9 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>) -> FieldValue {
 }
 
 /// The field table for headers a guest built. Refuses names longer than 255
-/// bytes, dangling nested indices and nesting deeper than 32 (which is also
-/// how an index cycle ends).
+/// bytes, names in warren's own `x-warren-` space, dangling nested indices
+/// and nesting deeper than [`MAX_DEPTH`] (which is also how an index cycle
+/// ends).
 pub fn table_from_headers(h: &Headers) -> Result<FieldTable, String> {
     entries_out(&h.entries, &h.nested, 0)
 }
@@ -129,10 +137,16 @@ pub fn table_from_headers(h: &Headers) -> Result<FieldTable, String> {
 fn entries_out(entries: &[Header], nested: &[Nested], depth: usize) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for e in entries {
+        if e.name.starts_with(INTERNAL_PREFIX) {
+            return Err(format!(
+                "header name {:?} is reserved for the host ({INTERNAL_PREFIX}*)",
+                cap_text(&e.name, 64)
+            ));
+        }
         let name = ShortString::try_new(e.name.clone()).map_err(|_| {
             format!(
-                "header name {:?}... is longer than 255 bytes",
-                &e.name[..32]
+                "header name {:?} is longer than 255 bytes",
+                cap_text(&e.name, 64)
             )
         })?;
         table.insert(name, value_out(&e.value, nested, depth)?);
@@ -329,4 +343,36 @@ mod tests {
                 .contains("longer than 255 bytes")
         );
     }
+
+    #[test]
+    fn a_long_multibyte_name_is_refused_without_a_panic() {
+        let h = Headers {
+            entries: vec![Header {
+                name: "ü".repeat(200),
+                value: FieldValue::Void,
+            }],
+            nested: vec![],
+        };
+        assert!(
+            table_from_headers(&h)
+                .unwrap_err()
+                .contains("longer than 255")
+        );
+        let reserved = Headers {
+            entries: vec![Header {
+                name: "x-warren-routing-key".into(),
+                value: FieldValue::Text("elsewhere".into()),
+            }],
+            nested: vec![],
+        };
+        assert!(
+            table_from_headers(&reserved)
+                .unwrap_err()
+                .contains("reserved")
+        );
+    }
 }
+
+#[cfg(test)]
+#[path = "convert_props.rs"]
+mod props;

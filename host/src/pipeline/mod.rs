@@ -220,12 +220,25 @@ impl Pipeline<'_> {
     }
 
     /// Step 1: each message's key; a message without one is dead-lettered
-    /// when dedup needs one (`dedup.missing = "reject"`).
+    /// when dedup needs one (`dedup.missing = "reject"`), and so is one with
+    /// a header nested too deep.
     async fn keys(&self, batch: Vec<Inbound>) -> Vec<Job> {
         let dedup = &self.h.cfg.dedup;
         let mut jobs = Vec::with_capacity(batch.len());
         let mut keyless = Vec::new();
         for msg in batch {
+            // A header too deep to hand to a guest: out of the way at once,
+            // before any claim.
+            if let Some(reason) = msg.unreadable() {
+                keyless.push((
+                    msg,
+                    Settle::DeadLetter {
+                        kind: "invalid-headers",
+                        reason,
+                    },
+                ));
+                continue;
+            }
             let key = idempotency_key(&dedup.key, &msg);
             if key.is_none() && dedup.enabled && dedup.missing == MissingKey::Reject {
                 let reason = format!("message has no dedup key ({})", describe_key(&dedup.key));

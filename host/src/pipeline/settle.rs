@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::Pipeline;
-use crate::amqp::{DeadLetter, Inbound};
+use crate::amqp::limits::cap_reason;
+use crate::amqp::{DeadLetter, Inbound, PublishError};
 use crate::retry;
 
 /// How one message settles without an ack of its run.
@@ -91,6 +92,7 @@ impl Pipeline<'_> {
         reason: &str,
         module: Option<&str>,
     ) {
+        let reason = &*cap_reason(reason);
         let max = self.h.cfg.retry.max_attempts;
         if attempt >= max {
             let reason = format!("{reason} (attempt {attempt} of {max})");
@@ -138,6 +140,11 @@ impl Pipeline<'_> {
                 counter.inc();
                 msg.ack();
             }
+            Err(PublishError::TooLarge(why)) => {
+                let attempt = msg.attempt();
+                self.dead_letter(msg, "too-large", &why, attempt, None)
+                    .await
+            }
             Err(e) => {
                 tracing::error!(handler = self.name(), message_id = msg.message_id().unwrap_or("-"), wait_queue = %wait, error = %e, "cannot publish to the wait queue; the message goes back to the queue");
                 self.requeue_later(msg).await;
@@ -153,6 +160,7 @@ impl Pipeline<'_> {
         attempt: u32,
         module: Option<&str>,
     ) {
+        let reason = &*cap_reason(reason);
         let dlq = self.h.cfg.dead_letter_queue();
         let info = DeadLetter {
             handler: self.name(),
