@@ -27,6 +27,7 @@ pub mod wire {
     };
 }
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -97,7 +98,8 @@ pub struct Binding {
 /// The process's connection to RabbitMQ.
 #[derive(Debug)]
 pub struct Broker {
-    conn: Connection,
+    /// Shared with the publisher, which opens throwaway channels on it.
+    conn: Arc<Connection>,
     name: String,
 }
 
@@ -108,7 +110,7 @@ impl Broker {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
         Ok(Broker {
-            conn,
+            conn: Arc::new(conn),
             name: name.to_string(),
         })
     }

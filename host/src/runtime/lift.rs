@@ -20,7 +20,7 @@ use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 use super::bindings::{Decimal, FieldValue, Header, Headers, Level, Nested, Outbound, PublishError};
 use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure::{self, Arena, Value};
-use super::state::State;
+use super::state::{State, is_reserved_header};
 
 /// The interface whose functions are defined here, as the component names it.
 const HOST: &str = "warren:handler/host@0.1.0";
@@ -169,20 +169,6 @@ fn publish(
         + opt(&msg.correlation_id, cx)?
         + opt(&msg.type_, cx)?;
 
-    // The first reserved top-level name, read only when the entries are
-    // few enough to be measured at all.
-    let mut reserved = None;
-    if msg.headers.entries.len() <= limits.max_header_values {
-        for k in 0..msg.headers.entries.len() {
-            let e = msg.headers.entries.get(&mut *cx, k).expect("in range")?;
-            let name = e.name.to_str(&*cx)?;
-            if name.len() >= 9 && name.as_bytes()[..9].eq_ignore_ascii_case(b"x-warren-") {
-                reserved = Some(truncate_on_char(&name, 64).0.to_string());
-                break;
-            }
-        }
-    }
-
     let left = cx.data().publish_left().saturating_sub(fixed);
     let mut arena = GuestHeaders {
         cx: &mut *cx,
@@ -193,6 +179,21 @@ fn publish(
         Err(measure::Refused::Limit(why)) => Err(why),
         Err(measure::Refused::Read(e)) => return Err(e),
     };
+    // The first reserved top-level name, looked for only once the headers
+    // measured within the budget: reading a name checks its UTF-8, and
+    // names that all alias one large string must not be read thousands
+    // of times.
+    let mut reserved = None;
+    if measured.is_ok() {
+        for k in 0..msg.headers.entries.len() {
+            let e = msg.headers.entries.get(&mut *cx, k).expect("in range")?;
+            let name = e.name.to_str(&*cx)?;
+            if is_reserved_header(&name) {
+                reserved = Some(truncate_on_char(&name, 64).0.to_string());
+                break;
+            }
+        }
+    }
     let admitted = cx.data_mut().admit(
         &exchange,
         routing_key,

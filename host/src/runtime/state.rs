@@ -186,7 +186,7 @@ fn outbound_fixed_bytes(o: &Outbound) -> usize {
 
 /// Whether `name` is one of the headers the host writes itself, in any
 /// letter case.
-fn is_reserved_header(name: &str) -> bool {
+pub(super) fn is_reserved_header(name: &str) -> bool {
     name.len() >= RESERVED_PREFIX.len()
         && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
 }
