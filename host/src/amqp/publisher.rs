@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use super::consumer::Inbound;
 use super::{
     H_ATTEMPT, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON,
-    H_ROUTING_KEY,
+    H_ROUTING_KEY, Probed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +73,15 @@ pub struct Publisher {
     /// publish on it down too; each is checked once, on a channel of its
     /// own, before the first output to it.
     exchanges: Arc<Mutex<HashSet<String>>>,
+    /// Exchanges being checked or found missing: the broker's 404 on the
+    /// throwaway channel reaches the connection's event stream, and the
+    /// broker must know it is not a lost connection.
+    probed: Probed,
     conn: Arc<Connection>,
 }
 
 impl Publisher {
-    pub(super) async fn open(conn: &Arc<Connection>) -> Result<Self, lapin::Error> {
+    pub(super) async fn open(conn: &Arc<Connection>, probed: Probed) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -86,6 +90,7 @@ impl Publisher {
             channel,
             declared: Arc::default(),
             exchanges: Arc::default(),
+            probed,
             conn: conn.clone(),
         })
     }
@@ -218,13 +223,21 @@ impl Publisher {
     /// so that a missing one fails this output alone (the broker closes
     /// the throwaway channel, not the publishing one).
     async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
-        let known = |set: &Mutex<HashSet<String>>| set.lock().expect("exchanges lock").contains(exchange);
+        let known =
+            |set: &Mutex<HashSet<String>>| set.lock().expect("exchanges lock").contains(exchange);
         if exchange.is_empty() || known(&self.exchanges) {
             return Ok(());
         }
         let name = ShortString::try_new(exchange)
             .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
         let ch = self.conn.create_channel().await?;
+        // Marked before the check, whose 404 may reach the connection's
+        // event stream before the check returns; unmarked only when it
+        // exists (then no 404 comes).
+        self.probed
+            .lock()
+            .expect("probed exchanges lock")
+            .insert(exchange.to_string());
         let opts = ExchangeDeclareOptions {
             passive: true,
             ..ExchangeDeclareOptions::default()
@@ -235,6 +248,10 @@ impl Publisher {
         match checked {
             Ok(()) => {
                 let _ = ch.close(200, "exchange checked".into()).await;
+                self.probed
+                    .lock()
+                    .expect("probed exchanges lock")
+                    .remove(exchange);
                 self.exchanges
                     .lock()
                     .expect("exchanges lock")

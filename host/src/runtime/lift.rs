@@ -17,7 +17,9 @@ use std::borrow::Cow;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
-use super::bindings::{Decimal, FieldValue, Header, Headers, Level, Nested, Outbound, PublishError};
+use super::bindings::{
+    Decimal, FieldValue, Header, Headers, Level, Nested, Outbound, PublishError,
+};
 use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure::{self, Arena, Value};
 use super::state::{State, is_reserved_header};
@@ -111,9 +113,7 @@ pub(super) fn install(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     let mut host = linker.instance(HOST)?;
     host.func_wrap(
         "publish",
-        |mut cx: StoreContextMut<'_, State>, (msg,): (OutboundRef,)| {
-            Ok((publish(&mut cx, &msg)?,))
-        },
+        |mut cx: StoreContextMut<'_, State>, (msg,): (OutboundRef,)| Ok((publish(&mut cx, &msg)?,)),
     )?;
     host.func_wrap(
         "log",
@@ -126,7 +126,11 @@ pub(super) fn install(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn log(cx: &mut StoreContextMut<'_, State>, level: Level, message: &WasmStr) -> wasmtime::Result<()> {
+fn log(
+    cx: &mut StoreContextMut<'_, State>,
+    level: Level,
+    message: &WasmStr,
+) -> wasmtime::Result<()> {
     if !cx.data_mut().log_line_admitted() {
         return Ok(());
     }
@@ -243,10 +247,12 @@ impl Arena for GuestHeaders<'_, '_> {
     }
 
     fn node(&mut self, i: usize) -> wasmtime::Result<usize> {
-        Ok(match self.h.nested.get(&mut *self.cx, i).expect("in range")? {
-            NestedRef::Array(items) => items.len(),
-            NestedRef::Table(entries) => entries.len(),
-        })
+        Ok(
+            match self.h.nested.get(&mut *self.cx, i).expect("in range")? {
+                NestedRef::Array(items) => items.len(),
+                NestedRef::Table(entries) => entries.len(),
+            },
+        )
     }
 
     fn item(&mut self, i: usize, k: usize) -> wasmtime::Result<(usize, Value)> {

@@ -287,7 +287,10 @@ mod tests {
         };
         let c = measure(&shared).unwrap();
         assert_eq!(c.values, 4);
-        assert_eq!(c.bytes, 2 * (1 + HEADER_VALUE_COST) + 2 * (3 + HEADER_VALUE_COST));
+        assert_eq!(
+            c.bytes,
+            2 * (1 + HEADER_VALUE_COST) + 2 * (3 + HEADER_VALUE_COST)
+        );
     }
 
     #[test]
@@ -303,7 +306,9 @@ mod tests {
         };
         assert!(measure(&long).unwrap_err().contains("256 bytes"));
         let many = Headers {
-            entries: (0..5000).map(|i| entry(&i.to_string(), FieldValue::Void)).collect(),
+            entries: (0..5000)
+                .map(|i| entry(&i.to_string(), FieldValue::Void))
+                .collect(),
             nested: vec![],
         };
         assert!(measure(&many).unwrap_err().contains("5000 entries"));
@@ -311,6 +316,10 @@ mod tests {
             entries: vec![entry("a", FieldValue::Bytes(vec![0; 2 << 20]))],
             nested: vec![],
         };
-        assert!(measure(&big).unwrap_err().contains("more than 1048576 bytes"));
+        assert!(
+            measure(&big)
+                .unwrap_err()
+                .contains("more than 1048576 bytes")
+        );
     }
 }
