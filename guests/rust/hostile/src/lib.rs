@@ -25,7 +25,9 @@
 use std::mem::ManuallyDrop;
 
 use warren_guest::warren::handler::host;
-use warren_guest::{FieldValue, Handler, Header, Headers, Level, Message, Nested, Outbound, Outcome};
+use warren_guest::{
+    FieldValue, Handler, Header, Headers, Level, Message, Nested, Outbound, Outcome,
+};
 
 struct Hostile;
 
