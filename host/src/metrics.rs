@@ -34,6 +34,14 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub handler: String,
+    /// `log` (lines), `stdio` (bytes of stdout and stderr) or `reason`
+    /// (bytes cut from reject and retry reasons).
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModuleLabels {
     pub handler: String,
     pub digest: String,
@@ -54,6 +62,8 @@ pub struct Metrics {
     /// 1 for the live module version of each handler.
     pub module: Family<ModuleLabels, Gauge>,
     pub deploys: Family<HandlerLabel, Counter>,
+    /// What guests wrote past their per-message caps and the host dropped.
+    pub guest_dropped: Family<DroppedLabels, Counter>,
     pub amqp_connected: Gauge,
     pub redis_available: Gauge,
     pub reconnects: Counter,
@@ -112,6 +122,12 @@ impl Metrics {
         );
         let deploys = Family::<HandlerLabel, Counter>::default();
         r.register("deploys", "Module versions swapped in", deploys.clone());
+        let guest_dropped = Family::<DroppedLabels, Counter>::default();
+        r.register(
+            "guest_output_dropped",
+            "What guests wrote past their per-message caps and the host dropped: log lines (channel log), stdout and stderr bytes (stdio), reason bytes (reason)",
+            guest_dropped.clone(),
+        );
         let amqp_connected = Gauge::default();
         r.register(
             "amqp_connected",
@@ -140,6 +156,7 @@ impl Metrics {
             in_flight,
             module,
             deploys,
+            guest_dropped,
             amqp_connected,
             redis_available,
             reconnects,
@@ -160,7 +177,18 @@ impl Metrics {
                 })
                 .clone()
         };
+        let dropped = |channel: &str| {
+            self.guest_dropped
+                .get_or_create(&DroppedLabels {
+                    handler: handler.into(),
+                    channel: channel.into(),
+                })
+                .clone()
+        };
         HandlerMetrics {
+            log_dropped: dropped("log"),
+            stdio_dropped: dropped("stdio"),
+            reason_dropped: dropped("reason"),
             ack: outcome("ack"),
             dedup_hit: outcome("dedup_hit"),
             retry: outcome("retry"),
@@ -233,6 +261,12 @@ pub struct HandlerMetrics {
     pub batch: Histogram,
     pub in_flight: Gauge,
     pub dedup_bypassed: Counter,
+    /// Guest log lines dropped past the per-message caps.
+    pub log_dropped: Counter,
+    /// Guest stdout and stderr bytes dropped past the per-message cap.
+    pub stdio_dropped: Counter,
+    /// Bytes cut from guests' reject and retry reasons.
+    pub reason_dropped: Counter,
     failures: Family<FailureLabels, Counter>,
     handler: String,
 }

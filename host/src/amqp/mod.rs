@@ -109,10 +109,19 @@ pub struct Binding {
 /// The process's connection to RabbitMQ.
 #[derive(Debug)]
 pub struct Broker {
-    conn: Connection,
+    /// Shared with the publisher, which opens throwaway channels on it.
+    conn: Arc<Connection>,
     name: String,
     key: Arc<bookkeeping::Key>,
+    /// Exchanges the publisher found missing with a passive declare on a
+    /// throwaway channel: the broker reports that channel's 404 as an
+    /// error on the connection, which must not count as losing it.
+    probed_missing: Probed,
 }
+
+/// Exchange names a probe found missing, shared by a [`Broker`] and its
+/// [`Publisher`]s.
+pub(crate) type Probed = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 impl Broker {
     /// Connects, naming the connection so operators can find it in
@@ -122,9 +131,10 @@ impl Broker {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
         Ok(Broker {
-            conn,
+            conn: Arc::new(conn),
             name: name.to_string(),
             key: Arc::new(key),
+            probed_missing: Probed::default(),
         })
     }
 
@@ -200,7 +210,7 @@ impl Broker {
 
     /// Opens the confirm-mode publishing channel.
     pub async fn publisher(&self) -> Result<Publisher, Error> {
-        Publisher::open(&self.conn, self.key.clone()).await
+        Publisher::open(&self.conn, self.key.clone(), self.probed_missing.clone()).await
     }
 
     /// Resolves when the connection fails (broker gone, connection closed by
@@ -212,6 +222,7 @@ impl Broker {
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
+                    Some(lapin::Event::Error(e)) if self.probe_closed(&e) => {}
                     Some(lapin::Event::Error(e)) => return e.to_string(),
                     Some(_) => {}
                     None => return "connection event stream ended".into(),
@@ -223,6 +234,23 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Whether `e` is only a throwaway probe channel closed by the broker
+    /// because the exchange it checked does not exist.
+    fn probe_closed(&self, e: &Error) -> bool {
+        let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+            return false;
+        };
+        if amqp.get_id() != 404 {
+            return false;
+        }
+        let text = amqp.get_message().as_str();
+        self.probed_missing
+            .lock()
+            .expect("probed exchanges lock")
+            .iter()
+            .any(|x| text.contains(&format!("no exchange '{x}' in vhost")))
     }
 
     /// Closes the connection (channels with it; unacked deliveries go back

@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
 use super::bookkeeping::{H_SIG, Key, Values};
 use super::consumer::Inbound;
@@ -26,7 +28,7 @@ use super::limits::{
 };
 use super::{
     H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST,
-    H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX,
+    H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX, Probed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum PublishError {
         routing_key: String,
         reply: String,
     },
+    #[error("exchange {exchange:?} does not exist")]
+    NoExchange { exchange: String },
     #[error("invalid outbound message: {0}")]
     Invalid(String),
     #[error("too large to publish: {0}")]
@@ -80,10 +84,25 @@ pub struct Publisher {
     key: Arc<Key>,
     /// The negotiated largest frame, which a header frame must fit.
     frame_max: usize,
+    /// Exchanges an output went to and the broker knows, on this
+    /// connection. A publish to an exchange that does not exist makes the
+    /// broker close the channel (404), which would take every other
+    /// publish on it down too; each is checked once, on a channel of its
+    /// own, before the first output to it.
+    exchanges: Arc<Mutex<HashSet<String>>>,
+    /// Exchanges being checked or found missing: the broker's 404 on the
+    /// throwaway channel reaches the connection's event stream, and the
+    /// broker must know it is not a lost connection.
+    probed: Probed,
+    conn: Arc<Connection>,
 }
 
 impl Publisher {
-    pub(super) async fn open(conn: &Connection, key: Arc<Key>) -> Result<Self, lapin::Error> {
+    pub(super) async fn open(
+        conn: &Arc<Connection>,
+        key: Arc<Key>,
+        probed: Probed,
+    ) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -97,6 +116,9 @@ impl Publisher {
             declared: Arc::default(),
             key,
             frame_max,
+            exchanges: Arc::default(),
+            probed,
+            conn: conn.clone(),
         })
     }
 
@@ -155,6 +177,7 @@ impl Publisher {
         properties: BasicProperties,
         module: &str,
     ) -> Result<(), PublishError> {
+        self.check_exchange(exchange).await?;
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
         let budget = header_budget(self.frame_max, other_properties_size(&properties));
@@ -281,6 +304,59 @@ impl Publisher {
             .await
     }
 
+    /// Makes sure `exchange` exists before anything is published to it:
+    /// once per connection, with a passive declare on a throwaway channel,
+    /// so that a missing one fails this output alone (the broker closes
+    /// the throwaway channel, not the publishing one).
+    async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
+        let known =
+            |set: &Mutex<HashSet<String>>| set.lock().expect("exchanges lock").contains(exchange);
+        if exchange.is_empty() || known(&self.exchanges) {
+            return Ok(());
+        }
+        let name = ShortString::try_new(exchange)
+            .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
+        let ch = self.conn.create_channel().await?;
+        // Marked before the check, whose 404 may reach the connection's
+        // event stream before the check returns; unmarked only when it
+        // exists (then no 404 comes).
+        self.probed
+            .lock()
+            .expect("probed exchanges lock")
+            .insert(exchange.to_string());
+        let opts = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let checked = ch
+            .exchange_declare(name, ExchangeKind::Direct, opts, FieldTable::default())
+            .await;
+        match checked {
+            Ok(()) => {
+                let _ = ch.close(200, "exchange checked".into()).await;
+                self.probed
+                    .lock()
+                    .expect("probed exchanges lock")
+                    .remove(exchange);
+                self.exchanges
+                    .lock()
+                    .expect("exchanges lock")
+                    .insert(exchange.to_string());
+                Ok(())
+            }
+            // The broker closed the throwaway channel with it.
+            Err(e) if not_found(&e) => Err(PublishError::NoExchange {
+                exchange: exchange.into(),
+            }),
+            Err(e) => {
+                if ch.status().connected() {
+                    let _ = ch.close(200, "exchange check failed".into()).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     async fn declare_wait_queue(
         &self,
         work_queue: &str,
@@ -321,6 +397,11 @@ impl Publisher {
             .insert(wait_queue.to_string());
         Ok(())
     }
+}
+
+/// Whether the broker answered 404 (no such exchange or queue).
+fn not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 /// The headers of `msg` to carry onto a retry or dead-letter copy: the

@@ -18,6 +18,13 @@ use crate::runtime::{Decimal, FieldValue, Header, Headers, Message, Nested, Outb
 /// queue on its way back; noise to a handler.
 const X_DEATH: &str = "x-death";
 
+/// How many values a guest's headers may expand to. The runtime already
+/// refused, at `publish`, headers over the handler's `max_header_values`
+/// (shared nested values counted once per reference); this is the backstop
+/// that keeps a shared arena from expanding exponentially here whatever
+/// reached it.
+const MAX_VALUES: usize = 1 << 16;
+
 pub(crate) fn is_internal(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX) || name == X_DEATH
 }
@@ -127,14 +134,20 @@ fn value_in(v: &AMQPValue, nested: &mut Vec<Nested>, depth: usize) -> FieldValue
 }
 
 /// The field table for headers a guest built. Refuses names longer than 255
-/// bytes, names in warren's own `x-warren-` space, dangling nested indices
-/// and nesting deeper than [`MAX_DEPTH`] (which is also how an index cycle
-/// ends).
+/// bytes, names in warren's own `x-warren-` space, dangling nested indices,
+/// nesting deeper than [`MAX_DEPTH`] (which is also how an index cycle
+/// ends) and more than 65,536 values once expanded.
 pub fn table_from_headers(h: &Headers) -> Result<FieldTable, String> {
-    entries_out(&h.entries, &h.nested, 0)
+    let mut left = MAX_VALUES;
+    entries_out(&h.entries, &h.nested, 0, &mut left)
 }
 
-fn entries_out(entries: &[Header], nested: &[Nested], depth: usize) -> Result<FieldTable, String> {
+fn entries_out(
+    entries: &[Header],
+    nested: &[Nested],
+    depth: usize,
+    left: &mut usize,
+) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for e in entries {
         if e.name.starts_with(INTERNAL_PREFIX) {
@@ -149,17 +162,27 @@ fn entries_out(entries: &[Header], nested: &[Nested], depth: usize) -> Result<Fi
                 cap_text(&e.name, 64)
             )
         })?;
-        table.insert(name, value_out(&e.value, nested, depth)?);
+        table.insert(name, value_out(&e.value, nested, depth, left)?);
     }
     Ok(table)
 }
 
-fn value_out(v: &FieldValue, nested: &[Nested], depth: usize) -> Result<AMQPValue, String> {
+fn value_out(
+    v: &FieldValue,
+    nested: &[Nested],
+    depth: usize,
+    left: &mut usize,
+) -> Result<AMQPValue, String> {
     if depth > MAX_DEPTH {
         return Err(format!(
             "headers nest deeper than {MAX_DEPTH} levels (or refer to themselves)"
         ));
     }
+    // Counted per value visited, so a value shared by many others costs
+    // once per place it appears, as it will on the wire.
+    *left = left
+        .checked_sub(1)
+        .ok_or_else(|| format!("headers expand to more than {MAX_VALUES} values"))?;
     let resolve = |i: u32| {
         nested.get(i as usize).ok_or_else(|| {
             format!(
@@ -191,14 +214,14 @@ fn value_out(v: &FieldValue, nested: &[Nested], depth: usize) -> Result<AMQPValu
             Nested::Array(items) => AMQPValue::FieldArray(FieldArray::from(
                 items
                     .iter()
-                    .map(|v| value_out(v, nested, depth + 1))
+                    .map(|v| value_out(v, nested, depth + 1, left))
                     .collect::<Result<Vec<_>, _>>()?,
             )),
             Nested::Table(_) => return Err(format!("header value array({i}) points to a table")),
         },
         FieldValue::Table(i) => match resolve(*i)? {
             Nested::Table(entries) => {
-                AMQPValue::FieldTable(entries_out(entries, nested, depth + 1)?)
+                AMQPValue::FieldTable(entries_out(entries, nested, depth + 1, left)?)
             }
             Nested::Array(_) => return Err(format!("header value table({i}) points to an array")),
         },
@@ -330,9 +353,23 @@ mod tests {
                 .unwrap_err()
                 .contains("deeper than 32")
         );
+        let bomb = Headers {
+            entries: vec![Header {
+                name: "a".into(),
+                value: FieldValue::Array(0),
+            }],
+            nested: (0..31)
+                .map(|i| Nested::Array(vec![FieldValue::Array(i + 1), FieldValue::Array(i + 1)]))
+                .chain([Nested::Array(vec![])])
+                .collect(),
+        };
+        assert_eq!(
+            table_from_headers(&bomb).unwrap_err(),
+            "headers expand to more than 65536 values"
+        );
         let long = Headers {
             entries: vec![Header {
-                name: "n".repeat(300),
+                name: "é".repeat(150),
                 value: FieldValue::Void,
             }],
             nested: vec![],

@@ -38,7 +38,7 @@ use crate::amqp::{Inbound, Publisher};
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
 use crate::dedup::Lease;
-use crate::runtime::{Completed, Outbound, Outcome};
+use crate::runtime::{Completed, Outbound, Outcome, truncate_on_char};
 use settle::Settle;
 
 /// Handles a batch of deliveries from one consumer channel to the end.
@@ -143,6 +143,7 @@ impl Pipeline<'_> {
         let mut acked = Vec::new();
         let mut failed = Vec::new();
         for (job, result) in jobs.into_iter().zip(results) {
+            let result = result.map(|c| self.capped(c));
             match result {
                 Ok(Completed {
                     outcome: Outcome::Ack,
@@ -209,6 +210,27 @@ impl Pipeline<'_> {
             failed,
             digest,
         }
+    }
+
+    /// Counts what the guest wrote past its caps, and cuts its reject or
+    /// retry reason to the handler's `reason_bytes` (on a character
+    /// boundary) before it reaches a log line or a header.
+    fn capped(&self, mut c: Completed) -> Completed {
+        let m = &self.h.metrics;
+        m.log_dropped.inc_by(c.logs_dropped);
+        m.stdio_dropped.inc_by(c.stdio_dropped);
+        let cap = self.h.env.limits.reason_bytes;
+        let reason = match &mut c.outcome {
+            Outcome::Retry(r) => &mut r.reason,
+            Outcome::Reject(reason) => reason,
+            Outcome::Ack => return c,
+        };
+        let (kept, cut) = truncate_on_char(reason, cap);
+        if cut > 0 {
+            *reason = format!("{kept}... ({cut} more bytes cut)");
+            m.reason_dropped.inc_by(cut as u64);
+        }
+        c
     }
 
     fn lease_ttl(&self) -> Duration {

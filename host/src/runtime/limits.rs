@@ -40,13 +40,56 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// How many `publish` calls one message may make.
     pub max_publishes: usize,
-    /// Total body bytes one message may publish.
+    /// Total bytes one message may publish, across its `publish` calls:
+    /// bodies, exchanges, routing keys, properties and every header name
+    /// and value as the host would send them (nested values counted once
+    /// per place they appear), plus [`HEADER_VALUE_COST`] per header value.
+    /// Never more than the memory cap: a guest cannot make the host buffer
+    /// more than the guest itself may hold.
     pub max_publish_bytes: usize,
+    /// Header values (top-level and nested, counted as expanded) one
+    /// published message may carry.
+    pub max_header_values: usize,
     /// Bytes of `log` messages one message may write; the rest are dropped
     /// and counted.
     pub log_bytes: usize,
+    /// `log` calls one message may make, whatever their length (an empty
+    /// line still costs a log event); the rest are dropped and counted.
+    pub log_lines: usize,
     /// Bytes kept from each of stdout and stderr per message.
     pub stdio_bytes: usize,
+    /// Bytes kept of a guest's reject or retry reason (cut on a character
+    /// boundary) before it reaches a log line or a dead-letter header.
+    pub reason_bytes: usize,
+}
+
+/// What each header value costs against [`Limits::max_publish_bytes`] on
+/// top of its text or bytes: about what the host holds per value while it
+/// converts and sends it, so that many empty values are not free.
+pub const HEADER_VALUE_COST: usize = 32;
+
+/// The longest exchange name or routing key AMQP can carry.
+pub const MAX_SHORT_STRING: usize = 255;
+
+impl Limits {
+    /// What one message may publish in total: the configured cap, and never
+    /// more than the memory cap.
+    pub fn publish_budget(&self) -> usize {
+        self.max_publish_bytes.min(self.memory_bytes)
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with how many
+/// bytes were cut.
+pub fn truncate_on_char(text: &str, max: usize) -> (&str, usize) {
+    if text.len() <= max {
+        return (text, 0);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], text.len() - end)
 }
 
 impl Default for Limits {
@@ -56,8 +99,11 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             max_publishes: 1000,
             max_publish_bytes: 16 << 20,
+            max_header_values: 4096,
             log_bytes: 16 << 10,
+            log_lines: 1000,
             stdio_bytes: 4 << 10,
+            reason_bytes: 1024,
         }
     }
 }
@@ -70,4 +116,28 @@ pub struct HandlerEnv {
     pub config: BTreeMap<String, String>,
     pub publish_allow: Vec<String>,
     pub limits: Limits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_on_char("abc", 5), ("abc", 0));
+        // "é" is two bytes: a cut inside it falls back before it.
+        assert_eq!(truncate_on_char("aéb", 2), ("a", 3));
+        assert_eq!(truncate_on_char("aéb", 3), ("aé", 1));
+        assert_eq!(truncate_on_char("", 0), ("", 0));
+    }
+
+    #[test]
+    fn the_publish_budget_never_exceeds_the_memory_cap() {
+        let l = Limits {
+            memory_bytes: 8 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(l.publish_budget(), 8 << 20);
+        assert_eq!(Limits::default().publish_budget(), 16 << 20);
+    }
 }

@@ -13,7 +13,9 @@
 
 mod bindings;
 mod epoch;
+mod lift;
 mod limits;
+mod measure;
 mod module;
 mod run;
 mod state;
@@ -37,7 +39,7 @@ pub use bindings::{
     Retry,
 };
 use epoch::EpochTicker;
-pub use limits::{HandlerEnv, Limits, RuntimeConfig};
+pub use limits::{HandlerEnv, Limits, RuntimeConfig, truncate_on_char};
 pub use module::{Digest, LoadError, Module};
 pub use run::{Completed, RunError};
 use state::State;
@@ -139,6 +141,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
+        lift::install(&mut linker).map_err(anyhow::Error::from)?;
 
         Ok(Self {
             _ticker: Arc::new(EpochTicker::start(engine.clone())),

@@ -8,6 +8,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, Outbound, PublishError, warren::handler};
+use super::limits::{MAX_SHORT_STRING, truncate_on_char};
+use super::measure;
 use super::stdio::CappedPipe;
 use super::{HandlerEnv, Limits};
 
@@ -30,6 +32,7 @@ pub(crate) struct State {
     pub(super) published: Vec<Outbound>,
     published_bytes: usize,
     log_bytes: usize,
+    log_lines: usize,
     pub(super) log_dropped: u64,
 }
 
@@ -68,6 +71,7 @@ impl State {
             published: Vec::new(),
             published_bytes: 0,
             log_bytes: 0,
+            log_lines: 0,
             log_dropped: 0,
         }
     }
@@ -81,6 +85,7 @@ impl State {
         self.published.clear();
         self.published_bytes = 0;
         self.log_bytes = 0;
+        self.log_lines = 0;
         self.log_dropped = 0;
         self.limiter.hit = false;
     }
@@ -132,11 +137,100 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 impl handler::types::Host for State {}
 
 impl handler::host::Host for State {
+    /// Reached only when the guest-memory version of `publish` (`lift.rs`)
+    /// is not installed: the same checks, over a copy.
     fn publish(&mut self, msg: Outbound) -> Result<(), PublishError> {
-        if !self.env.publish_allow.contains(&msg.exchange) {
+        let limits = self.limits;
+        let headers = &msg.headers;
+        let names = headers.entries.iter().map(|e| e.name.as_str());
+        self.admit(
+            &msg.exchange,
+            msg.routing_key.len(),
+            names,
+            outbound_fixed_bytes(&msg),
+            |budget| {
+                measure::headers(&mut &*headers, budget, limits.max_header_values)
+                    .map(|c| c.bytes)
+                    .map_err(|e| match e {
+                        measure::Refused::Limit(s) => s,
+                        measure::Refused::Read(never) => match never {},
+                    })
+            },
+        )?;
+        self.buffer(msg);
+        Ok(())
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_line_admitted() {
+            self.log_text(level, &message);
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.env.config.get(&key).cloned()
+    }
+}
+
+/// The bytes of an outbound message outside its headers.
+fn outbound_fixed_bytes(o: &Outbound) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    o.exchange.len()
+        + o.routing_key.len()
+        + o.body.len()
+        + opt(&o.content_type)
+        + opt(&o.content_encoding)
+        + opt(&o.correlation_id)
+        + opt(&o.type_)
+}
+
+/// Whether `name` is one of the headers the host writes itself, in any
+/// letter case.
+pub(super) fn is_reserved_header(name: &str) -> bool {
+    name.len() >= RESERVED_PREFIX.len()
+        && name.as_bytes()[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes())
+}
+
+/// Headers with this prefix are the host's bookkeeping (attempts, reasons,
+/// the module digest); a guest may not set them.
+const RESERVED_PREFIX: &str = "x-warren-";
+
+impl State {
+    /// Checks one `publish` before its message is copied into the host:
+    /// the exchange is allowed, the exchange and routing key fit AMQP's
+    /// 255 bytes, no top-level header is the host's own, the message is
+    /// within the count, and `fixed` bytes plus what `headers` measures
+    /// (given the bytes left) stay within the message's publish budget.
+    /// Counts the message on success; the caller then [`State::buffer`]s it.
+    pub(super) fn admit<'n>(
+        &mut self,
+        exchange: &str,
+        routing_key: usize,
+        mut header_names: impl Iterator<Item = &'n str>,
+        fixed: usize,
+        headers: impl FnOnce(usize) -> Result<usize, String>,
+    ) -> Result<(), PublishError> {
+        if exchange.len() > MAX_SHORT_STRING {
+            return Err(PublishError::LimitExceeded(format!(
+                "exchange name is {} bytes; at most {MAX_SHORT_STRING}",
+                exchange.len()
+            )));
+        }
+        if !self.env.publish_allow.iter().any(|a| a == exchange) {
             return Err(PublishError::NotAllowed(format!(
                 "handler {} may not publish to exchange {:?}; allowed: {:?}",
-                self.env.name, msg.exchange, self.env.publish_allow
+                self.env.name, exchange, self.env.publish_allow
+            )));
+        }
+        if routing_key > MAX_SHORT_STRING {
+            return Err(PublishError::LimitExceeded(format!(
+                "routing key is {routing_key} bytes; at most {MAX_SHORT_STRING}"
+            )));
+        }
+        if let Some(name) = header_names.find(|n| is_reserved_header(n)) {
+            let (shown, _) = truncate_on_char(name, 64);
+            return Err(PublishError::NotAllowed(format!(
+                "header {shown:?} is reserved: {RESERVED_PREFIX}* headers are written by the host"
             )));
         }
         if self.published.len() >= self.limits.max_publishes {
@@ -145,19 +239,65 @@ impl handler::host::Host for State {
                 self.limits.max_publishes
             )));
         }
-        let size = msg.body.len();
-        if self.published_bytes + size > self.limits.max_publish_bytes {
-            return Err(PublishError::LimitExceeded(format!(
-                "at most {} bytes of published bodies per message",
-                self.limits.max_publish_bytes
-            )));
+        let budget = self.limits.publish_budget();
+        let over = || {
+            PublishError::LimitExceeded(format!(
+                "at most {budget} bytes published per message (bodies, routing keys, exchanges, properties and headers)"
+            ))
+        };
+        let left = budget.saturating_sub(self.published_bytes);
+        if fixed > left {
+            return Err(over());
+        }
+        let header_bytes = headers(left - fixed).map_err(|why| {
+            PublishError::LimitExceeded(format!(
+                "{why} (a message may publish {budget} bytes in all, {left} are left)"
+            ))
+        })?;
+        let size = fixed + header_bytes;
+        if size > left {
+            return Err(over());
         }
         self.published_bytes += size;
-        self.published.push(msg);
         Ok(())
     }
 
-    fn log(&mut self, level: Level, message: String) {
+    /// Bytes this message may still publish.
+    pub(super) fn publish_left(&self) -> usize {
+        self.limits
+            .publish_budget()
+            .saturating_sub(self.published_bytes)
+    }
+
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Buffers a message [`State::admit`] let through.
+    pub(super) fn buffer(&mut self, msg: Outbound) {
+        self.published.push(msg);
+    }
+
+    /// Counts one `log` call against the line cap; false (and counted as
+    /// dropped) past it. Called before the text is looked at, so a guest
+    /// that logs forever costs the host a counter per call.
+    pub(super) fn log_line_admitted(&mut self) -> bool {
+        self.log_lines += 1;
+        if self.log_lines > self.limits.log_lines {
+            self.log_dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Counts an admitted `log` line dropped without being read: it is
+    /// longer than the whole byte cap.
+    pub(super) fn log_too_long(&mut self) {
+        self.log_dropped += 1;
+    }
+
+    /// Writes one admitted `log` line, unless it would pass the byte cap.
+    pub(super) fn log_text(&mut self, level: Level, message: &str) {
         if self.log_bytes + message.len() > self.limits.log_bytes {
             self.log_dropped += 1;
             return;
@@ -176,9 +316,5 @@ impl handler::host::Host for State {
             Level::Warn => emit!(warn),
             Level::Error => emit!(error),
         }
-    }
-
-    fn config(&mut self, key: String) -> Option<String> {
-        self.env.config.get(&key).cloned()
     }
 }
