@@ -17,6 +17,9 @@
 //! - `publish-missing-exchange NAME`: publish to exchange NAME (allowed,
 //!   but never declared) and ack.
 //! - `forge-warren-header`: publish with an `x-warren-attempt` header.
+//! - `sleep MS`: block in a WASI poll (`std::thread::sleep`) for MS ms.
+//! - `spin`: compute forever.
+//! - `oom`: allocate 1 MiB at a time until the memory cap stops it.
 //!
 //! Every attack that publishes rejects with the host's refusal as its
 //! reason, so a test can read what the guest was told; one the host let
@@ -84,6 +87,27 @@ impl Handler for Hostile {
                     value: FieldValue::I64(-1),
                 });
                 settle(host::publish(&out))
+            }
+            // Blocks in a WASI poll (std's sleep is `subscribe-duration`):
+            // epoch interruption alone cannot stop it.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(arg(60_000) as u64));
+                Outcome::Ack
+            }
+            // Computes forever.
+            "spin" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            // Allocates until the memory cap stops it.
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
             }
             other => Outcome::reject(format!("unknown mode {other:?}")),
         }
