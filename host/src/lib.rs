@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: the TOML config file, defaults, validation.
 //! - [`server`]: `warren run`: start-up, the connection supervisor, consumer
-//!   loops, graceful shutdown.
+//!   loops, graceful shutdown; [`liveness`]: the log's word while it is
+//!   not consuming.
 //! - [`pipeline`]: a batch of messages: dedup claims, handler, settlement.
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin.
 //! - [`dedup`]: the dedup store, the only module that knows Redis.
@@ -26,6 +27,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod dedup;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use warren::config::Config;
@@ -143,16 +144,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Past the in-flight deadline (`shutdown_timeout_ms`) and the supervisor's
+/// close budget: when a stop still running is cut short. Under a second,
+/// so SIGTERM always ends the process within `shutdown_timeout_ms` plus one.
+const HARD_DEADLINE_MARGIN: Duration = Duration::from_millis(850);
+/// How long the runtime waits, once `serve` returned, for tasks and blocking
+/// threads it still has (a guest run ends by its own deadline anyway).
+const RUNTIME_STOP: Duration = Duration::from_millis(100);
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("warren")
         .build()?;
-    rt.block_on(async {
+    let hard_deadline =
+        Duration::from_millis(config.runtime.shutdown_timeout_ms) + HARD_DEADLINE_MARGIN;
+    let result = rt.block_on(async {
         let (trigger, signal) = warren::shutdown::channel();
         tokio::spawn(async move {
-            if let Err(e) = warren::shutdown::listen(trigger).await {
+            if let Err(e) = warren::shutdown::listen(trigger, hard_deadline).await {
                 tracing::error!(error = %e, "cannot listen for signals");
             }
         });
@@ -167,5 +178,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         host.serve(&config).await?;
         tracing::info!("warren stopped");
         Ok(())
-    })
+    });
+    rt.shutdown_timeout(RUNTIME_STOP);
+    result
 }

@@ -1,5 +1,9 @@
 //! Shutdown: SIGTERM or SIGINT starts a graceful stop, fanned out to every
-//! task through one watch channel; a second signal exits at once.
+//! task through one watch channel; a second signal exits at once, and so
+//! does a graceful stop still running at its hard deadline (checked on a
+//! thread of its own, so a wedged runtime cannot hold it up).
+
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -15,7 +19,9 @@ pub fn channel() -> (Trigger, Signal) {
 
 /// Waits for SIGTERM or SIGINT and triggers a graceful shutdown; on a second
 /// signal, exits the process with status 130 without waiting for anything.
-pub async fn listen(trigger: Trigger) -> std::io::Result<()> {
+/// If the process is still running `hard_deadline` after the first signal,
+/// it exits with status 1 (see [`exit_at`]).
+pub async fn listen(trigger: Trigger, hard_deadline: Duration) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let first = tokio::select! {
@@ -27,6 +33,7 @@ pub async fn listen(trigger: Trigger) -> std::io::Result<()> {
         "shutdown requested: finishing in-flight messages (send it again to exit now)"
     );
     let _ = trigger.send(true);
+    exit_at(hard_deadline);
     let second = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
@@ -36,4 +43,22 @@ pub async fn listen(trigger: Trigger) -> std::io::Result<()> {
         "second signal: exiting now; unacked messages return to their queues"
     );
     std::process::exit(130);
+}
+
+/// Exits the process with status 1 once `after` has passed, from a thread of
+/// its own: the graceful stop bounds every step, and this is what holds
+/// even if one of them does not. Unacked deliveries return to their queues
+/// when the connection drops with the process.
+pub fn exit_at(after: Duration) {
+    std::thread::Builder::new()
+        .name("warren-shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                deadline_ms = after.as_millis() as u64,
+                "graceful shutdown did not finish by its hard deadline: exiting now, abandoning in-flight messages (they return to their queues unacked) and any broker close still waiting"
+            );
+            std::process::exit(1);
+        })
+        .expect("spawn the shutdown deadline thread");
 }

@@ -1,7 +1,8 @@
 //! The confirm-mode publishing channel: guest outputs, delayed retries and
 //! dead-letters. Every publish is persistent and waits for the broker's
 //! confirm; outputs are mandatory, so an unroutable one is an error rather
-//! than a silent drop.
+//! than a silent drop. A confirm is awaited at most [`CONFIRM_TIMEOUT`], a
+//! declaration or a close at most [`CALL_TIMEOUT`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,9 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use super::consumer::Inbound;
 use super::convert::outbound_properties;
-use super::{H_ATTEMPT, H_EXCHANGE, H_MODULE, H_ROUTING_KEY};
+use super::{
+    CALL_TIMEOUT, CONFIRM_TIMEOUT, Error, H_ATTEMPT, H_EXCHANGE, H_MODULE, H_ROUTING_KEY, bounded,
+};
 use crate::runtime::Outbound;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,17 @@ pub enum PublishError {
     Invalid(String),
     #[error("publish failed: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Unanswered(Error),
+}
+
+impl From<Error> for PublishError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Amqp(e) => PublishError::Amqp(e),
+            other => PublishError::Unanswered(other),
+        }
+    }
 }
 
 /// Why and where a message is dead-lettered; each field becomes an
@@ -65,22 +79,31 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub(super) async fn open(conn: &Connection) -> Result<Self, lapin::Error> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+    pub(super) async fn open(conn: &Connection) -> Result<Self, Error> {
+        let what = || "opening the publishing channel in confirm mode".to_string();
+        let channel = bounded(what, CALL_TIMEOUT, async {
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        })
+        .await?;
         Ok(Self {
             channel,
             declared: Arc::default(),
         })
     }
 
-    /// Closes the channel and waits for the broker to confirm, so the
-    /// connection can close after it cleanly.
-    pub async fn close(&self) {
+    /// Closes the channel and waits, at most `within`, for the broker to
+    /// confirm, so the connection can close after it cleanly.
+    pub async fn close(&self, within: Duration) {
         if self.channel.status().connected() {
-            let _ = self.channel.close(200, "warren shutting down".into()).await;
+            let close = self.channel.close(200, "warren shutting down".into());
+            let what = || "channel.close of the publishing channel".to_string();
+            if let Err(e) = bounded(what, within, close).await {
+                tracing::warn!(error = %e, "publishing channel not closed cleanly");
+            }
         }
     }
 
@@ -100,11 +123,18 @@ impl Publisher {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(ex, rk, opts, body, properties)
-            .await?
-            .await?;
+        let what = || {
+            format!(
+                "the confirm of a publish to exchange {exchange:?}, routing key {routing_key:?}"
+            )
+        };
+        let confirm = bounded(what, CONFIRM_TIMEOUT, async {
+            self.channel
+                .basic_publish(ex, rk, opts, body, properties)
+                .await?
+                .await
+        })
+        .await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
@@ -231,9 +261,9 @@ impl Publisher {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        self.channel
-            .queue_declare(wait_queue.into(), opts, args)
-            .await?;
+        let what = || format!("declaring wait queue {wait_queue:?}");
+        let declare = self.channel.queue_declare(wait_queue.into(), opts, args);
+        bounded(what, CALL_TIMEOUT, declare).await?;
         self.declared
             .lock()
             .expect("declared set lock")
