@@ -67,7 +67,7 @@ pub const HEARTBEAT_SECS: u16 = 10;
 /// How often [`Broker::lost`] sends a round trip on its probe channel, and
 /// how long it waits for the answer: a connection that answers nothing is
 /// found dead within the heartbeat interval, even while no consumer stream
-/// reports an error (a stream can go silent instead: lapin#389).
+/// reports an error (a lapin consumer stream can go silent instead of failing).
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`Broker::lost`] checks the connection's and every consumer
@@ -260,7 +260,7 @@ impl Broker {
     /// no longer open, or the probe round trip unanswered within
     /// [`PROBE_TIMEOUT`]. Watching the state and the round trip, not only
     /// the consumer streams, because a stream can go silent instead of
-    /// failing (lapin#389).
+    /// failing, a known lapin behaviour.
     pub async fn lost(&self, consumers: &[ConsumerProbe]) -> String {
         let mut events = self.conn.events_listener();
         let mut poll = tokio::time::interval(STATE_POLL);
