@@ -16,6 +16,7 @@ declare -A layer=(
     [amqp]=2 [dedup]=2 [runtime]=2
     [check]=3 [versions]=3
     [context]=4
+    [liveness]=6
     [pipeline]=5
     [registry]=6
     [server]=7 [admin]=7 [watch]=7

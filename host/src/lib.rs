@@ -9,7 +9,8 @@
 //!   graceful shutdown; [`admin`]: the HTTP admin endpoint; [`watch`]:
 //!   deploy when a module file changes; [`client`]: `warren deploy`,
 //!   `rollback`, `status` against a running host.
-//! - [`registry`]: deploy and roll back module versions.
+//! - [`registry`]: deploy and roll back module versions; [`liveness`]: what
+//!   a host that is not consuming says, and since when.
 //! - [`pipeline`]: a batch of messages, from keys to settlement; the one
 //!   place where AMQP's types and the guest's are converted.
 //! - [`context`]: what every layer above shares: the process's `Shared`,
@@ -33,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser as _;
 use warren::cli::{Cli, Command};
@@ -33,10 +34,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("warren")
         .build()?;
-    rt.block_on(async {
+    let hard_deadline = Duration::from_millis(config.runtime.shutdown_timeout_ms)
+        + warren::shutdown::HARD_DEADLINE_MARGIN;
+    let result = rt.block_on(async {
         let (trigger, signal) = warren::shutdown::channel();
         tokio::spawn(async move {
-            if let Err(e) = warren::shutdown::listen(trigger).await {
+            if let Err(e) = warren::shutdown::listen(trigger, hard_deadline).await {
                 tracing::error!(error = %e, "cannot listen for signals");
             }
         });
@@ -49,5 +52,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         warren::app::serve(&config, signal).await?;
         tracing::info!("warren stopped");
         Ok(())
-    })
+    });
+    rt.shutdown_timeout(warren::shutdown::RUNTIME_STOP);
+    result
 }

@@ -11,16 +11,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::amqp::{self, Binding, Broker, ConsumerChannel, Publisher, Topology};
+use crate::amqp::{self, Binding, Broker, ConsumerChannel, ConsumerProbe, Publisher, Topology};
 use crate::config::{Config, QueueType};
 use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
+use crate::liveness::{Down, report_not_consuming};
 use crate::metrics::Metrics;
 use crate::pipeline::process;
 use crate::registry::{self, CompiledBy};
@@ -153,7 +155,10 @@ impl Host {
         Ok(Host { shared, handlers })
     }
 
-    /// Runs until shutdown: connects, consumes, reconnects.
+    /// Runs until shutdown: connects, consumes, reconnects. While it is not
+    /// consuming it says so every
+    /// [`NOT_CONSUMING_EVERY`](crate::liveness::NOT_CONSUMING_EVERY), and `/readyz`
+    /// reports not ready, so a process supervisor can act on it.
     pub async fn serve(&self, config: &Config) -> anyhow::Result<()> {
         let name = format!("warren@{} pid {}", self.shared.host, std::process::id());
         let max_backoff = Duration::from_millis(config.amqp.reconnect_max_ms);
@@ -161,15 +166,22 @@ impl Host {
         let mut shutdown = self.shared.shutdown.clone();
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
+        let down = Down::new("not connected yet");
+        let reporter = tokio::spawn(report_not_consuming(self.shared.clone(), down.clone()));
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let key = amqp::bookkeeping::Key::new(config.amqp.bookkeeping_secret().as_bytes());
-            let broker = match Broker::connect(&config.amqp.url, &name, key).await {
+            let connect = tokio::select! {
+                c = Broker::connect(&config.amqp.url, &name, key) => c,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let broker = match connect {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
+                    down.set(format!("cannot connect: {e}"));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
@@ -183,21 +195,24 @@ impl Host {
             }
             connected_before = true;
             let started = Instant::now();
-            let end = self.session(&broker, grace).await;
-            self.shared.health.amqp.store(false, Ordering::Relaxed);
-            self.shared.metrics.amqp_connected.set(0);
+            let end = self.session(&broker, grace, &down).await;
             match end {
-                SessionEnd::Shutdown => {
-                    broker.close().await;
+                SessionEnd::Shutdown { close_by } => {
+                    let left = close_by.saturating_duration_since(Instant::now());
+                    broker.close(left.max(Duration::from_millis(50))).await;
                     tracing::info!("connection closed");
                     break;
                 }
                 SessionEnd::Lost(reason) => {
-                    if started.elapsed() > Duration::from_secs(10) {
+                    if started.elapsed() > BACKOFF_RESET_AFTER {
                         backoff = Duration::from_millis(100);
                     }
                     tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "connection to RabbitMQ lost; reconnecting");
-                    broker.close().await;
+                    down.set(reason);
+                    tokio::select! {
+                        _ = broker.close(LOST_CLOSE) => {}
+                        _ = shutdown.wait_for(|s| *s) => break,
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
@@ -206,11 +221,15 @@ impl Host {
                 }
             }
         }
+        reporter.abort();
         Ok(())
     }
 
-    /// One connection's life: declare, consume, and wait for its end.
-    async fn session(&self, broker: &Broker, grace: Duration) -> SessionEnd {
+    /// One connection's life: declare, consume, and wait for its end. Every
+    /// step is bounded: the set-up by the broker calls' own time-outs, the
+    /// end of the consumer loops by [`LOST_END`] after a loss and by the
+    /// grace period plus [`CLOSE_BUDGET`] on shutdown.
+    async fn session(&self, broker: &Broker, grace: Duration, down: &Down) -> SessionEnd {
         let setup = async {
             for h in &self.handlers {
                 broker.declare(&h.topology).await?;
@@ -234,10 +253,16 @@ impl Host {
             }
             Ok::<_, amqp::Error>((publisher, consumers))
         };
-        let (publisher, consumers) = match setup.await {
-            Ok(x) => x,
-            Err(e) => return SessionEnd::Lost(format!("set-up failed: {e}")),
+        let mut shutdown = self.shared.shutdown.clone();
+        let (publisher, consumers) = tokio::select! {
+            r = setup => match r {
+                Ok(x) => x,
+                Err(e) => return SessionEnd::Lost(format!("set-up failed: {e}")),
+            },
+            _ = shutdown.wait_for(|s| *s) => return SessionEnd::Shutdown { close_by: Instant::now() + CLOSE_BUDGET },
         };
+        let probes: Vec<ConsumerProbe> = consumers.iter().map(|(_, c)| c.probe()).collect();
+        down.consuming();
         self.shared.health.amqp.store(true, Ordering::Relaxed);
         self.shared.metrics.amqp_connected.set(1);
         tracing::info!(
@@ -256,56 +281,96 @@ impl Host {
                 publisher.clone(),
                 consumer,
                 stop_rx.clone(),
-                grace,
             ));
         }
-        let mut shutdown = self.shared.shutdown.clone();
         let end = tokio::select! {
-            reason = broker.lost() => SessionEnd::Lost(reason),
-            _ = shutdown.wait_for(|s| *s) => SessionEnd::Shutdown,
-            Some(_) = loops.join_next() => SessionEnd::Lost("a consumer ended".into()),
+            reason = broker.lost(&probes) => SessionEnd::Lost(reason),
+            _ = shutdown.wait_for(|s| *s) => SessionEnd::Shutdown { close_by: Instant::now() + grace + CLOSE_BUDGET },
+            Some(r) = loops.join_next() => SessionEnd::Lost(r.unwrap_or_else(|e| format!("a consumer loop failed: {e}"))),
         };
-        let stop = match end {
-            SessionEnd::Shutdown => Stop::Shutdown,
-            SessionEnd::Lost(_) => Stop::Lost,
+        // Not consuming from here on, whatever the loops still finish.
+        self.shared.health.amqp.store(false, Ordering::Relaxed);
+        self.shared.metrics.amqp_connected.set(0);
+        let (stop, end_by) = match &end {
+            SessionEnd::Shutdown { close_by } => (
+                Stop::Shutdown {
+                    drain_by: *close_by - CLOSE_BUDGET,
+                },
+                *close_by,
+            ),
+            SessionEnd::Lost(_) => (Stop::Lost, Instant::now() + LOST_END),
         };
         let _ = stop_tx.send(stop);
-        // Consumer loops end by themselves: at once when the connection was
-        // lost, within the grace period on shutdown.
-        while loops.join_next().await.is_some() {}
-        if matches!(end, SessionEnd::Shutdown) {
-            publisher.close().await;
+        let join =
+            tokio::time::timeout_at(end_by, async { while loops.join_next().await.is_some() {} });
+        // A shutdown during a loss's wind-down need not wait for it: the
+        // channels are dead and their deliveries come back anyway.
+        let ended = match end {
+            SessionEnd::Shutdown { .. } => join.await.is_ok(),
+            SessionEnd::Lost(_) => tokio::select! {
+                r = join => r.is_ok(),
+                _ = shutdown.wait_for(|s| *s) => false,
+            },
+        };
+        if !ended {
+            tracing::warn!(
+                consumers = loops.len(),
+                "consumer loops did not end in time; abandoning them (their deliveries return to the queue)"
+            );
+            loops.abort_all();
+        }
+        if let SessionEnd::Shutdown { close_by } = end {
+            let left = close_by.saturating_duration_since(Instant::now());
+            publisher.close(left.max(Duration::from_millis(50))).await;
         }
         end
     }
 }
 
+/// A connection that lasted this long was no failed attempt: the next one
+/// starts from the shortest backoff, however often the broker restarts.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(2);
+/// How long a consumer loop gets, after its connection was lost, to flush
+/// and close its dead channel (each step, so twice this in all).
+const LOST_CLOSE: Duration = Duration::from_secs(2);
+/// How long the consumer loops of a lost connection get to end.
+const LOST_END: Duration = Duration::from_secs(5);
+/// On shutdown, after the in-flight deadline: how long flushing the last
+/// acks and closing the channels and the connection may take together.
+pub const CLOSE_BUDGET: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 enum SessionEnd {
-    Shutdown,
+    /// Shutdown: everything is to be closed by `close_by`.
+    Shutdown {
+        close_by: Instant,
+    },
     Lost(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Stop {
     Running,
-    Shutdown,
+    /// Finish in-flight messages by `drain_by`, then flush and close within
+    /// [`CLOSE_BUDGET`].
+    Shutdown {
+        drain_by: Instant,
+    },
     Lost,
 }
 
 /// Takes deliveries from one consumer channel, at most `consumers` of the
 /// handler in flight, in batches of what has already arrived (at most
-/// `max_batch`), each batch handled in its own task.
+/// `max_batch`), each batch handled in its own task. Returns why it ended.
 async fn consume_loop(
     shared: Arc<Shared>,
     h: Arc<HandlerCtx>,
     publisher: Publisher,
     mut consumer: ConsumerChannel,
     mut stop: watch::Receiver<Stop>,
-    grace: Duration,
-) {
+) -> String {
     let mut tasks = JoinSet::new();
     let max_batch = h.cfg.max_batch as usize;
+    let mut ended = "stopped".to_string();
     loop {
         // A batch slot and a permit first, then a delivery: what the loop
         // has not taken stays prefetched, unacked and unstarted, and returns
@@ -321,7 +386,10 @@ async fn consume_loop(
         let first = tokio::select! {
             d = consumer.next() => match d {
                 Some(d) => d,
-                None => break,
+                None => {
+                    ended = format!("consumer {} ended (cancelled, or its channel closed)", consumer.tag());
+                    break;
+                }
             },
             _ = stop.wait_for(|s| *s != Stop::Running) => break,
         };
@@ -347,30 +415,34 @@ async fn consume_loop(
         while tasks.try_join_next().is_some() {}
     }
 
-    if *stop.borrow() == Stop::Shutdown {
-        consumer.cancel().await;
+    let how = *stop.borrow();
+    if let Stop::Shutdown { drain_by } = how {
+        let _ = tokio::time::timeout_at(drain_by, consumer.cancel(amqp::CALL_TIMEOUT)).await;
         while tasks.try_join_next().is_some() {}
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(handler = %h.cfg.name, consumer = consumer.tag(), in_flight, "waiting for in-flight messages");
         }
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout_at(drain_by, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(
                 handler = %h.cfg.name,
                 abandoned = tasks.len(),
-                grace_ms = grace.as_millis() as u64,
                 "shutdown deadline passed: abandoning in-flight messages; they return to the queue"
             );
             tasks.abort_all();
         }
-        consumer.close().await;
+        // Flush, then close: each gets half of what is left.
+        consumer.close(CLOSE_BUDGET / 2).await;
     } else {
         // The channel is gone: nothing of it can be acked any more. Let the
         // in-flight messages finish in the background so they release their
         // dedup leases; their deliveries come back on the new connection.
         tasks.detach_all();
-        consumer.close().await;
+        consumer.close(LOST_CLOSE).await;
     }
+    ended
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use warren_tests::fixture::{Fixture, Running};
 use warren_tests::process::eventually;
-use warren_tests::raw_amqp::{RawProps, RawPublisher, entry, long_long, nested_arrays, table_bytes};
+use warren_tests::raw_amqp::{
+    RawProps, RawPublisher, entry, long_long, nested_arrays, table_bytes,
+};
 
 /// The guest's memory cap.
 const GUEST_MEMORY_MB: u64 = 64;
@@ -84,7 +86,11 @@ async fn hostile_messages_and_guests_beside_ordinary_ones_leave_the_host_standin
         ("g-routing-key", "big-routing-key 100", &["reject"]),
         ("g-reason", "huge-reason 4194304", &["reject"]),
         ("g-forge", "forge-warren-header", &["reject"]),
-        ("g-missing", "publish-missing-exchange contain-missing-exchange", &["publish"]),
+        (
+            "g-missing",
+            "publish-missing-exchange contain-missing-exchange",
+            &["publish"],
+        ),
         ("g-unknown", "\u{0}\u{ff}garbage", &["reject"]),
     ];
     let mut want_ok = ordinary(&f, "a", 40).await;
@@ -93,7 +99,9 @@ async fn hostile_messages_and_guests_beside_ordinary_ones_leave_the_host_standin
     }
     // Floods its log and stdout, then acks without an output (or runs out
     // of time doing so): handled or dead-lettered, never more.
-    f.rabbit.publish(&f.queue, "g-log-flood", b"log-flood").await;
+    f.rabbit
+        .publish(&f.queue, "g-log-flood", b"log-flood")
+        .await;
     want_ok.extend(ordinary(&f, "b", 40).await);
 
     // From a publisher: a header 5,000 levels deep (the client's parser
@@ -108,10 +116,7 @@ async fn hostile_messages_and_guests_beside_ordinary_ones_leave_the_host_standin
     );
     raw.publish(
         &f.queue,
-        &raw_props(
-            "p-forged",
-            &[entry(b"x-warren-attempt", &long_long(99))],
-        ),
+        &raw_props("p-forged", &[entry(b"x-warren-attempt", &long_long(99))]),
         b"spin",
     );
     want_ok.extend(ordinary(&f, "c", 40).await);
@@ -163,7 +168,10 @@ async fn hostile_messages_and_guests_beside_ordinary_ones_leave_the_host_standin
         let kind = g.header("x-warren-error-kind").unwrap_or_default();
         assert!(kinds.contains(&kind.as_str()), "{id}: kind {kind:?}");
         let reason = g.header("x-warren-reason").unwrap_or_default();
-        assert!(!reason.is_empty() && reason.len() <= 4096, "{id}: {reason:?}");
+        assert!(
+            !reason.is_empty() && reason.len() <= 4096,
+            "{id}: {reason:?}"
+        );
     }
     let deep = &dead["p-deep"];
     assert_eq!(
@@ -200,9 +208,11 @@ async fn hostile_messages_and_guests_beside_ordinary_ones_leave_the_host_standin
         .publish(&f.queue, "g-sleep-at-exit", b"sleep 60000")
         .await;
     let w = f.w();
-    eventually(Duration::from_secs(30), "the sleeping guest in flight", || async {
-        w.in_flight() > 0
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the sleeping guest in flight",
+        || async { w.in_flight() > 0 },
+    )
     .await;
     w.signal("TERM");
     let w = f.w_mut();

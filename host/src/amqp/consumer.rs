@@ -8,6 +8,8 @@
 //! returned to the queue is nacked on its own first, since a later
 //! `multiple` ack would otherwise cover it. Acks on a channel that died
 //! send nothing (lapin answers `Ok(false)`); those deliveries come back.
+//! A flush that the broker does not answer within [`CALL_TIMEOUT`] is given
+//! up: what it did not ack stays unacked and comes back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 
 use super::bookkeeping::{Bookkeeping, Key, value_text, verified};
 use super::limits::{MAX_DEPTH, too_deep};
+use super::{CALL_TIMEOUT, ConsumerProbe, Error, bounded};
 
 /// Acks ready to send before a flush is forced.
 const ACK_BATCH: usize = 64;
@@ -55,21 +58,26 @@ impl ConsumerChannel {
         prefetch: u16,
         tag: &str,
         key: Arc<Key>,
-    ) -> Result<Self, lapin::Error> {
-        let channel = conn.create_channel().await?;
-        // QoS before consume: without it the broker pushes the whole queue
-        // to the first consumer and the group is not a group.
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+    ) -> Result<Self, Error> {
+        let what = || format!("opening consumer {tag} on queue {queue:?}");
+        let (channel, consumer) = bounded(what, CALL_TIMEOUT, async {
+            let channel = conn.create_channel().await?;
+            // QoS before consume: without it the broker pushes the whole
+            // queue to the first consumer and the group is not a group.
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        })
+        .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(ack_batcher(rx, tag.to_string()));
         Ok(Self {
@@ -84,6 +92,15 @@ impl ConsumerChannel {
 
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// A handle the supervisor polls to find this consumer's channel dead
+    /// even when its stream says nothing.
+    pub fn probe(&self) -> ConsumerProbe {
+        ConsumerProbe {
+            channel: self.channel.clone(),
+            tag: self.tag.clone(),
+        }
     }
 
     /// The next delivery, or `None` when the consumer ended (cancelled, or
@@ -130,29 +147,43 @@ impl ConsumerChannel {
         }
     }
 
-    /// Stops the broker sending more deliveries to this consumer. What was
-    /// prefetched but not taken stays unacked and goes back to the queue when
-    /// the channel closes.
-    pub async fn cancel(&self) {
-        if self.channel.status().connected()
-            && let Err(e) = self
-                .channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-                .await
-        {
+    /// Stops the broker sending more deliveries to this consumer, waiting
+    /// at most `within` for its answer. What was prefetched but not taken
+    /// stays unacked and goes back to the queue when the channel closes.
+    pub async fn cancel(&self, within: Duration) {
+        if !self.channel.status().connected() {
+            return;
+        }
+        let cancel = self
+            .channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+        if let Err(e) = bounded(|| format!("basic.cancel of {}", self.tag), within, cancel).await {
             tracing::warn!(consumer = %self.tag, error = %e, "basic.cancel failed");
         }
     }
 
     /// Sends every ack that is ready, then closes the channel; the broker
-    /// requeues whatever is still unacked.
-    pub async fn close(self) {
+    /// requeues whatever is still unacked. Waits at most `within` for each
+    /// of the two: an ack or a close the broker does not answer is given up,
+    /// and those deliveries come back.
+    pub async fn close(self, within: Duration) {
         let (tx, rx) = oneshot::channel();
-        if self.acks.send(AckEvent::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        if self.acks.send(AckEvent::Flush(tx)).is_ok()
+            && tokio::time::timeout(within, rx).await.is_err()
+        {
+            tracing::warn!(consumer = %self.tag, within_ms = within.as_millis() as u64, "acks not flushed in time; the broker will redeliver those deliveries");
         }
         if self.channel.status().connected() {
-            let _ = self.channel.close(200, "consumer closed".into()).await;
+            let close = self.channel.close(200, "consumer closed".into());
+            if let Err(e) = bounded(
+                || format!("channel.close of consumer {}", self.tag),
+                within,
+                close,
+            )
+            .await
+            {
+                tracing::warn!(consumer = %self.tag, error = %e, "consumer channel not closed cleanly");
+            }
         }
     }
 }
@@ -294,6 +325,8 @@ enum AckEvent {
 
 /// Keeps the channel's outstanding delivery tags in order and sends the
 /// acks; ends when every sender (the consumer and its deliveries) is gone.
+/// Every flush is bounded, so a dead connection whose ack futures never
+/// resolve cannot wedge the batcher, nor [`ConsumerChannel::close`] behind it.
 async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
     let mut outstanding: BTreeMap<u64, Option<(Acker, Disposition)>> = BTreeMap::new();
     let mut ready = 0usize;
@@ -340,9 +373,23 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// [`flush_unbounded`] for at most [`CALL_TIMEOUT`].
+async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Disposition)>>, tag: &str) {
+    if tokio::time::timeout(CALL_TIMEOUT, flush_unbounded(outstanding, tag))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer = tag,
+            timeout_ms = CALL_TIMEOUT.as_millis() as u64,
+            "no answer from RabbitMQ to an ack or nack; the broker will redeliver what was not acked"
+        );
+    }
+}
+
 /// Settles the longest settled prefix of `outstanding`: one `multiple` ack
 /// per run of acks, one nack per requeue.
-async fn flush(outstanding: &mut BTreeMap<u64, Option<(Acker, Disposition)>>, tag: &str) {
+async fn flush_unbounded(outstanding: &mut BTreeMap<u64, Option<(Acker, Disposition)>>, tag: &str) {
     let mut last_ack: Option<(u64, Acker)> = None;
     while let Some(entry) = outstanding.first_entry() {
         let Some((acker, how)) = entry.get().clone() else {

@@ -14,6 +14,12 @@
 //!
 //! It does not know handlers, dedup or the sandbox (it imports nothing from
 //! them): the pipeline decides and converts, this module carries it out.
+//!
+//! Every call that waits for the broker is bounded (see [`CALL_TIMEOUT`],
+//! [`CONFIRM_TIMEOUT`], [`CONNECT_TIMEOUT`]) and fails with
+//! [`Error::Timeout`] naming what it waited for: lapin can leave a future
+//! unresolved when the connection dies under it, and an unbounded await
+//! there would hang the supervisor and shutdown with it.
 
 pub mod bookkeeping;
 pub mod consumer;
@@ -31,19 +37,21 @@ pub mod wire {
     };
 }
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::config::ExchangeType;
 
 pub use consumer::{ConsumerChannel, Inbound};
-/// The client's error: connection, channel and protocol failures.
-pub use lapin::Error;
 pub use publisher::{DeadLetter, PublishError, Publisher};
 
 /// Every header warren writes for its own bookkeeping starts with this;
@@ -85,9 +93,84 @@ pub fn validate_url(url: &str) -> Result<(), String> {
             "{shown:?} is not an AMQP URL: expected amqp://user:pass@host:port/vhost"
         ));
     }
-    url.parse::<lapin::uri::AMQPUri>()
+    url.parse::<AMQPUri>()
         .map(|_| ())
         .map_err(|e| format!("{shown:?} is not a valid AMQP URL: {e}"))
+}
+
+/// The longest any one call to the broker may take: a declaration, opening
+/// or closing a channel, `basic.qos`, `basic.consume`, `basic.cancel`, a
+/// flush of acks. A healthy broker answers in milliseconds; past this the
+/// connection is taken as wedged.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a publish waits for its confirm. Longer than a call, since a
+/// broker under memory or disk alarm holds publishes back; an output not
+/// confirmed in time is retried with the same message id.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a connection attempt (TCP, TLS, AMQP handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The AMQP heartbeat asked for, in seconds, when the URL sets none
+/// (`?heartbeat=N` in the URL overrides it). Without one, a connection
+/// whose peer vanished without a reset is only noticed by the OS, after
+/// minutes; with it lapin fails the connection after two silent intervals.
+pub const HEARTBEAT_SECS: u16 = 10;
+/// How often [`Broker::lost`] sends a round trip on its probe channel, and
+/// how long it waits for the answer: a connection that answers nothing is
+/// found dead within the heartbeat interval, even while no consumer stream
+/// reports an error (a lapin consumer stream can go silent instead of failing).
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often [`Broker::lost`] checks the connection's and every consumer
+/// channel's state.
+const STATE_POLL: Duration = Duration::from_millis(250);
+
+/// A broker call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("invalid amqp.url: {0}")]
+    Url(String),
+    #[error("no answer from RabbitMQ within {}s to {what}", .after.as_secs_f32())]
+    Timeout { what: String, after: Duration },
+}
+
+/// Awaits `fut` for at most `after`; on time-out, an error naming `what`.
+pub(crate) async fn bounded<T, E: Into<Error>>(
+    what: impl FnOnce() -> String,
+    after: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(Error::Timeout {
+            what: what(),
+            after,
+        }),
+    }
+}
+
+/// A consumer's channel, for [`Broker::lost`] to find it dead even when
+/// its stream says nothing; see [`ConsumerChannel::probe`].
+#[derive(Debug, Clone)]
+pub struct ConsumerProbe {
+    pub(crate) channel: Channel,
+    pub(crate) tag: String,
+}
+
+impl ConsumerProbe {
+    /// Why the consumer is dead, if its channel is no longer open.
+    pub fn dead(&self) -> Option<String> {
+        let status = self.channel.status();
+        (!status.connected()).then(|| {
+            let state = if status.closing() {
+                "closing"
+            } else {
+                "closed"
+            };
+            format!("consumer {}: its channel is {state}", self.tag)
+        })
+    }
 }
 
 /// What to declare for one handler.
@@ -117,6 +200,8 @@ pub struct Broker {
     /// throwaway channel: the broker reports that channel's 404 as an
     /// error on the connection, which must not count as losing it.
     probed_missing: Probed,
+    /// A channel of its own for the liveness round trip of [`Broker::lost`].
+    probe: Channel,
 }
 
 /// Exchange names a probe found missing, shared by a [`Broker`] and its
@@ -125,16 +210,31 @@ pub(crate) type Probed = Arc<std::sync::Mutex<std::collections::HashSet<String>>
 
 impl Broker {
     /// Connects, naming the connection so operators can find it in
-    /// `rabbitmqctl list_connections`. `key` signs and verifies the
-    /// bookkeeping headers; every process of a group must share it.
+    /// `rabbitmqctl list_connections`, with a heartbeat of
+    /// [`HEARTBEAT_SECS`] unless the URL asks for another. `key` signs and
+    /// verifies the bookkeeping headers; every process of a group must
+    /// share it.
     pub async fn connect(url: &str, name: &str, key: bookkeeping::Key) -> Result<Broker, Error> {
+        let mut uri: AMQPUri = url.parse().map_err(Error::Url)?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(HEARTBEAT_SECS);
+        }
+        let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+        let what = || format!("connecting to {host}:{port}");
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = Connection::connect(url, props).await?;
+        let conn = bounded(what, CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await?;
+        let probe = bounded(
+            || "opening the liveness probe channel".into(),
+            CALL_TIMEOUT,
+            conn.create_channel(),
+        )
+        .await?;
         Ok(Broker {
             conn: Arc::new(conn),
             name: name.to_string(),
             key: Arc::new(key),
             probed_missing: Probed::default(),
+            probe,
         })
     }
 
@@ -145,6 +245,11 @@ impl Broker {
     /// Declares a handler's queues and binding. Idempotent; run again after
     /// every reconnect.
     pub async fn declare(&self, t: &Topology) -> Result<(), Error> {
+        let what = || format!("declaring queue {:?} and its dead-letter queue", t.queue);
+        bounded(what, CALL_TIMEOUT, self.declare_unbounded(t)).await
+    }
+
+    async fn declare_unbounded(&self, t: &Topology) -> Result<(), lapin::Error> {
         let ch = self.conn.create_channel().await?;
         let durable = QueueDeclareOptions {
             durable: true,
@@ -213,12 +318,18 @@ impl Broker {
         Publisher::open(&self.conn, self.key.clone(), self.probed_missing.clone()).await
     }
 
-    /// Resolves when the connection fails (broker gone, connection closed by
-    /// an operator, missed heartbeats). Watching the connection, not only the
-    /// consumer streams, because a stream can go silent instead (lapin#389).
-    pub async fn lost(&self) -> String {
+    /// Resolves, with the reason, when the connection or one of `consumers`
+    /// is found dead: an error event (broker gone, connection closed by an
+    /// operator, missed heartbeats), the connection or a consumer channel
+    /// no longer open, or the probe round trip unanswered within
+    /// [`PROBE_TIMEOUT`]. Watching the state and the round trip, not only
+    /// the consumer streams, because a stream can go silent instead of
+    /// failing, a known lapin behaviour.
+    pub async fn lost(&self, consumers: &[ConsumerProbe]) -> String {
         let mut events = self.conn.events_listener();
-        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        let mut poll = tokio::time::interval(STATE_POLL);
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
@@ -231,6 +342,16 @@ impl Broker {
                     if !self.conn.status().connected() {
                         return "connection is no longer connected".to_string();
                     }
+                    if let Some(dead) = consumers.iter().find_map(ConsumerProbe::dead) {
+                        return dead;
+                    }
+                }
+                _ = probe.tick() => {
+                    let what = || "the liveness probe (basic.qos on its own channel)".to_string();
+                    let round_trip = self.probe.basic_qos(0, BasicQosOptions::default());
+                    if let Err(e) = bounded(what, PROBE_TIMEOUT, round_trip).await {
+                        return e.to_string();
+                    }
                 }
             }
         }
@@ -238,7 +359,7 @@ impl Broker {
 
     /// Whether `e` is only a throwaway probe channel closed by the broker
     /// because the exchange it checked does not exist.
-    fn probe_closed(&self, e: &Error) -> bool {
+    fn probe_closed(&self, e: &lapin::Error) -> bool {
         let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
             return false;
         };
@@ -254,10 +375,13 @@ impl Broker {
     }
 
     /// Closes the connection (channels with it; unacked deliveries go back
-    /// to their queues).
-    pub async fn close(&self) {
+    /// to their queues), waiting at most `within` for the broker's answer.
+    pub async fn close(&self, within: Duration) {
         if self.conn.status().connected() {
-            let _ = self.conn.close(200, "warren shutting down".into()).await;
+            let close = self.conn.close(200, "warren shutting down".into());
+            if let Err(e) = bounded(|| "connection.close".into(), within, close).await {
+                tracing::warn!(connection = %self.name, error = %e, "connection not closed cleanly");
+            }
         }
     }
 }

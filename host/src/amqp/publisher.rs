@@ -8,6 +8,9 @@
 //! connection. A retry copy that would not fit (with room for what the
 //! broker adds on its way back) is refused with [`PublishError::TooLarge`],
 //! and a dead-letter copy drops the largest inbound headers until it fits.
+//!
+//! A confirm is awaited at most [`CONFIRM_TIMEOUT`], a declaration or a
+//! close at most [`CALL_TIMEOUT`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,8 +30,9 @@ use super::limits::{
     table_size,
 };
 use super::{
-    H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE, H_FAILED_AT, H_HANDLER, H_HOST,
-    H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX, Probed,
+    CALL_TIMEOUT, CONFIRM_TIMEOUT, Error, H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE,
+    H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX, Probed,
+    bounded,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,17 @@ pub enum PublishError {
     TooLarge(String),
     #[error("publish failed: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Unanswered(Error),
+}
+
+impl From<Error> for PublishError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Amqp(e) => PublishError::Amqp(e),
+            other => PublishError::Unanswered(other),
+        }
+    }
 }
 
 /// Why and where a message is dead-lettered; each field becomes an
@@ -102,11 +117,16 @@ impl Publisher {
         conn: &Arc<Connection>,
         key: Arc<Key>,
         probed: Probed,
-    ) -> Result<Self, lapin::Error> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+    ) -> Result<Self, Error> {
+        let what = || "opening the publishing channel in confirm mode".to_string();
+        let channel = bounded(what, CALL_TIMEOUT, async {
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        })
+        .await?;
         let frame_max = match conn.configuration().frame_max() {
             0 => u32::MAX as usize,
             n => n as usize,
@@ -122,11 +142,15 @@ impl Publisher {
         })
     }
 
-    /// Closes the channel and waits for the broker to confirm, so the
-    /// connection can close after it cleanly.
-    pub async fn close(&self) {
+    /// Closes the channel and waits, at most `within`, for the broker to
+    /// confirm, so the connection can close after it cleanly.
+    pub async fn close(&self, within: Duration) {
         if self.channel.status().connected() {
-            let _ = self.channel.close(200, "warren shutting down".into()).await;
+            let close = self.channel.close(200, "warren shutting down".into());
+            let what = || "channel.close of the publishing channel".to_string();
+            if let Err(e) = bounded(what, within, close).await {
+                tracing::warn!(error = %e, "publishing channel not closed cleanly");
+            }
         }
     }
 
@@ -146,11 +170,18 @@ impl Publisher {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(ex, rk, opts, body, properties)
-            .await?
-            .await?;
+        let what = || {
+            format!(
+                "the confirm of a publish to exchange {exchange:?}, routing key {routing_key:?}"
+            )
+        };
+        let confirm = bounded(what, CONFIRM_TIMEOUT, async {
+            self.channel
+                .basic_publish(ex, rk, opts, body, properties)
+                .await?
+                .await
+        })
+        .await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
@@ -388,9 +419,9 @@ impl Publisher {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        self.channel
-            .queue_declare(wait_queue.into(), opts, args)
-            .await?;
+        let what = || format!("declaring wait queue {wait_queue:?}");
+        let declare = self.channel.queue_declare(wait_queue.into(), opts, args);
+        bounded(what, CALL_TIMEOUT, declare).await?;
         self.declared
             .lock()
             .expect("declared set lock")
