@@ -241,7 +241,9 @@ async fn uploads_over_the_cap_get_413_and_one_is_received_at_a_time() {
     // An upload under way holds the one slot: once the endpoint asks for
     // its body (100 Continue), a second upload is turned away.
     let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    first.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     write!(
         first,
         "{deploy} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Warren-Admin: 1\r\nConnection: close\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
@@ -267,7 +269,8 @@ async fn uploads_over_the_cap_get_413_and_one_is_received_at_a_time() {
 
     // A client that goes away mid-upload frees the slot too.
     let mut gone = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    gone.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    gone.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     write!(
         gone,
         "{deploy} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Warren-Admin: 1\r\nConnection: close\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
