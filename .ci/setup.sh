@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Brings a machine up to what warren's build, tests and demo need, installing
 # only what is missing: RabbitMQ and Redis (Debian packages, started on
-# loopback when not answering), the wasm32-wasip2 Rust target and
-# cargo-nextest. Safe to run again; prints one line per step.
+# loopback when not answering), the wasm32-wasip2 Rust target,
+# cargo-nextest and cargo-deny. Safe to run again; prints one line per step.
 set -euo pipefail
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -75,5 +75,9 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
     say "cargo install cargo-nextest (pinned)"
     cargo install cargo-nextest --version 0.9.143 --locked
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+    say "cargo install cargo-deny (pinned)"
+    cargo install cargo-deny --version 0.20.2 --locked
 fi
 say "ready"

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::context::Host;
-use crate::{admin, amqp, dedup, shutdown, watch};
+use crate::{admin, amqp, dedup, logging, shutdown, watch};
 
 /// Reads `path`, applies the environment overrides and validates every
 /// key, including the URLs, which only the client libraries can check.
@@ -19,6 +19,9 @@ use crate::{admin, amqp, dedup, shutdown, watch};
 /// passwords.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
+    // Before anything can print a URL: a client library's error may embed
+    // it, or its password, in any form.
+    logging::hide(config.secrets());
     let at = |key: &str| format!("{}: key {key}", path.display());
     amqp::validate_url(&config.amqp.url)
         .map_err(anyhow::Error::msg)
@@ -44,7 +47,7 @@ pub async fn serve(config: &Config, shutdown: shutdown::Signal) -> anyhow::Resul
         tokio::spawn(admin::serve(
             listener,
             host.clone(),
-            config.admin.token.clone(),
+            config.admin.clone(),
             shutdown.clone(),
         ));
     }

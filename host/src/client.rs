@@ -1,10 +1,18 @@
 //! The admin endpoint from the command line: `warren deploy`, `rollback` and
 //! `status` talk to a running host over HTTP.
+//!
+//! Every request carries [`ADMIN_HEADER`] and, when given, the bearer
+//! token: what the endpoint asks of a caller that is not a web page.
 
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
+
+/// The header the admin endpoint requires on `PUT` and `POST` when it has
+/// no token: a web page cannot send it cross-site without a CORS preflight,
+/// which the endpoint never grants.
+pub const ADMIN_HEADER: &str = "x-warren-admin";
 
 /// Where and how to reach a running host's admin endpoint.
 #[derive(Debug, Clone)]
@@ -21,8 +29,13 @@ impl Admin {
             .into()
     }
 
-    fn auth(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    /// The headers every request carries.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![(ADMIN_HEADER, "1".to_string())];
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            h.push(("Authorization", format!("Bearer {t}")));
+        }
+        h
     }
 
     fn finish(
@@ -55,8 +68,8 @@ impl Admin {
             "{}/handlers/{handler}/module",
             self.url.trim_end_matches('/')
         ));
-        if let Some(a) = self.auth() {
-            req = req.header("Authorization", a);
+        for (k, v) in self.headers() {
+            req = req.header(k, v);
         }
         self.finish(
             &format!("deploy of {} to handler {handler:?}", file.display()),
@@ -70,8 +83,8 @@ impl Admin {
             "{}/handlers/{handler}/rollback",
             self.url.trim_end_matches('/')
         ));
-        if let Some(a) = self.auth() {
-            req = req.header("Authorization", a);
+        for (k, v) in self.headers() {
+            req = req.header(k, v);
         }
         self.finish(
             &format!("rollback of handler {handler:?}"),
@@ -82,8 +95,8 @@ impl Admin {
     /// `GET /handlers`.
     pub fn status(&self) -> anyhow::Result<Value> {
         let mut req = Self::agent().get(format!("{}/handlers", self.url.trim_end_matches('/')));
-        if let Some(a) = self.auth() {
-            req = req.header("Authorization", a);
+        for (k, v) in self.headers() {
+            req = req.header(k, v);
         }
         self.finish("status", req.call())
     }

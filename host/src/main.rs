@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The log writer redacts its lines; this one bypasses it.
+            eprintln!("error: {}", warren::logging::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -59,7 +59,9 @@ pub struct Metrics {
     pub duration: Family<HandlerLabel, Histogram>,
     pub batch: Family<HandlerLabel, Histogram>,
     pub in_flight: Family<HandlerLabel, Gauge>,
-    /// 1 for the live module version of each handler.
+    /// 1 for the live module version of each handler, 0 for the other
+    /// versions it keeps in memory (`runtime.keep_versions`); a dropped
+    /// version's series goes with it.
     pub module: Family<ModuleLabels, Gauge>,
     pub deploys: Family<HandlerLabel, Counter>,
     /// What guests wrote past their per-message caps and the host dropped.
@@ -220,6 +222,14 @@ impl Metrics {
                 digest: digest.into(),
             })
             .set(1);
+    }
+
+    /// Drops the series of a version no longer kept in memory.
+    pub fn forget_module(&self, handler: &str, digest: &str) {
+        self.module.remove(&ModuleLabels {
+            handler: handler.into(),
+            digest: digest.into(),
+        });
     }
 
     /// The Prometheus text exposition.

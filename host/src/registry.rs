@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::context::{HandlerCtx, Shared};
 use crate::runtime::Message;
+use crate::versions::Swapped;
 
 /// What a deploy or rollback did.
 #[derive(Debug, Clone, Serialize)]
@@ -136,12 +137,9 @@ pub async fn deploy(
         module.compile_time().as_secs_f64() * 1e3
     };
     let new_digest = module.digest().to_string();
-    let (old_digest, took) = h.versions.swap(module, source.clone());
-    shared.metrics.set_module(
-        &name,
-        Some(old_digest.trim_start_matches("sha256:")),
-        new_digest.trim_start_matches("sha256:"),
-    );
+    let swapped = h.versions.swap(module, source.clone());
+    let (old_digest, took) = (swapped.old_digest.clone(), swapped.took);
+    record(shared, &name, &swapped, &new_digest);
     shared
         .metrics
         .deploys
@@ -168,12 +166,9 @@ pub async fn rollback(shared: &Shared, h: &HandlerCtx) -> Result<DeployReport, D
         return Err(DeployError::NoPrevious(h.cfg.name.clone()));
     };
     let new_digest = module.digest().to_string();
-    let (old_digest, took) = h.versions.swap(module, "rollback".into());
-    shared.metrics.set_module(
-        &h.cfg.name,
-        Some(old_digest.trim_start_matches("sha256:")),
-        new_digest.trim_start_matches("sha256:"),
-    );
+    let swapped = h.versions.swap(module, "rollback".into());
+    let (old_digest, took) = (swapped.old_digest.clone(), swapped.took);
+    record(shared, &h.cfg.name, &swapped, &new_digest);
     tracing::info!(handler = %h.cfg.name, old = %old_digest, new = %new_digest, "module rolled back");
     Ok(DeployReport {
         handler: h.cfg.name.clone(),
@@ -184,4 +179,22 @@ pub async fn rollback(shared: &Shared, h: &HandlerCtx) -> Result<DeployReport, D
         swap_us: took.as_secs_f64() * 1e6,
         swapped: true,
     })
+}
+
+/// Points the module metric at the new live version and drops the series
+/// of versions no longer kept, so the metric set is as bounded as the
+/// versions are.
+fn record(shared: &Shared, handler: &str, swapped: &Swapped, new_digest: &str) {
+    let m = &shared.metrics;
+    m.set_module(
+        handler,
+        Some(swapped.old_digest.trim_start_matches("sha256:")),
+        new_digest.trim_start_matches("sha256:"),
+    );
+    for d in &swapped.dropped {
+        m.forget_module(handler, d);
+    }
+    if !swapped.dropped.is_empty() {
+        tracing::debug!(handler, dropped = ?swapped.dropped, "module versions dropped from memory");
+    }
 }

@@ -122,7 +122,11 @@ impl Host {
                 batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
                 metrics: metrics.handler(&h.name),
                 warm: Arc::default(),
-                versions: Versions::new(module, format!("file {}", h.module.display())),
+                versions: Versions::new(
+                    module,
+                    format!("file {}", h.module.display()),
+                    config.runtime.keep_versions as usize,
+                ),
                 env,
                 cfg: h.clone(),
             }));

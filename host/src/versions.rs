@@ -1,11 +1,14 @@
 //! The module versions of one handler: the live one (swapped atomically),
-//! the one before it (for rollback), and every version this process has
-//! run, by digest, so a redeploy of a known digest needs no compile.
+//! the one before it (for rollback), and the last few versions this
+//! process has run, by digest, so a redeploy of a known digest needs no
+//! compile. The known versions are bounded (`runtime.keep_versions`): each
+//! holds compiled code, and a deploy loop must not grow the process without
+//! end.
 //!
 //! It only keeps versions; validating a new one and deciding to swap is
 //! the registry's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +32,10 @@ struct History {
     live: VersionInfo,
     previous: Option<(Arc<Module>, VersionInfo)>,
     known: HashMap<String, Arc<Module>>,
+    /// The known digests, least recently made live first.
+    order: VecDeque<String>,
+    /// The most versions `known` holds.
+    keep: usize,
 }
 
 /// What is known of one version, for the admin API and `warren status`.
@@ -50,16 +57,21 @@ fn now() -> u64 {
 }
 
 impl Versions {
-    pub fn new(module: Module, source: String) -> Self {
+    /// Versions starting with `module` live, keeping at most `keep` (at
+    /// least 2: the live and the previous one) known versions.
+    pub fn new(module: Module, source: String, keep: usize) -> Self {
         let module = Arc::new(module);
         let live = info(&module, source);
-        let known = HashMap::from([(module.digest().hex().to_string(), module.clone())]);
+        let hex = module.digest().hex().to_string();
+        let known = HashMap::from([(hex.clone(), module.clone())]);
         Self {
             live: ArcSwap::new(module),
             state: Mutex::new(History {
                 live,
                 previous: None,
                 known,
+                order: VecDeque::from([hex]),
+                keep: keep.max(2),
             }),
             deploying: tokio::sync::Mutex::new(()),
         }
@@ -102,19 +114,53 @@ impl Versions {
             .cloned()
     }
 
+    /// The hex digests of the versions kept, least recently live first.
+    pub fn known_digests(&self) -> Vec<String> {
+        let h = self.state.lock().expect("versions lock");
+        h.order.iter().cloned().collect()
+    }
+
     /// Makes `module` live; the current one becomes the previous. Returns
-    /// the old digest and how long the swap took.
-    pub fn swap(&self, module: Arc<Module>, source: String) -> (String, Duration) {
+    /// the old digest, how long the swap took, and the hex digests of the
+    /// versions no longer kept.
+    pub fn swap(&self, module: Arc<Module>, source: String) -> Swapped {
         let mut h = self.state.lock().expect("versions lock");
         let started = Instant::now();
         let old = self.live.swap(module.clone());
         let took = started.elapsed();
         let old_info = std::mem::replace(&mut h.live, info(&module, source));
-        h.known.insert(module.digest().hex().to_string(), module);
+        let hex = module.digest().hex().to_string();
+        h.order.retain(|d| *d != hex);
+        h.order.push_back(hex.clone());
+        h.known.insert(hex, module);
         let old_digest = old_info.digest.clone();
         h.previous = Some((old, old_info));
-        (old_digest, took)
+        // Every swap moves the new live version to the back, so the back
+        // two are the live and the previous one (the one live just before)
+        // and dropping from the front, with keep at least 2, keeps both.
+        let mut dropped = Vec::new();
+        while h.order.len() > h.keep {
+            let d = h.order.pop_front().expect("longer than keep");
+            h.known.remove(&d);
+            dropped.push(d);
+        }
+        Swapped {
+            old_digest,
+            took,
+            dropped,
+        }
     }
+}
+
+/// What [`Versions::swap`] did.
+#[derive(Debug)]
+pub struct Swapped {
+    /// The digest that was live (`sha256:...`).
+    pub old_digest: String,
+    /// How long the pointer swap took.
+    pub took: Duration,
+    /// Hex digests of the versions dropped from memory.
+    pub dropped: Vec<String>,
 }
 
 fn info(module: &Module, source: String) -> VersionInfo {

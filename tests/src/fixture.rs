@@ -33,6 +33,7 @@ pub struct Fixture {
     handler: String,
     extra: String,
     sections: String,
+    admin: String,
     redis: Option<(String, String)>,
     warren_amqp: Option<String>,
     broker: String,
@@ -49,6 +50,7 @@ impl Fixture {
             handler: "echo".into(),
             extra: String::new(),
             sections: String::new(),
+            admin: String::new(),
             redis: None,
             warren_amqp: None,
             broker: AMQP_URL.into(),
@@ -84,6 +86,13 @@ impl Fixture {
     pub fn section(mut self, toml: &str) -> Fixture {
         self.sections.push_str(toml);
         self.sections.push('\n');
+        self
+    }
+
+    /// Keys of the `[admin]` table (the fixture sets `listen`).
+    pub fn admin(mut self, toml: &str) -> Fixture {
+        self.admin.push_str(toml);
+        self.admin.push('\n');
         self
     }
 
@@ -194,7 +203,10 @@ impl Running {
         );
         let text = config(&s.module, &s.handler, &self.queue, Some(admin), &extra)
             .replace(AMQP_URL, s.warren_amqp.as_deref().unwrap_or(&s.broker));
-        let mut sections = s.sections.clone();
+        // `config` puts `[admin]` last before `[[handler]]`, where the
+        // sections go: the admin keys come first, inside that table.
+        let mut sections = s.admin.clone();
+        sections.push_str(&s.sections);
         if let (Some((url, on_unavailable)), Some(prefix)) = (&s.redis, &self.prefix) {
             sections.push_str(&format!(
                 "[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_unavailable = \"{on_unavailable}\"\n\n"

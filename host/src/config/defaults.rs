@@ -52,3 +52,9 @@ pub fn window_s() -> u64 {
 pub fn allow() -> Vec<String> {
     vec![String::new()]
 }
+pub fn max_upload_mb() -> u32 {
+    256
+}
+pub fn keep_versions() -> u32 {
+    8
+}

@@ -24,13 +24,14 @@ mod tests;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use redact::redact_url;
+pub use redact::{redact_url, secrets_of_url};
 
 /// The environment variable that overrides `amqp.url`.
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
@@ -58,7 +59,7 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
     pub url: String,
@@ -80,7 +81,7 @@ impl Amqp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     pub url: String,
@@ -103,14 +104,90 @@ pub enum OnUnavailable {
     Process,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Where the admin endpoint listens (health, readiness, metrics,
     /// deploy); off when unset.
     pub listen: Option<SocketAddr>,
     /// Bearer token the admin endpoint requires; `WARREN_ADMIN_TOKEN` wins.
+    /// Empty means none.
     pub token: Option<String>,
+    /// Host names the endpoint answers to besides its listen address,
+    /// `localhost` and loopback addresses (a name behind a proxy, say). A
+    /// request naming any other host is refused: it may come from a web page
+    /// through DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// The largest module `PUT /handlers/NAME/module` accepts, in MiB
+    /// (interpreted guests carry their interpreter: tens of MiB). One upload
+    /// is received at a time.
+    #[serde(default = "defaults::max_upload_mb")]
+    pub max_upload_mb: u32,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token: None,
+            allowed_hosts: Vec::new(),
+            max_upload_mb: defaults::max_upload_mb(),
+        }
+    }
+}
+
+impl Admin {
+    /// The token, when one is set (an empty one is none).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+// The URL and token holders show their secrets redacted, so a `{:?}` of the
+// config in a log line or a panic leaks nothing.
+impl fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &redact_url(&self.url))
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("on_unavailable", &self.on_unavailable)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token().map(|_| "***"))
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_upload_mb", &self.max_upload_mb)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Every secret the config holds (URL passwords, the admin token), for
+    /// the log writer to hide wherever one turns up, also inside a client
+    /// library's error text.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = secrets_of_url(&self.amqp.url);
+        if let Some(r) = &self.redis {
+            out.extend(secrets_of_url(&r.url));
+        }
+        out.extend(self.admin.token().map(str::to_string));
+        out
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +200,11 @@ pub struct RuntimeSection {
     /// settings; default `$XDG_CACHE_HOME/warren/modules` (or
     /// `~/.cache/warren/modules`); `""` turns the cache off.
     pub cache_dir: Option<PathBuf>,
+    /// Module versions kept in memory per handler (live and previous
+    /// included) so a redeploy skips compiling; older ones are dropped, with
+    /// their metric series.
+    #[serde(default = "defaults::keep_versions")]
+    pub keep_versions: u32,
 }
 
 impl Default for RuntimeSection {
@@ -130,6 +212,7 @@ impl Default for RuntimeSection {
         Self {
             shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
             cache_dir: None,
+            keep_versions: defaults::keep_versions(),
         }
     }
 }

@@ -11,10 +11,20 @@ impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
         if let Some(addr) = self.admin.listen
             && !addr.ip().is_loopback()
-            && self.admin.token.as_deref().is_none_or(str::is_empty)
+            && self.admin.token().is_none()
         {
             bail!(
                 "key admin.listen: {addr} is not a loopback address, so admin.token (or {ENV_ADMIN_TOKEN}) must be set"
+            );
+        }
+        if self.admin.max_upload_mb == 0 {
+            bail!("key admin.max_upload_mb: must be at least 1");
+        }
+        // The live and the previous version are always kept.
+        if self.runtime.keep_versions < 2 {
+            bail!(
+                "key runtime.keep_versions: {} is too few: the live and the previous version are always kept, so at least 2",
+                self.runtime.keep_versions
             );
         }
         if self.handlers.is_empty() {

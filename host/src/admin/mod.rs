@@ -1,51 +1,61 @@
 //! The admin endpoint: liveness, readiness, Prometheus metrics and the
-//! handlers' state, over HTTP.
+//! handlers' state, over HTTP, and deploys and rollbacks.
 //!
 //! It listens on loopback unless configured otherwise, and then requires a
-//! bearer token (config validation enforces that). It reads the host's state;
-//! it never touches AMQP or the sandbox itself.
+//! bearer token (config validation enforces that). Every request passes
+//! `guard.rs` (token, `Host`, `Origin`, the admin header) first; module
+//! uploads are received by `upload.rs` within its bounds. It reads the
+//! host's state and calls the registry; it never touches AMQP or the
+//! sandbox itself.
+
+mod guard;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path};
+use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 
+use crate::config::Admin;
 use crate::context::Host;
 use crate::shutdown;
+
+pub use guard::ADMIN_HEADER;
 
 #[derive(Clone, Debug)]
 struct AdminState {
     host: Host,
-    token: Option<Arc<str>>,
+    guard: guard::Guard,
+    uploads: upload::Uploads,
 }
 
-/// Serves the admin endpoint on `listener` until shutdown.
+/// Serves the admin endpoint on `listener` until shutdown, with the token
+/// and limits of `config`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     host: Host,
-    token: Option<String>,
+    config: Admin,
     mut shutdown: shutdown::Signal,
 ) -> std::io::Result<()> {
     let state = AdminState {
         host,
-        token: token.map(Arc::from),
+        guard: guard::Guard::new(config.token(), &config.allowed_hosts),
+        uploads: upload::Uploads::new(config.max_upload_mb),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/handlers", get(handlers))
-        .route(
-            "/handlers/{name}/module",
-            put(deploy).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
-        )
+        .route("/handlers/{name}/module", put(deploy))
         .route("/handlers/{name}/rollback", post(rollback))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
@@ -64,22 +74,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-        }
+    match s.guard.check(req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal.into_response(),
     }
-    next.run(req).await
 }
-
-/// The largest module `PUT /handlers/NAME/module` accepts (interpreted
-/// guests carry their interpreter: tens of MiB).
-const MAX_MODULE_BYTES: usize = 256 << 20;
 
 fn find<'a>(
     s: &'a AdminState,
@@ -119,13 +118,21 @@ fn report(result: Result<crate::registry::DeployReport, crate::registry::DeployE
 async fn deploy(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let h = match find(&s, &name) {
         Ok(h) => h,
         Err(r) => return *r,
     };
-    report(crate::registry::deploy(&s.host.shared, h, body.to_vec(), "upload".into()).await)
+    let upload = match s.uploads.receive(&headers, body).await {
+        Ok(u) => u,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // The slot is held until the deploy is over: the bytes are in memory
+    // until then.
+    let (bytes, _slot) = (upload.bytes, upload.slot);
+    report(crate::registry::deploy(&s.host.shared, h, bytes, "upload".into()).await)
 }
 
 /// `POST /handlers/NAME/rollback`.
@@ -187,6 +194,7 @@ async fn handlers(State(s): State<AdminState>) -> Response {
                 "queue": h.cfg.queue,
                 "live": h.versions.info().0,
                 "previous": h.versions.info().1,
+                "known": h.versions.known_digests(),
                 "counters": counts,
             })
         })
