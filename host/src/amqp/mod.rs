@@ -11,6 +11,9 @@
 //!   callers convert to and from their own.
 //! - [`bookkeeping`]: the signature that makes `x-warren-*` unforgeable.
 //! - [`limits`]: depth, size and length limits against hostile deliveries.
+//! - [`quarantine`]: after the client lost the connection to a frame it
+//!   could not parse, a session of its own that dead-letters such
+//!   deliveries so the queue can go on.
 //!
 //! It does not know handlers, dedup or the sandbox (it imports nothing from
 //! them): the pipeline decides and converts, this module carries it out.
@@ -19,6 +22,7 @@ pub mod bookkeeping;
 pub mod consumer;
 pub mod limits;
 pub mod publisher;
+pub mod quarantine;
 
 /// AMQP's data model as this module's callers see it: field tables and
 /// values, short strings, message properties. Re-exported so that the
@@ -35,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -107,11 +112,22 @@ pub struct Binding {
 }
 
 /// The process's connection to RabbitMQ.
-#[derive(Debug)]
 pub struct Broker {
     conn: Connection,
     name: String,
     key: Arc<bookkeeping::Key>,
+    /// The connection's events, listened to from the start: lapin sends
+    /// them only while someone listens, and the error that ended the
+    /// connection says whether a frame could not be parsed.
+    events: tokio::sync::Mutex<BoxStream<'static, lapin::Event>>,
+    /// The first error the connection reported.
+    failure: std::sync::Mutex<Option<Error>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("name", &self.name).finish()
+    }
 }
 
 impl Broker {
@@ -121,10 +137,13 @@ impl Broker {
     pub async fn connect(url: &str, name: &str, key: bookkeeping::Key) -> Result<Broker, Error> {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = Connection::connect(url, props).await?;
+        let events = tokio::sync::Mutex::new(conn.events_listener().boxed());
         Ok(Broker {
             conn,
             name: name.to_string(),
             key: Arc::new(key),
+            events,
+            failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,12 +226,16 @@ impl Broker {
     /// an operator, missed heartbeats). Watching the connection, not only the
     /// consumer streams, because a stream can go silent instead (lapin#389).
     pub async fn lost(&self) -> String {
-        let mut events = self.conn.events_listener();
+        let mut events = self.events.lock().await;
         let mut poll = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
-                    Some(lapin::Event::Error(e)) => return e.to_string(),
+                    Some(lapin::Event::Error(e)) => {
+                        let reason = e.to_string();
+                        self.record(e);
+                        return reason;
+                    }
                     Some(_) => {}
                     None => return "connection event stream ended".into(),
                 },
@@ -223,6 +246,38 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// After the connection ended: whether it ended because the client
+    /// could not parse a frame the broker sent (a delivery with a short
+    /// string that is not UTF-8, say), which [`quarantine`] can move out
+    /// of the way. Waits up to a second for the client to report its
+    /// error, which it does just after the consumers see the end.
+    pub async fn lost_to_unparseable_frame(&self) -> bool {
+        let recorded = || {
+            self.failure
+                .lock()
+                .expect("failure lock")
+                .as_ref()
+                .is_some_and(|e| matches!(e.kind(), lapin::ErrorKind::ParsingError(_)))
+        };
+        if self.failure.lock().expect("failure lock").is_none() {
+            let mut events = self.events.lock().await;
+            let wait = async {
+                while let Some(ev) = events.next().await {
+                    if let lapin::Event::Error(e) = ev {
+                        self.record(e);
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        }
+        recorded()
+    }
+
+    fn record(&self, e: Error) {
+        self.failure.lock().expect("failure lock").get_or_insert(e);
     }
 
     /// Closes the connection (channels with it; unacked deliveries go back
