@@ -69,6 +69,10 @@ pub struct Metrics {
     pub amqp_connected: Gauge,
     pub redis_available: Gauge,
     pub reconnects: Counter,
+    /// Messages the AMQP client could not parse, moved to the dead-letter
+    /// queue by the quarantine (they never reach the pipeline, so they are
+    /// not in `messages`).
+    pub quarantined: Family<HandlerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,6 +152,12 @@ impl Metrics {
             "Connections to RabbitMQ re-established",
             reconnects.clone(),
         );
+        let quarantined = Family::<HandlerLabel, Counter>::default();
+        r.register(
+            "quarantined",
+            "Messages the AMQP client could not parse, moved to the dead-letter queue",
+            quarantined.clone(),
+        );
         Self {
             registry: Arc::new(r),
             messages,
@@ -162,6 +172,7 @@ impl Metrics {
             amqp_connected,
             redis_available,
             reconnects,
+            quarantined,
         }
     }
 

@@ -28,6 +28,7 @@ pub struct RawPublisher {
 /// The properties of a message, as raw bytes where a test wants them raw.
 #[derive(Debug, Default, Clone)]
 pub struct RawProps {
+    pub content_type: Option<Vec<u8>>,
     pub message_id: Option<Vec<u8>>,
     /// A field table's contents (entries, without the length prefix).
     pub headers: Option<Vec<u8>>,
@@ -94,6 +95,10 @@ impl RawPublisher {
         h.extend((body.len() as u64).to_be_bytes());
         let mut flags = 0u16;
         let mut fields = Vec::new();
+        if let Some(ct) = &props.content_type {
+            flags |= 1 << 15;
+            shortstr(&mut fields, ct);
+        }
         if let Some(headers) = &props.headers {
             flags |= 1 << 13;
             fields.extend((headers.len() as u32).to_be_bytes());
@@ -120,6 +125,9 @@ impl RawPublisher {
     /// body: what must stay within `frame_max`.
     pub fn header_frame_len(props: &RawProps) -> usize {
         let mut n = 8 + 14 + 1;
+        if let Some(ct) = &props.content_type {
+            n += 1 + ct.len();
+        }
         if let Some(h) = &props.headers {
             n += 4 + h.len();
         }

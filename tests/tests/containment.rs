@@ -45,6 +45,7 @@ fn raw_props(id: &str, headers: &[Vec<u8>]) -> RawProps {
     RawProps {
         message_id: Some(id.as_bytes().to_vec()),
         headers: Some(table_bytes(headers)[4..].to_vec()),
+        ..RawProps::default()
     }
 }
 

@@ -21,6 +21,7 @@ fn props(id: &str, headers: &[Vec<u8>]) -> RawProps {
         message_id: Some(id.as_bytes().to_vec()),
         // RawProps takes the entries; the length prefix is its own.
         headers: Some(table[4..].to_vec()),
+        ..RawProps::default()
     }
 }
 

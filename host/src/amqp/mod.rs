@@ -11,6 +11,9 @@
 //!   callers convert to and from their own.
 //! - [`bookkeeping`]: the signature that makes `x-warren-*` unforgeable.
 //! - [`limits`]: depth, size and length limits against hostile deliveries.
+//! - [`quarantine`]: after the client lost the connection to a frame it
+//!   could not parse, a session of its own that dead-letters such
+//!   deliveries so the queue can go on.
 //!
 //! It does not know handlers, dedup or the sandbox (it imports nothing from
 //! them): the pipeline decides and converts, this module carries it out.
@@ -23,8 +26,11 @@
 
 pub mod bookkeeping;
 pub mod consumer;
+mod copies;
+mod exchanges;
 pub mod limits;
 pub mod publisher;
+pub mod quarantine;
 
 /// AMQP's data model as this module's callers see it: field tables and
 /// values, short strings, message properties. Re-exported so that the
@@ -42,6 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use lapin::options::{
     BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -190,7 +197,6 @@ pub struct Binding {
 }
 
 /// The process's connection to RabbitMQ.
-#[derive(Debug)]
 pub struct Broker {
     /// Shared with the publisher, which opens throwaway channels on it.
     conn: Arc<Connection>,
@@ -202,6 +208,18 @@ pub struct Broker {
     probed_missing: Probed,
     /// A channel of its own for the liveness round trip of [`Broker::lost`].
     probe: Channel,
+    /// The connection's events, listened to from the start: lapin sends
+    /// them only while someone listens, and the error that ended the
+    /// connection says whether a frame could not be parsed.
+    events: tokio::sync::Mutex<BoxStream<'static, lapin::Event>>,
+    /// The first error the connection reported.
+    failure: std::sync::Mutex<Option<lapin::Error>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("name", &self.name).finish()
+    }
 }
 
 /// Exchange names a probe found missing, shared by a [`Broker`] and its
@@ -229,12 +247,15 @@ impl Broker {
             conn.create_channel(),
         )
         .await?;
+        let events = tokio::sync::Mutex::new(conn.events_listener().boxed());
         Ok(Broker {
             conn: Arc::new(conn),
             name: name.to_string(),
             key: Arc::new(key),
             probed_missing: Probed::default(),
             probe,
+            events,
+            failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -326,7 +347,7 @@ impl Broker {
     /// the consumer streams, because a stream can go silent instead of
     /// failing, a known lapin behaviour.
     pub async fn lost(&self, consumers: &[ConsumerProbe]) -> String {
-        let mut events = self.conn.events_listener();
+        let mut events = self.events.lock().await;
         let mut poll = tokio::time::interval(STATE_POLL);
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -334,7 +355,11 @@ impl Broker {
             tokio::select! {
                 ev = events.next() => match ev {
                     Some(lapin::Event::Error(e)) if self.probe_closed(&e) => {}
-                    Some(lapin::Event::Error(e)) => return e.to_string(),
+                    Some(lapin::Event::Error(e)) => {
+                        let reason = e.to_string();
+                        self.record(e);
+                        return reason;
+                    }
                     Some(_) => {}
                     None => return "connection event stream ended".into(),
                 },
@@ -372,6 +397,38 @@ impl Broker {
             .expect("probed exchanges lock")
             .iter()
             .any(|x| text.contains(&format!("no exchange '{x}' in vhost")))
+    }
+
+    /// After the connection ended: whether it ended because the client
+    /// could not parse a frame the broker sent (a delivery with a short
+    /// string that is not UTF-8, say), which [`quarantine`] can move out
+    /// of the way. Waits up to a second for the client to report its
+    /// error, which it does just after the consumers see the end.
+    pub async fn lost_to_unparseable_frame(&self) -> bool {
+        let recorded = || {
+            self.failure
+                .lock()
+                .expect("failure lock")
+                .as_ref()
+                .is_some_and(|e| matches!(e.kind(), lapin::ErrorKind::ParsingError(_)))
+        };
+        if self.failure.lock().expect("failure lock").is_none() {
+            let mut events = self.events.lock().await;
+            let wait = async {
+                while let Some(ev) = events.next().await {
+                    if let lapin::Event::Error(e) = ev {
+                        self.record(e);
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        }
+        recorded()
+    }
+
+    fn record(&self, e: lapin::Error) {
+        self.failure.lock().expect("failure lock").get_or_insert(e);
     }
 
     /// Closes the connection (channels with it; unacked deliveries go back

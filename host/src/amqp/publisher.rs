@@ -12,27 +12,24 @@
 //! A confirm is awaited at most [`CONFIRM_TIMEOUT`], a declaration or a
 //! close at most [`CALL_TIMEOUT`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Confirmation;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 
 use super::bookkeeping::{H_SIG, Key, Values};
 use super::consumer::Inbound;
+use super::copies::{carried_headers, other_properties_size, without_headers};
 use super::limits::{
-    BROKER_HEADER_RESERVE, MAX_DEPTH, cap_reason, cap_text, depth, entry_size, header_budget,
-    table_size,
+    BROKER_HEADER_RESERVE, cap_reason, cap_text, entry_size, header_budget, table_size,
 };
 use super::{
     CALL_TIMEOUT, CONFIRM_TIMEOUT, Error, H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE,
-    H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON, H_ROUTING_KEY, INTERNAL_PREFIX, Probed,
-    bounded,
+    H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON, H_ROUTING_KEY, Probed, bounded,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +101,12 @@ pub struct Publisher {
     /// broker close the channel (404), which would take every other
     /// publish on it down too; each is checked once, on a channel of its
     /// own, before the first output to it.
-    exchanges: Arc<Mutex<HashSet<String>>>,
+    pub(super) exchanges: Arc<Mutex<HashSet<String>>>,
     /// Exchanges being checked or found missing: the broker's 404 on the
     /// throwaway channel reaches the connection's event stream, and the
     /// broker must know it is not a lost connection.
-    probed: Probed,
-    conn: Arc<Connection>,
+    pub(super) probed: Probed,
+    pub(super) conn: Arc<Connection>,
 }
 
 impl Publisher {
@@ -335,59 +332,6 @@ impl Publisher {
             .await
     }
 
-    /// Makes sure `exchange` exists before anything is published to it:
-    /// once per connection, with a passive declare on a throwaway channel,
-    /// so that a missing one fails this output alone (the broker closes
-    /// the throwaway channel, not the publishing one).
-    async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
-        let known =
-            |set: &Mutex<HashSet<String>>| set.lock().expect("exchanges lock").contains(exchange);
-        if exchange.is_empty() || known(&self.exchanges) {
-            return Ok(());
-        }
-        let name = ShortString::try_new(exchange)
-            .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
-        let ch = self.conn.create_channel().await?;
-        // Marked before the check, whose 404 may reach the connection's
-        // event stream before the check returns; unmarked only when it
-        // exists (then no 404 comes).
-        self.probed
-            .lock()
-            .expect("probed exchanges lock")
-            .insert(exchange.to_string());
-        let opts = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let checked = ch
-            .exchange_declare(name, ExchangeKind::Direct, opts, FieldTable::default())
-            .await;
-        match checked {
-            Ok(()) => {
-                let _ = ch.close(200, "exchange checked".into()).await;
-                self.probed
-                    .lock()
-                    .expect("probed exchanges lock")
-                    .remove(exchange);
-                self.exchanges
-                    .lock()
-                    .expect("exchanges lock")
-                    .insert(exchange.to_string());
-                Ok(())
-            }
-            // The broker closed the throwaway channel with it.
-            Err(e) if not_found(&e) => Err(PublishError::NoExchange {
-                exchange: exchange.into(),
-            }),
-            Err(e) => {
-                if ch.status().connected() {
-                    let _ = ch.close(200, "exchange check failed".into()).await;
-                }
-                Err(e.into())
-            }
-        }
-    }
-
     async fn declare_wait_queue(
         &self,
         work_queue: &str,
@@ -428,102 +372,4 @@ impl Publisher {
             .insert(wait_queue.to_string());
         Ok(())
     }
-}
-
-/// Whether the broker answered 404 (no such exchange or queue).
-fn not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
-}
-
-/// The headers of `msg` to carry onto a retry or dead-letter copy: the
-/// publisher's own, without the broker's `x-death` trail, warren's previous
-/// bookkeeping, or any header nested deeper than the limit (those are
-/// named in the second value).
-fn carried_headers(msg: &Inbound) -> (BTreeMap<ShortString, AMQPValue>, Vec<String>) {
-    let mut t = BTreeMap::new();
-    let mut dropped = Vec::new();
-    if let Some(h) = msg.properties().headers() {
-        for (k, v) in h.inner() {
-            if k.as_str() == "x-death" || k.as_str().starts_with(INTERNAL_PREFIX) {
-                continue;
-            }
-            // Checked before the clone: cloning a deep value recurses.
-            if depth(v) > MAX_DEPTH {
-                dropped.push(k.to_string());
-                continue;
-            }
-            t.insert(k.clone(), v.clone());
-        }
-    }
-    (t, dropped)
-}
-
-/// A copy of `p` without its headers (which are rebuilt, and may be too
-/// deep to clone safely).
-fn without_headers(p: &BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    let s = |v: &Option<ShortString>| v.clone();
-    if let Some(v) = s(p.content_type()) {
-        out = out.with_content_type(v);
-    }
-    if let Some(v) = s(p.content_encoding()) {
-        out = out.with_content_encoding(v);
-    }
-    if let Some(v) = *p.delivery_mode() {
-        out = out.with_delivery_mode(v);
-    }
-    if let Some(v) = *p.priority() {
-        out = out.with_priority(v);
-    }
-    if let Some(v) = s(p.correlation_id()) {
-        out = out.with_correlation_id(v);
-    }
-    if let Some(v) = s(p.reply_to()) {
-        out = out.with_reply_to(v);
-    }
-    if let Some(v) = s(p.expiration()) {
-        out = out.with_expiration(v);
-    }
-    if let Some(v) = s(p.message_id()) {
-        out = out.with_message_id(v);
-    }
-    if let Some(v) = *p.timestamp() {
-        out = out.with_timestamp(v);
-    }
-    if let Some(v) = s(p.kind()) {
-        out = out.with_type(v);
-    }
-    if let Some(v) = s(p.user_id()) {
-        out = out.with_user_id(v);
-    }
-    if let Some(v) = s(p.app_id()) {
-        out = out.with_app_id(v);
-    }
-    if let Some(v) = s(p.cluster_id()) {
-        out = out.with_cluster_id(v);
-    }
-    out
-}
-
-/// The encoded size of every property of `p` but the headers.
-fn other_properties_size(p: &BasicProperties) -> usize {
-    let s = |v: &Option<ShortString>| v.as_ref().map_or(0, |v| 1 + v.as_str().len());
-    [
-        p.content_type(),
-        p.content_encoding(),
-        p.correlation_id(),
-        p.reply_to(),
-        p.expiration(),
-        p.message_id(),
-        p.kind(),
-        p.user_id(),
-        p.app_id(),
-        p.cluster_id(),
-    ]
-    .into_iter()
-    .map(s)
-    .sum::<usize>()
-        + p.delivery_mode().map_or(0, |_| 1)
-        + p.priority().map_or(0, |_| 1)
-        + p.timestamp().map_or(0, |_| 8)
 }

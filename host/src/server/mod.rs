@@ -8,157 +8,33 @@
 //! to the dead channel's batcher, which sends nothing). On shutdown the
 //! consumers are cancelled, in-flight messages finish within the deadline,
 //! acks are flushed and the channels and the connection are closed.
+//!
+//! - this file: the supervisor (`Host::serve`) and one connection's life
+//!   (`session`);
+//! - `start.rs`: `Host::start`, compiling the handlers' modules and
+//!   connecting the dedup store;
+//! - `consume.rs`: one consumer channel's loop, taking batches;
+//! - `quarantine.rs`: after the client failed to parse a frame, moving such
+//!   deliveries to the dead-letter queue before consuming again.
 
-use std::sync::Arc;
+mod consume;
+mod quarantine;
+mod start;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::amqp::{self, Binding, Broker, ConsumerChannel, ConsumerProbe, Publisher, Topology};
-use crate::config::{Config, QueueType};
-use crate::context::{HandlerCtx, Health, Host, Shared};
-use crate::dedup::Store;
+use crate::amqp::{self, Broker, ConsumerProbe};
+use crate::config::Config;
+use crate::context::Host;
 use crate::liveness::{Down, report_not_consuming};
-use crate::metrics::Metrics;
-use crate::pipeline::process;
-use crate::registry::{self, CompiledBy};
-use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
-use crate::shutdown;
-use crate::versions::Versions;
+use consume::consume_loop;
 
 impl Host {
-    /// Compiles every handler's module and connects the dedup store; the
-    /// broker connection comes in [`Host::serve`].
-    pub async fn start(config: &Config, shutdown: shutdown::Signal) -> anyhow::Result<Host> {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown".into());
-        // One instance per message in flight, plus one so a deploy's smoke
-        // test does not wait for a busy handler to finish a message.
-        let instances: u32 = config.handlers.iter().map(|h| h.consumers).sum::<u32>() + 1;
-        let max_memory = config
-            .handlers
-            .iter()
-            .map(|h| h.memory_mb)
-            .max()
-            .unwrap_or(64) as usize;
-        let runtime = Runtime::new(RuntimeConfig {
-            max_instances: instances,
-            max_memory_bytes: max_memory << 20,
-            cache_dir: config.runtime.cache_dir.clone(),
-        })?;
-        if let Some(dir) = &config.runtime.cache_dir {
-            tracing::info!(dir = %dir.display(), "compiled modules are cached on disk");
-        }
-
-        let metrics = Metrics::new();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let mut handlers = Vec::new();
-        for h in &config.handlers {
-            let bytes = std::fs::read(&h.module).with_context(|| {
-                format!(
-                    "handler {:?}: cannot read module {}",
-                    h.name,
-                    h.module.display()
-                )
-            })?;
-            let module = runtime.compile(&bytes).with_context(|| {
-                format!(
-                    "handler {:?}: module {} is refused",
-                    h.name,
-                    h.module.display()
-                )
-            })?;
-            let env = HandlerEnv {
-                name: h.name.clone(),
-                config: h.config.clone(),
-                publish_allow: h.publish.allow.clone(),
-                limits: Limits {
-                    timeout: h.timeout(),
-                    memory_bytes: (h.memory_mb as usize) << 20,
-                    ..Limits::default()
-                },
-            };
-            let env = Arc::new(env);
-            let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
-            let permit = runtime
-                .try_acquire()
-                .expect("no message runs before start-up ends");
-            runtime
-                .smoke(&module, &env, smoke.as_ref(), &permit)
-                .with_context(|| {
-                    format!(
-                        "handler {:?}: module {} fails its smoke test",
-                        h.name,
-                        h.module.display()
-                    )
-                })?;
-            drop(permit);
-            tracing::info!(
-                handler = %h.name,
-                module = %module.digest(),
-                path = %h.module.display(),
-                compile_ms = module.compile_time().as_millis() as u64,
-                compiled_by = CompiledBy::of(&module).as_str(),
-                "module loaded"
-            );
-            metrics.set_module(&h.name, None, module.digest().hex());
-            handlers.push(Arc::new(HandlerCtx {
-                topology: Topology {
-                    queue: h.queue.clone(),
-                    quorum: h.queue_type == QueueType::Quorum,
-                    dead_letter_queue: h.dead_letter_queue(),
-                    bind: h.bind.as_ref().map(|b| Binding {
-                        exchange: b.exchange.clone(),
-                        kind: b.exchange_type,
-                        routing_keys: b.routing_keys.clone(),
-                    }),
-                },
-                concurrency: Arc::new(Semaphore::new(h.consumers as usize)),
-                batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
-                metrics: metrics.handler(&h.name),
-                warm: Arc::default(),
-                versions: Versions::new(
-                    module,
-                    format!("file {}", h.module.display()),
-                    config.runtime.keep_versions as usize,
-                ),
-                env,
-                cfg: h.clone(),
-            }));
-        }
-
-        let (store, on_unavailable) = match &config.redis {
-            Some(r) => {
-                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
-                    format!(
-                        "cannot connect to Redis at {}",
-                        crate::config::redact_url(&r.url)
-                    )
-                })?;
-                (store, r.on_unavailable)
-            }
-            None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
-        };
-        tracing::info!(store = %store.describe(), "dedup store ready");
-        metrics.redis_available.set(1);
-
-        let shared = Arc::new(Shared {
-            runtime,
-            store,
-            on_unavailable,
-            metrics,
-            health: Health::default(),
-            host,
-            shutdown,
-        });
-        Ok(Host { shared, handlers })
-    }
-
     /// Runs until shutdown: connects, consumes, reconnects. While it is not
     /// consuming it says so every
     /// [`NOT_CONSUMING_EVERY`](crate::liveness::NOT_CONSUMING_EVERY), and `/readyz`
@@ -211,11 +87,18 @@ impl Host {
                     if started.elapsed() > BACKOFF_RESET_AFTER {
                         backoff = Duration::from_millis(100);
                     }
+                    let unparseable = broker.lost_to_unparseable_frame().await;
                     tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "connection to RabbitMQ lost; reconnecting");
                     down.set(reason);
                     tokio::select! {
                         _ = broker.close(LOST_CLOSE) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
+                    }
+                    if unparseable {
+                        tokio::select! {
+                            _ = self.quarantine(config) => {}
+                            _ = shutdown.wait_for(|s| *s) => break,
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -360,93 +243,4 @@ enum Stop {
         drain_by: Instant,
     },
     Lost,
-}
-
-/// Takes deliveries from one consumer channel, at most `consumers` of the
-/// handler in flight, in batches of what has already arrived (at most
-/// `max_batch`), each batch handled in its own task. Returns why it ended.
-async fn consume_loop(
-    shared: Arc<Shared>,
-    h: Arc<HandlerCtx>,
-    publisher: Publisher,
-    mut consumer: ConsumerChannel,
-    mut stop: watch::Receiver<Stop>,
-) -> String {
-    let mut tasks = JoinSet::new();
-    let max_batch = h.cfg.max_batch as usize;
-    let mut ended = "stopped".to_string();
-    loop {
-        // A batch slot and a permit first, then a delivery: what the loop
-        // has not taken stays prefetched, unacked and unstarted, and returns
-        // to the queue if this host stops.
-        let slot = tokio::select! {
-            p = h.batches.clone().acquire_owned() => p.expect("batch semaphore is never closed"),
-            _ = stop.wait_for(|s| *s != Stop::Running) => break,
-        };
-        let mut permits = tokio::select! {
-            p = h.concurrency.clone().acquire_owned() => p.expect("handler semaphore is never closed"),
-            _ = stop.wait_for(|s| *s != Stop::Running) => break,
-        };
-        let first = tokio::select! {
-            d = consumer.next() => match d {
-                Some(d) => d,
-                None => {
-                    ended = format!("consumer {} ended (cancelled, or its channel closed)", consumer.tag());
-                    break;
-                }
-            },
-            _ = stop.wait_for(|s| *s != Stop::Running) => break,
-        };
-        // Then whatever else has arrived, while permits last: under load a
-        // batch fills from the prefetch buffer, and a lone message goes on
-        // alone without waiting for company.
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            let Ok(more) = h.concurrency.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some(d) = consumer.try_next() else {
-                break;
-            };
-            permits.merge(more);
-            batch.push(d);
-        }
-        let (shared, h, publisher) = (shared.clone(), h.clone(), publisher.clone());
-        tasks.spawn(async move {
-            process(&shared, &h, &publisher, batch).await;
-            drop((permits, slot));
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-
-    let how = *stop.borrow();
-    if let Stop::Shutdown { drain_by } = how {
-        let _ = tokio::time::timeout_at(drain_by, consumer.cancel(amqp::CALL_TIMEOUT)).await;
-        while tasks.try_join_next().is_some() {}
-        let in_flight = tasks.len();
-        if in_flight > 0 {
-            tracing::info!(handler = %h.cfg.name, consumer = consumer.tag(), in_flight, "waiting for in-flight messages");
-        }
-        let drained = tokio::time::timeout_at(drain_by, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                handler = %h.cfg.name,
-                abandoned = tasks.len(),
-                "shutdown deadline passed: abandoning in-flight messages; they return to the queue"
-            );
-            tasks.abort_all();
-        }
-        // Flush, then close: each gets half of what is left.
-        consumer.close(CLOSE_BUDGET / 2).await;
-    } else {
-        // The channel is gone: nothing of it can be acked any more. Let the
-        // in-flight messages finish in the background so they release their
-        // dedup leases; their deliveries come back on the new connection.
-        tasks.detach_all();
-        consumer.close(LOST_CLOSE).await;
-    }
-    ended
 }

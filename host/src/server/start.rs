@@ -1,0 +1,147 @@
+//! Start-up: every handler's module compiled, type-checked and smoke
+//! tested, the sandbox sized for the handlers, the dedup store connected.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+
+use crate::amqp::{Binding, Topology};
+use crate::config::{Config, QueueType};
+use crate::context::{HandlerCtx, Health, Host, Shared};
+use crate::dedup::Store;
+use crate::metrics::Metrics;
+use crate::registry::{self, CompiledBy};
+use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
+use crate::shutdown;
+use crate::versions::Versions;
+
+impl Host {
+    /// Compiles every handler's module and connects the dedup store; the
+    /// broker connection comes in [`Host::serve`].
+    pub async fn start(config: &Config, shutdown: shutdown::Signal) -> anyhow::Result<Host> {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        // One instance per message in flight, plus one so a deploy's smoke
+        // test does not wait for a busy handler to finish a message.
+        let instances: u32 = config.handlers.iter().map(|h| h.consumers).sum::<u32>() + 1;
+        let max_memory = config
+            .handlers
+            .iter()
+            .map(|h| h.memory_mb)
+            .max()
+            .unwrap_or(64) as usize;
+        let runtime = Runtime::new(RuntimeConfig {
+            max_instances: instances,
+            max_memory_bytes: max_memory << 20,
+            cache_dir: config.runtime.cache_dir.clone(),
+        })?;
+        if let Some(dir) = &config.runtime.cache_dir {
+            tracing::info!(dir = %dir.display(), "compiled modules are cached on disk");
+        }
+
+        let metrics = Metrics::new();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let mut handlers = Vec::new();
+        for h in &config.handlers {
+            let bytes = std::fs::read(&h.module).with_context(|| {
+                format!(
+                    "handler {:?}: cannot read module {}",
+                    h.name,
+                    h.module.display()
+                )
+            })?;
+            let module = runtime.compile(&bytes).with_context(|| {
+                format!(
+                    "handler {:?}: module {} is refused",
+                    h.name,
+                    h.module.display()
+                )
+            })?;
+            let env = HandlerEnv {
+                name: h.name.clone(),
+                config: h.config.clone(),
+                publish_allow: h.publish.allow.clone(),
+                limits: Limits {
+                    timeout: h.timeout(),
+                    memory_bytes: (h.memory_mb as usize) << 20,
+                    ..Limits::default()
+                },
+            };
+            let env = Arc::new(env);
+            let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
+            let permit = runtime
+                .try_acquire()
+                .expect("no message runs before start-up ends");
+            runtime
+                .smoke(&module, &env, smoke.as_ref(), &permit)
+                .with_context(|| {
+                    format!(
+                        "handler {:?}: module {} fails its smoke test",
+                        h.name,
+                        h.module.display()
+                    )
+                })?;
+            drop(permit);
+            tracing::info!(
+                handler = %h.name,
+                module = %module.digest(),
+                path = %h.module.display(),
+                compile_ms = module.compile_time().as_millis() as u64,
+                compiled_by = CompiledBy::of(&module).as_str(),
+                "module loaded"
+            );
+            metrics.set_module(&h.name, None, module.digest().hex());
+            handlers.push(Arc::new(HandlerCtx {
+                topology: Topology {
+                    queue: h.queue.clone(),
+                    quorum: h.queue_type == QueueType::Quorum,
+                    dead_letter_queue: h.dead_letter_queue(),
+                    bind: h.bind.as_ref().map(|b| Binding {
+                        exchange: b.exchange.clone(),
+                        kind: b.exchange_type,
+                        routing_keys: b.routing_keys.clone(),
+                    }),
+                },
+                concurrency: Arc::new(Semaphore::new(h.consumers as usize)),
+                batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
+                metrics: metrics.handler(&h.name),
+                warm: Arc::default(),
+                versions: Versions::new(
+                    module,
+                    format!("file {}", h.module.display()),
+                    config.runtime.keep_versions as usize,
+                ),
+                env,
+                cfg: h.clone(),
+            }));
+        }
+
+        let (store, on_unavailable) = match &config.redis {
+            Some(r) => {
+                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
+                    format!(
+                        "cannot connect to Redis at {}",
+                        crate::config::redact_url(&r.url)
+                    )
+                })?;
+                (store, r.on_unavailable)
+            }
+            None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
+        };
+        tracing::info!(store = %store.describe(), "dedup store ready");
+        metrics.redis_available.set(1);
+
+        let shared = Arc::new(Shared {
+            runtime,
+            store,
+            on_unavailable,
+            metrics,
+            health: Health::default(),
+            host,
+            shutdown,
+        });
+        Ok(Host { shared, handlers })
+    }
+}
