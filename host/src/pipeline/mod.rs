@@ -34,11 +34,12 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use tracing::Instrument as _;
 
+use crate::amqp::limits::cap_text;
 use crate::amqp::{Inbound, Publisher};
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
 use crate::dedup::Lease;
-use crate::runtime::{Completed, Outbound, Outcome, truncate_on_char};
+use crate::runtime::{Completed, Outbound, Outcome};
 use settle::Settle;
 
 /// Handles a batch of deliveries from one consumer channel to the end.
@@ -225,10 +226,13 @@ impl Pipeline<'_> {
             Outcome::Reject(reason) => reason,
             Outcome::Ack => return c,
         };
-        let (kept, cut) = truncate_on_char(reason, cap);
-        if cut > 0 {
-            *reason = format!("{kept}... ({cut} more bytes cut)");
-            m.reason_dropped.inc_by(cut as u64);
+        if reason.len() > cap {
+            // The same cut as every reason warren writes (the note of what
+            // was left off included in the cap), so nothing cuts it twice.
+            let capped = cap_text(reason, cap).into_owned();
+            let kept = capped.rfind("... [").unwrap_or(capped.len());
+            m.reason_dropped.inc_by((reason.len() - kept) as u64);
+            *reason = capped;
         }
         c
     }
