@@ -123,13 +123,16 @@ pub async fn deploy(
     };
     // Smoke test: instantiate once (and run the smoke message) on a permit
     // like any message, so it never takes a slot the pool does not have.
+    // The handler's deadline bounds it, so a smoke body that hangs is
+    // refused as a timeout and the deploy lock is released.
     let permit = shared.runtime.acquire().await;
-    let (rt, env, m) = (shared.runtime.clone(), h.env.clone(), module.clone());
     let smoke = h.cfg.smoke_body.as_deref().map(smoke_message);
-    tokio::task::spawn_blocking(move || rt.smoke(&m, &env, smoke.as_ref(), &permit))
+    shared
+        .runtime
+        .smoke(&module, &h.env, smoke.as_ref(), &permit)
         .await
-        .map_err(|e| refused(format!("smoke test task failed: {e}")))?
         .map_err(|e| refused(format!("smoke test failed: {e}")))?;
+    drop(permit);
 
     let compile_ms = if compiled_by == CompiledBy::Memory {
         0.0

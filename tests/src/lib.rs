@@ -63,6 +63,7 @@ pub fn message(body: impl Into<Vec<u8>>) -> Message {
 pub mod broker;
 pub mod enrich_cases;
 pub mod fixture;
+pub mod multi_memory;
 pub mod private_broker;
 pub mod process;
 pub mod raw_amqp;

@@ -137,7 +137,7 @@ async fn reject_trap_and_timeout_end_in_the_dead_letter_queue_with_reasons() {
     assert_eq!(lp.header("x-warren-error-kind").as_deref(), Some("timeout"));
     assert_eq!(
         lp.header("x-warren-reason").as_deref(),
-        Some("handler exceeded its CPU deadline of 200 ms (attempt 2 of 2)")
+        Some("handler exceeded its time limit of 200 ms (attempt 2 of 2)")
     );
 
     for g in by_id.values() {

@@ -9,7 +9,7 @@ use warren::runtime::{
     Completed, HandlerEnv, Limits, Module, Outcome, Retry, RunError, Runtime, RuntimeConfig,
     WarmInstances,
 };
-use warren_tests::{guest, message};
+use warren_tests::{guest, message, multi_memory};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 const MEMORY: usize = 32 << 20;
@@ -36,61 +36,60 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
     (rt, module, Arc::new(env))
 }
 
-fn run(
+async fn run(
     rt: &Runtime,
     module: &Module,
     env: &Arc<HandlerEnv>,
     body: &str,
 ) -> Result<Completed, RunError> {
     let permit = rt.try_acquire().expect("a free instance permit");
-    rt.run(module, env, &message(body), &permit)
+    rt.run(module, env, &message(body), &permit).await
 }
 
 /// After whatever came before, a well-behaved message still runs normally.
-fn assert_still_serves(rt: &Runtime, module: &Module, env: &Arc<HandlerEnv>) {
-    let done = run(rt, module, env, "ack").expect("the next message runs");
+async fn assert_still_serves(rt: &Runtime, module: &Module, env: &Arc<HandlerEnv>) {
+    let done = run(rt, module, env, "ack")
+        .await
+        .expect("the next message runs");
     assert_eq!(done.outcome, Outcome::Ack);
 }
 
-#[test]
-fn infinite_loop_is_stopped_by_the_deadline() {
+#[tokio::test]
+async fn infinite_loop_is_stopped_by_the_deadline() {
     let (rt, module, env) = setup();
     let started = Instant::now();
-    let err = run(&rt, &module, &env, "loop").unwrap_err();
+    let err = run(&rt, &module, &env, "loop").await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(err, RunError::Timeout { limit: TIMEOUT });
     assert!(
         took >= TIMEOUT,
         "stopped after {took:?}, before the {TIMEOUT:?} deadline"
     );
-    assert_eq!(
-        err.to_string(),
-        "handler exceeded its CPU deadline of 300 ms"
-    );
-    assert_still_serves(&rt, &module, &env);
+    assert_eq!(err.to_string(), "handler exceeded its time limit of 300 ms");
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn memory_bomb_is_stopped_by_the_cap() {
+#[tokio::test]
+async fn memory_bomb_is_stopped_by_the_cap() {
     let (rt, module, env) = setup();
-    let err = run(&rt, &module, &env, "oom").unwrap_err();
+    let err = run(&rt, &module, &env, "oom").await.unwrap_err();
     assert_eq!(err, RunError::MemoryCap { cap_bytes: MEMORY });
     assert_eq!(err.to_string(), "handler exceeded its memory cap of 32 MiB");
-    assert_still_serves(&rt, &module, &env);
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn deep_recursion_is_a_stack_overflow() {
+#[tokio::test]
+async fn deep_recursion_is_a_stack_overflow() {
     let (rt, module, env) = setup();
-    let err = run(&rt, &module, &env, "recurse").unwrap_err();
+    let err = run(&rt, &module, &env, "recurse").await.unwrap_err();
     assert_eq!(err, RunError::StackOverflow);
-    assert_still_serves(&rt, &module, &env);
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn panic_is_a_trap_carrying_the_panic_message() {
+#[tokio::test]
+async fn panic_is_a_trap_carrying_the_panic_message() {
     let (rt, module, env) = setup();
-    let err = run(&rt, &module, &env, "panic").unwrap_err();
+    let err = run(&rt, &module, &env, "panic").await.unwrap_err();
     let RunError::Trap { message } = &err else {
         panic!("expected a trap, got {err:?}")
     };
@@ -100,13 +99,13 @@ fn panic_is_a_trap_carrying_the_panic_message() {
         "{message}"
     );
     assert_eq!(err.kind(), "trap");
-    assert_still_serves(&rt, &module, &env);
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn files_environment_and_network_are_out_of_reach() {
+#[tokio::test]
+async fn files_environment_and_network_are_out_of_reach() {
     let (rt, module, env) = setup();
-    let done = run(&rt, &module, &env, "escape").unwrap();
+    let done = run(&rt, &module, &env, "escape").await.unwrap();
     assert_eq!(done.outcome, Outcome::Ack);
     assert_eq!(done.publishes.len(), 1);
     let report = String::from_utf8(done.publishes[0].body.clone()).unwrap();
@@ -124,17 +123,17 @@ fn files_environment_and_network_are_out_of_reach() {
     assert_eq!(field("env_count"), "0", "{report}");
     assert_eq!(field("args_count"), "0", "{report}");
     assert!(field("tcp").starts_with("Err("), "{report}");
-    assert_still_serves(&rt, &module, &env);
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn log_spam_is_capped() {
+#[tokio::test]
+async fn log_spam_is_capped() {
     let (rt, module, env) = setup();
     // Spamming takes real time; this test is about the cap, not the deadline.
     let mut env = (*env).clone();
     env.limits.timeout = Duration::from_secs(30);
     let env = Arc::new(env);
-    let done = run(&rt, &module, &env, "logspam").unwrap();
+    let done = run(&rt, &module, &env, "logspam").await.unwrap();
     assert_eq!(done.outcome, Outcome::Ack);
     let per_line = "log line 9999 of a guest that will not stop talking".len();
     let kept_at_most = env.limits.log_bytes / (per_line - 5);
@@ -150,13 +149,13 @@ fn log_spam_is_capped() {
         done.stdio_dropped,
         (stdout_total - env.limits.stdio_bytes) as u64
     );
-    assert_still_serves(&rt, &module, &env);
+    assert_still_serves(&rt, &module, &env).await;
 }
 
-#[test]
-fn retry_and_reject_are_the_guests_own_outcomes() {
+#[tokio::test]
+async fn retry_and_reject_are_the_guests_own_outcomes() {
     let (rt, module, env) = setup();
-    let retry = run(&rt, &module, &env, "retry").unwrap();
+    let retry = run(&rt, &module, &env, "retry").await.unwrap();
     assert_eq!(
         retry.outcome,
         Outcome::Retry(Retry {
@@ -164,17 +163,17 @@ fn retry_and_reject_are_the_guests_own_outcomes() {
             reason: "the sandbox guest asked for a retry".into()
         })
     );
-    let reject = run(&rt, &module, &env, "reject").unwrap();
+    let reject = run(&rt, &module, &env, "reject").await.unwrap();
     assert_eq!(
         reject.outcome,
         Outcome::Reject("the sandbox guest rejects this on purpose".into())
     );
 }
 
-#[test]
-fn publish_to_an_exchange_not_allowed_is_refused_in_the_guest() {
+#[tokio::test]
+async fn publish_to_an_exchange_not_allowed_is_refused_in_the_guest() {
     let (rt, module, env) = setup();
-    let done = run(&rt, &module, &env, "publish-denied").unwrap();
+    let done = run(&rt, &module, &env, "publish-denied").await.unwrap();
     let Outcome::Reject(reason) = done.outcome else {
         panic!("expected reject, got {:?}", done.outcome)
     };
@@ -186,10 +185,10 @@ fn publish_to_an_exchange_not_allowed_is_refused_in_the_guest() {
     assert!(done.publishes.is_empty());
 }
 
-#[test]
-fn publishes_are_buffered_in_call_order() {
+#[tokio::test]
+async fn publishes_are_buffered_in_call_order() {
     let (rt, module, env) = setup();
-    let done = run(&rt, &module, &env, "publish3").unwrap();
+    let done = run(&rt, &module, &env, "publish3").await.unwrap();
     assert_eq!(done.outcome, Outcome::Ack);
     let bodies: Vec<_> = done
         .publishes
@@ -204,8 +203,8 @@ fn publishes_are_buffered_in_call_order() {
     );
 }
 
-#[test]
-fn instances_are_bounded_by_the_pool_size() {
+#[tokio::test]
+async fn instances_are_bounded_by_the_pool_size() {
     let (rt, module, env) = setup();
     let a = rt.try_acquire().unwrap();
     let b = rt.try_acquire().unwrap();
@@ -215,25 +214,31 @@ fn instances_are_bounded_by_the_pool_size() {
     );
     // Every held permit can instantiate: the pool never refuses.
     assert_eq!(
-        rt.run(&module, &env, &message("ack"), &a).unwrap().outcome,
+        rt.run(&module, &env, &message("ack"), &a)
+            .await
+            .unwrap()
+            .outcome,
         Outcome::Ack
     );
     assert_eq!(
-        rt.run(&module, &env, &message("ack"), &b).unwrap().outcome,
+        rt.run(&module, &env, &message("ack"), &b)
+            .await
+            .unwrap()
+            .outcome,
         Outcome::Ack
     );
     drop(a);
     assert!(rt.try_acquire().is_some());
 }
 
-#[test]
-fn config_values_reach_the_guest() {
+#[tokio::test]
+async fn config_values_reach_the_guest() {
     let (rt, module, env) = setup();
     let mut env = (*env).clone();
     env.config.insert("mode".into(), "reject".into());
     let env = Arc::new(env);
     // The body says ack, the config says reject: config wins in this guest.
-    let done = run(&rt, &module, &env, "ack").unwrap();
+    let done = run(&rt, &module, &env, "ack").await.unwrap();
     assert!(matches!(done.outcome, Outcome::Reject(_)));
 }
 
@@ -241,30 +246,144 @@ fn count(done: &Completed) -> String {
     String::from_utf8(done.publishes[0].body.clone()).unwrap()
 }
 
-#[test]
-fn per_message_instances_share_nothing() {
+#[tokio::test]
+async fn per_message_instances_share_nothing() {
     let (rt, module, env) = setup();
     for _ in 0..3 {
-        assert_eq!(count(&run(&rt, &module, &env, "count").unwrap()), "count 1");
+        assert_eq!(
+            count(&run(&rt, &module, &env, "count").await.unwrap()),
+            "count 1"
+        );
     }
 }
 
-#[test]
-fn reused_instances_carry_state_until_max_uses_or_a_trap() {
+#[tokio::test]
+async fn reused_instances_carry_state_until_max_uses_or_a_trap() {
     let (rt, module, env) = setup();
     let warm = WarmInstances::default();
-    let run_warm = |body: &str| {
+    let run_warm = async |body: &str| {
         let permit = rt.try_acquire().unwrap();
         rt.run_warm(&module, &env, &message(body), &permit, &warm, 3)
+            .await
     };
     // One instance serves three messages, then a fresh one takes over.
-    let seen: Vec<String> = (0..4).map(|_| count(&run_warm("count").unwrap())).collect();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(count(&run_warm("count").await.unwrap()));
+    }
     assert_eq!(seen, ["count 1", "count 2", "count 3", "count 1"]);
     // A trap throws the instance away.
-    assert!(matches!(run_warm("panic"), Err(RunError::Trap { .. })));
-    assert_eq!(count(&run_warm("count").unwrap()), "count 1");
+    assert!(matches!(
+        run_warm("panic").await,
+        Err(RunError::Trap { .. })
+    ));
+    assert_eq!(count(&run_warm("count").await.unwrap()), "count 1");
     // Per-message state (publishes, log counters) starts from zero each time.
-    let done = run_warm("publish3").unwrap();
+    let done = run_warm("publish3").await.unwrap();
     assert_eq!(done.publishes.len(), 3);
-    assert_eq!(count(&run_warm("count").unwrap()), "count 2");
+    assert_eq!(count(&run_warm("count").await.unwrap()), "count 2");
+}
+
+#[tokio::test]
+async fn a_guest_blocked_in_a_wasi_sleep_ends_at_the_deadline() {
+    let (rt, module, env) = setup();
+    let started = Instant::now();
+    // Far longer than any wait below: only the deadline can end it.
+    let err = run(&rt, &module, &env, "sleep 600000").await.unwrap_err();
+    assert_eq!(err, RunError::Timeout { limit: TIMEOUT });
+    assert!(started.elapsed() >= TIMEOUT);
+    assert_still_serves(&rt, &module, &env).await;
+}
+
+#[tokio::test]
+async fn a_warm_instance_whose_call_was_dropped_is_not_reused() {
+    let (rt, module, env) = setup();
+    let warm = WarmInstances::default();
+    let run_warm = async |body: &str| {
+        let permit = rt.try_acquire().unwrap();
+        rt.run_warm(&module, &env, &message(body), &permit, &warm, 100)
+            .await
+    };
+    assert_eq!(count(&run_warm("count").await.unwrap()), "count 1");
+    assert_eq!(count(&run_warm("count").await.unwrap()), "count 2");
+    // The warm instance is taken, its call dropped inside the sleep.
+    let err = run_warm("sleep 600000").await.unwrap_err();
+    assert_eq!(err.kind(), "timeout");
+    // A fresh instance serves next: the count starts over.
+    assert_eq!(count(&run_warm("count").await.unwrap()), "count 1");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_shares_its_thread() {
+    // One thread for both: the ticker task only runs if the spinning guest
+    // yields the thread, as it must every epoch tick.
+    let (rt, module, env) = setup();
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let err = run(&rt, &module, &env, "loop").await.unwrap_err();
+    ticker.abort();
+    assert_eq!(err.kind(), "timeout");
+    let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n >= 5,
+        "the other task ran only {n} times while the guest spun"
+    );
+}
+
+fn multi_memory_setup(extra: u32, memory: usize) -> (Runtime, Module, Arc<HandlerEnv>) {
+    let (rt, _, env) = setup();
+    let module = rt.compile(&multi_memory::component(extra)).unwrap();
+    let mut env = (*env).clone();
+    env.limits.memory_bytes = memory;
+    (rt, module, Arc::new(env))
+}
+
+#[tokio::test]
+async fn the_memory_cap_holds_for_all_memories_of_an_instance() {
+    // Three extra memories of 20 MiB each: each under the 32 MiB cap,
+    // together over it.
+    let (rt, module, env) = multi_memory_setup(3, MEMORY);
+    let pages = (20 << 20) / 65536;
+    let err = run(&rt, &module, &env, &"x".repeat(pages))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RunError::MemoryCap { cap_bytes: MEMORY });
+    // 4 MiB each fits.
+    let done = run(&rt, &module, &env, &"x".repeat(64)).await.unwrap();
+    assert_eq!(done.outcome, Outcome::Ack);
+}
+
+#[tokio::test]
+async fn a_component_with_more_memories_than_an_instance_slot_has_is_refused() {
+    let (rt, _, _) = setup();
+    let err = rt.compile(&multi_memory::component(8)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("memories count of 9 exceeds the per-instance limit of 4"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_handler_with_the_most_memories_cannot_starve_another() {
+    // A pool of two: a component with the most memories allowed in one
+    // slot, spinning, and an ordinary one in the other, at the same time.
+    let (rt, wide, env) = multi_memory_setup(3, MEMORY);
+    let bytes = std::fs::read(guest("sandbox")).unwrap();
+    let narrow = rt.compile(&bytes).unwrap();
+    let (a, b) = (rt.try_acquire().unwrap(), rt.try_acquire().unwrap());
+    let spin = message("loop");
+    let ack = message("ack");
+    let (spun, acked) = tokio::join!(
+        rt.run(&wide, &env, &spin, &a),
+        rt.run(&narrow, &env, &ack, &b)
+    );
+    assert_eq!(spun.unwrap_err().kind(), "timeout");
+    assert_eq!(acked.unwrap().outcome, Outcome::Ack);
 }

@@ -65,21 +65,28 @@ fn runs_one_message(lang: &str, module: &Path) {
         name: "hello".into(),
         config: BTreeMap::new(),
         publish_allow: vec![String::new()],
-        // The default limits (64 MiB of memory, 5 s of CPU), as a new
+        // The default limits (64 MiB of memory, a 5 s deadline), as a new
         // handler gets them.
         limits: Limits::default(),
     });
     let permit = rt.try_acquire().unwrap();
+    // Guests run as futures; a one-thread runtime is all they need here.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
-    let done = rt
-        .run(&module, &env, &message("hi there"), &permit)
+    let done = tokio
+        .block_on(rt.run(&module, &env, &message("hi there"), &permit))
         .unwrap();
     assert_eq!(done.outcome, Outcome::Ack, "{lang}");
     assert_eq!(done.publishes.len(), 1, "{lang}");
     assert_eq!(done.publishes[0].routing_key, "test.out", "{lang}");
     assert_eq!(done.publishes[0].body, b"hi there", "{lang}");
 
-    let done = rt.run(&module, &env, &message(""), &permit).unwrap();
+    let done = tokio
+        .block_on(rt.run(&module, &env, &message(""), &permit))
+        .unwrap();
     assert_eq!(done.outcome, Outcome::Reject("empty body".into()), "{lang}");
 }
 

@@ -243,8 +243,11 @@ pub struct Handler {
     /// message on its own, up to `consumers` at once.
     #[serde(default = "defaults::max_batch")]
     pub max_batch: u32,
+    /// Wall-clock deadline of one run (instantiate and `handle`), whether
+    /// the guest computes or waits in a WASI call.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Cap on one instance's linear memories and tables, all together.
     #[serde(default = "defaults::memory_mb")]
     pub memory_mb: u32,
     /// Where messages end that cannot be handled; default `<queue>.dead`.

@@ -8,8 +8,11 @@ use crate::config;
 use crate::runtime::{Completed, Message, Module, RunError};
 
 impl Pipeline<'_> {
-    /// Step 3: runs every message of the batch, one after the other, on one
-    /// blocking thread: one hand-off for the batch, not one per message.
+    /// Step 3: runs every message of the batch, one after the other, on
+    /// the batch's own task. Each run is a future that yields its worker
+    /// every epoch tick and ends at the handler's deadline, so no blocking
+    /// thread is needed (a hand-off to one was a large share of the
+    /// per-message cost).
     pub(super) async fn run_guests(
         &self,
         module: &Arc<Module>,
@@ -23,42 +26,28 @@ impl Pipeline<'_> {
             })
             .collect();
         let n = messages.len();
-        let permit = self.shared.runtime.acquire().await;
-        let (rt, env, module) = (
-            self.shared.runtime.clone(),
-            self.h.env.clone(),
-            module.clone(),
-        );
-        let reuse = (self.h.cfg.instances == config::Instances::Reuse)
-            .then(|| (self.h.warm.clone(), self.h.cfg.reuse_max));
-        let duration = self.h.metrics.duration.clone();
+        let rt = &self.shared.runtime;
+        let permit = rt.acquire().await;
+        let env = &self.h.env;
+        let reuse = self.h.cfg.instances == config::Instances::Reuse;
         self.h.metrics.in_flight.inc_by(n as i64);
-        let ran = tokio::task::spawn_blocking(move || {
-            messages
-                .iter()
-                .map(|message| {
-                    let started = Instant::now();
-                    let result = match &reuse {
-                        Some((warm, max)) => {
-                            rt.run_warm(&module, &env, message, &permit, warm, *max)
-                        }
-                        None => rt.run(&module, &env, message, &permit),
-                    };
-                    duration.observe(started.elapsed().as_secs_f64());
-                    result
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
+        let mut results = Vec::with_capacity(n);
+        for message in &messages {
+            let started = Instant::now();
+            let result = if reuse {
+                let max = self.h.cfg.reuse_max;
+                rt.run_warm(module, env, message, &permit, &self.h.warm, max)
+                    .await
+            } else {
+                rt.run(module, env, message, &permit).await
+            };
+            self.h
+                .metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
+            results.push(result);
+        }
         self.h.metrics.in_flight.dec_by(n as i64);
-        ran.unwrap_or_else(|e| {
-            (0..n)
-                .map(|_| {
-                    Err(RunError::Trap {
-                        message: format!("host task failed: {e}"),
-                    })
-                })
-                .collect()
-        })
+        results
     }
 }

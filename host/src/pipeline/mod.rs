@@ -6,7 +6,7 @@
 //! for it freed up: at most the handler's `max_batch` messages, and never a
 //! wait to fill one, so a lone message goes through alone and at once. Each
 //! step runs for the whole batch, so its fixed cost is paid once per batch:
-//! one Redis round trip per dedup step, one hand-off to a sandbox thread,
+//! one Redis round trip per dedup step, one instance permit for its guests,
 //! one wait for the broker's confirms. Every message still settles on its
 //! own: one message's failure never changes another's outcome.
 //!
@@ -133,7 +133,7 @@ impl Pipeline<'_> {
     }
 
     /// Steps 3 and 4: runs the handler on each message, on the live version
-    /// and the whole batch in one hand-off to a sandbox thread, then
+    /// and one after another on this task, then
     /// publishes the outputs of every acked message at once and waits for
     /// all their confirms.
     async fn run_and_publish(&self, jobs: Vec<Job>) -> Ran {

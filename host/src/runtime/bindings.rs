@@ -5,6 +5,10 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
     additional_derives: [PartialEq],
+    // `handle` runs as a future (`call_async`), so a deadline can drop it
+    // wherever the guest is, a blocking WASI poll included. The host's own
+    // imports stay synchronous: they only buffer and count, never wait.
+    exports: { default: async },
 });
 
 // `Message` and `Outcome` are already here: the world `use`s them.

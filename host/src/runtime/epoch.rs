@@ -1,5 +1,5 @@
-//! The clock behind CPU deadlines: a thread that advances the engine's
-//! epoch every tick.
+//! The clock behind deadlines and yields: a thread that advances the
+//! engine's epoch every tick.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

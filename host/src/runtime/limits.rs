@@ -12,8 +12,9 @@ pub struct RuntimeConfig {
     /// and [`Runtime::acquire`] hands out exactly this many permits, so the
     /// pool never refuses an instantiation.
     pub max_instances: u32,
-    /// The largest linear memory any handler may be given; per-handler caps
-    /// ([`Limits::memory_bytes`]) must not exceed it.
+    /// The largest linear memory any handler may be given (the pool's slot
+    /// size); per-handler caps ([`Limits::memory_bytes`]) must not exceed
+    /// it.
     pub max_memory_bytes: usize,
     /// Where compiled code is cached on disk, keyed by the module's hash
     /// and the engine's settings, so a restart skips Cranelift; none to
@@ -34,9 +35,10 @@ impl Default for RuntimeConfig {
 /// Per-handler limits on one message's run.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// CPU deadline for instantiation plus the `handle` call.
+    /// Wall-clock deadline for instantiation plus the `handle` call,
+    /// whether the guest computes or waits in a WASI call.
     pub timeout: Duration,
-    /// Cap on each linear memory of the instance.
+    /// Cap on the instance's linear memories and tables, all together.
     pub memory_bytes: usize,
     /// How many `publish` calls one message may make.
     pub max_publishes: usize,

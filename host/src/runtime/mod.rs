@@ -5,8 +5,9 @@
 //! WASI with nothing granted plus the `warren:handler/host` imports. A module
 //! version is compiled once into a [`Module`] (pre-linked, type-checked
 //! against the world); each message then gets a fresh `Store` and instance
-//! under a CPU deadline and a memory cap, and comes back as a [`Completed`]
-//! outcome or a typed [`RunError`].
+//! under a deadline and a per-instance memory cap, runs as a future on the
+//! caller's task, and comes back as a [`Completed`] outcome or a typed
+//! [`RunError`].
 //!
 //! It does not know AMQP, Redis or the config file: callers translate
 //! deliveries into [`Message`] and act on the outcome.
@@ -53,11 +54,28 @@ pub const WORLD: &str = "warren:handler/handler@0.1.0";
 /// times the pool size.
 const KEEP_RESIDENT: usize = 4 << 20;
 
-/// How often the epoch advances; a CPU deadline is accurate to about this.
+/// How often the epoch advances; a running guest checks its deadline and
+/// yields its worker thread this often.
 /// The ticker thread's wake-ups cost every message a little (about 2 us a
 /// message at 1 ms under load, by the end-to-end profile), so it is no
 /// finer than the deadlines need.
 const TICK: Duration = Duration::from_millis(5);
+
+/// Per-component maxima of the pool; see [`Runtime::new`].
+const MAX_CORE_INSTANCES: u32 = 64;
+const MAX_MEMORIES: u32 = 4;
+const MAX_TABLES: u32 = 8;
+
+/// Stack for wasm frames: wasmtime's default. A guest past it traps with
+/// a stack overflow.
+const WASM_STACK: usize = 512 << 10;
+
+/// Each running guest's fiber stack: the wasm stack plus 1.5 MiB for the
+/// host functions it calls (WASI, `log`, `publish`), which run on the same
+/// stack and, unlike wasm, are not stopped at a limit: too little would
+/// abort the process. Pool stacks are address space reserved up front and
+/// committed only as touched.
+const ASYNC_STACK: usize = WASM_STACK + (3 << 19);
 
 /// Permission to run one instance; see [`Runtime::acquire`].
 #[derive(Debug)]
@@ -91,20 +109,36 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let n = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
-        // Interpreted guests (componentize-py, componentize-js) are made of
-        // many core modules, memories and large tables; the per-component
-        // limits are sized for them, the totals for `n` of the largest.
+        // Every total is `n` times its per-component maximum, so any `n`
+        // instances fit whatever their shape: a handler whose component has
+        // many memories or tables can never take the slots another handler
+        // needs, and the permits alone (one per instance) decide who runs.
+        // A component over a per-component maximum is refused when it is
+        // compiled (deploy, start-up, `warren check`), never at run time.
+        // The maxima are what our toolchains produce with room to spare
+        // (every guest we build has one memory and two tables; Python's
+        // has about 15 core instances); a memory slot reserves its address
+        // space up front, which is what keeps `MAX_MEMORIES` small.
         pool.total_component_instances(n)
-            .max_core_instances_per_component(64)
-            .total_core_instances(n * 16)
-            .max_memories_per_component(16)
-            .total_memories(n * 4)
-            .max_tables_per_component(32)
-            .total_tables(n * 8)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .total_core_instances(n * MAX_CORE_INSTANCES)
+            // Multi-memory (wasm 3.0) modules are allowed up to the same
+            // maximum: the memory cap holds for the instance as a whole.
+            .max_memories_per_module(MAX_MEMORIES)
+            .max_memories_per_component(MAX_MEMORIES)
+            .total_memories(n * MAX_MEMORIES)
+            .max_tables_per_component(MAX_TABLES)
+            .total_tables(n * MAX_TABLES)
             .table_elements(100_000)
             .max_memory_size(config.max_memory_bytes)
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20)
+            // One fiber stack per running call, and a store keeps its last
+            // stack between calls: with at most `n` stores alive (one per
+            // permit, idle warm instances included), `n` stacks never run
+            // out. Stacks are reused without zeroing, so a message pays no
+            // syscall for its stack.
+            .total_stacks(n)
             // Reset a slot by rewriting only its dirty pages (PAGEMAP_SCAN,
             // Linux 6.7+) instead of madvise: the pages stay mapped, so the
             // next message neither makes the syscall nor takes page faults.
@@ -130,7 +164,14 @@ impl Runtime {
             cfg.cache(Some(made.clone()));
             cache = Some(made);
         }
-        cfg.epoch_interruption(true)
+        // Guests run as futures (`instantiate_async`, `call_async`; wasmtime
+        // turns async support on by itself since 48) on a fiber stack of
+        // their own: a guest blocked in a WASI poll is then a pending future
+        // that the deadline's timeout can drop, where a synchronous call
+        // would hold its thread until the poll returned.
+        cfg.async_stack_size(ASYNC_STACK)
+            .max_wasm_stack(WASM_STACK)
+            .epoch_interruption(true)
             .memory_init_cow(true)
             .parallel_compilation(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -139,7 +180,7 @@ impl Runtime {
             .map_err(|e| e.context("cannot create the wasmtime engine"))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
         lift::install(&mut linker).map_err(anyhow::Error::from)?;
 

@@ -1,16 +1,17 @@
 //! One message's run: a fresh store and instance (or a warm one in reuse
-//! mode) under the CPU deadline and memory cap, and what it came to: a
-//! [`Completed`] outcome or a typed [`RunError`].
+//! mode) under the deadline and memory cap, as a future on the caller's
+//! task, and what it came to: a [`Completed`] outcome or a typed
+//! [`RunError`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Message, Outbound, Outcome};
 use super::state::State;
 use super::warm::{Warm, WarmInstances};
-use super::{HandlerEnv, Limits, Module, Permit, Runtime, TICK};
+use super::{HandlerEnv, Limits, Module, Permit, Runtime};
 
 /// What a handler returned, with what it asked to publish.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ pub struct Completed {
 /// own reject. Callers turn these into a retry or a dead-letter by policy.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RunError {
-    #[error("handler exceeded its CPU deadline of {} ms", .limit.as_millis())]
+    #[error("handler exceeded its time limit of {} ms", .limit.as_millis())]
     Timeout { limit: Duration },
     #[error("handler exceeded its memory cap of {} MiB", .cap_bytes >> 20)]
     MemoryCap { cap_bytes: usize },
@@ -57,8 +58,8 @@ impl Runtime {
     /// Instantiates `module` once as `env`'s handler would be, and, given a
     /// smoke message, runs it: the check before a version goes live.
     /// Publishes are discarded; the outcome does not matter, only that the
-    /// run ends without a trap. Blocking, like [`Runtime::run`].
-    pub fn smoke(
+    /// run ends without a trap, within the handler's deadline.
+    pub async fn smoke(
         &self,
         module: &Module,
         env: &Arc<HandlerEnv>,
@@ -66,45 +67,40 @@ impl Runtime {
         permit: &Permit,
     ) -> Result<(), RunError> {
         if let Some(msg) = msg {
-            return self.run(module, env, msg, permit).map(|_| ());
+            return self.run(module, env, msg, permit).await.map(|_| ());
         }
-        let state = State::new(
-            env.clone(),
-            env.limits,
-            "smoke".into(),
-            module.digest().short().into(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(env.limits.timeout));
-        store.epoch_deadline_trap();
-        match module.inner.pre.instantiate(&mut store) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let hit = store.data().limiter.hit;
-                Err(classify(e, true, hit, &env.limits, &[]))
-            }
-        }
+        let mut store = self.new_store(module, env, "smoke".into());
+        let deadline = arm(&mut store, env.limits.timeout);
+        let ran = tokio::time::timeout_at(deadline, module.inner.pre.instantiate_async(&mut store))
+            .await
+            .unwrap_or_else(|_| Err(Trap::Interrupt.into()));
+        ran.map(|_| ()).map_err(|e| {
+            let hit = store.data().limiter.hit;
+            classify(e, true, hit, &env.limits, &[])
+        })
     }
 
-    /// Runs one message in a fresh instance. Blocking: call it from a blocking
-    /// thread (`spawn_blocking`), never from an async task.
-    pub fn run(
+    /// Runs one message in a fresh instance, as a future on the caller's
+    /// task: a guest that computes yields the thread every epoch tick, and
+    /// one that waits (a WASI poll) is a pending future, so the deadline
+    /// ends either.
+    pub async fn run(
         &self,
         module: &Module,
         env: &Arc<HandlerEnv>,
         msg: &Message,
         _permit: &Permit,
     ) -> Result<Completed, RunError> {
-        self.run_in(module, env, msg, None)
+        self.run_in(module, env, msg, None).await
     }
 
     /// Runs one message in a warm instance of `module` from `warm` if there
     /// is one, else in a fresh one, and keeps the instance for the next
-    /// message unless it trapped or has served `max_uses` messages. Guest
-    /// state (globals, the heap) carries over between those messages: the
-    /// handler's `instances = "reuse"` setting opts into that for speed.
-    pub fn run_warm(
+    /// message unless it trapped, ran out of time or has served `max_uses`
+    /// messages. Guest state (globals, the heap) carries over between those
+    /// messages: the handler's `instances = "reuse"` setting opts into that
+    /// for speed.
+    pub async fn run_warm(
         &self,
         module: &Module,
         env: &Arc<HandlerEnv>,
@@ -113,10 +109,30 @@ impl Runtime {
         warm: &WarmInstances,
         max_uses: u32,
     ) -> Result<Completed, RunError> {
-        self.run_in(module, env, msg, Some((warm, max_uses)))
+        self.run_in(module, env, msg, Some((warm, max_uses))).await
     }
 
-    fn run_in(
+    /// A fresh store for one instance of `module`: limited, and with the
+    /// epoch callback that yields every tick and traps past the deadline.
+    fn new_store(&self, module: &Module, env: &Arc<HandlerEnv>, id: Arc<str>) -> Store<State> {
+        let state = State::new(env.clone(), env.limits, id, module.digest().short().into());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // tokio's own yield puts the task at the back of the queue, so
+            // a guest that computes shares its worker with everything else.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store
+    }
+
+    async fn run_in(
         &self,
         module: &Module,
         env: &Arc<HandlerEnv>,
@@ -132,34 +148,32 @@ impl Runtime {
                 store.data_mut().begin(message_id);
                 (store, Some(w.handler), w.served)
             }
-            None => {
-                let state = State::new(
-                    env.clone(),
-                    limits,
-                    message_id,
-                    module.digest().short().into(),
-                );
-                let mut store = Store::new(&self.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                store.epoch_deadline_trap();
-                (store, None, 0)
-            }
+            None => (self.new_store(module, env, message_id), None, 0),
         };
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        let deadline = arm(&mut store, limits.timeout);
 
-        let result = match warm_handler {
-            Some(h) => Ok(h),
-            None => module
-                .inner
-                .pre
-                .instantiate(&mut store)
-                .map_err(|e| (true, e)),
-        }
-        .and_then(|h| {
-            h.call_handle(&mut store, msg)
-                .map(|o| (h, o))
-                .map_err(|e| (false, e))
-        });
+        // The whole instantiate-and-call is one future under the deadline:
+        // dropping it unwinds the guest's fiber wherever it is, including
+        // inside a WASI poll that no epoch tick can reach.
+        let work = async {
+            let h = match warm_handler {
+                Some(h) => h,
+                None => module
+                    .inner
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| (true, e))?,
+            };
+            let outcome = h
+                .call_handle(&mut store, msg)
+                .await
+                .map_err(|e| (false, e))?;
+            Ok((h, outcome))
+        };
+        let result = tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err((false, Trap::Interrupt.into())));
 
         let state = store.data_mut();
         let stdout = state.stdout.take();
@@ -212,8 +226,10 @@ impl Runtime {
                     stdio_dropped,
                 })
             }
-            // A trapped instance is never reused: dropping the store here
-            // is what gives the next message a fresh one.
+            // A trapped instance, or one whose call was dropped at the
+            // deadline (its guest stopped anywhere, its state half
+            // written), is never reused: dropping the store here is what
+            // gives the next message a fresh one.
             Err((during_instantiate, err)) => Err(classify(
                 err,
                 during_instantiate,
@@ -225,10 +241,13 @@ impl Runtime {
     }
 }
 
-/// Ticks until the deadline: one more than the timeout needs, because the
-/// first tick may come at any moment after the store starts.
-fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_micros().div_ceil(TICK.as_micros()) as u64).max(1) + 1
+/// Starts the store's clock for one message: the deadline for the epoch
+/// callback, and the same instant for the caller's timeout.
+fn arm(store: &mut Store<State>, timeout: Duration) -> tokio::time::Instant {
+    let now = Instant::now();
+    store.data_mut().deadline = now + timeout;
+    store.set_epoch_deadline(1);
+    tokio::time::Instant::from_std(now + timeout)
 }
 
 /// Turns a wasmtime error into what the caller acts on. The last line of the
@@ -284,16 +303,6 @@ fn stderr_tail(stderr: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadline_is_never_shorter_than_the_timeout() {
-        // 5 ms ticks: the deadline lands between the timeout and one tick
-        // past it.
-        assert_eq!(deadline_ticks(Duration::from_millis(100)), 21);
-        assert_eq!(deadline_ticks(Duration::from_millis(101)), 22);
-        assert_eq!(deadline_ticks(Duration::from_micros(1500)), 2);
-        assert_eq!(deadline_ticks(Duration::ZERO), 2);
-    }
 
     #[test]
     fn stderr_tail_keeps_the_panic_not_the_hint() {

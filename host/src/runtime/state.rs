@@ -1,8 +1,10 @@
 //! What one store holds while one message runs: the WASI context (stdio
-//! captured, nothing else granted), the memory limiter, and the host side of
+//! captured, nothing else granted), the memory limiter (one cap for the
+//! whole instance), the message's deadline, and the host side of
 //! the `warren:handler/host` imports (publish buffer, capped log, config).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -23,6 +25,8 @@ pub(crate) struct State {
     pub(super) stdout: CappedPipe,
     pub(super) stderr: CappedPipe,
     pub(super) limiter: MemoryLimiter,
+    /// When the running message must end; the epoch callback traps past it.
+    pub(super) deadline: Instant,
     env: Arc<HandlerEnv>,
     limits: Limits,
     /// Tags for guest log lines: the message id (or `-`) and the module's
@@ -60,10 +64,8 @@ impl State {
             table: ResourceTable::new(),
             stdout,
             stderr,
-            limiter: MemoryLimiter {
-                cap: limits.memory_bytes,
-                hit: false,
-            },
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            deadline: Instant::now(),
             env,
             limits,
             message_id,
@@ -100,37 +102,66 @@ impl WasiView for State {
     }
 }
 
-/// Caps the linear memory of every memory in the instance and remembers
-/// whether the cap was hit, so a later trap is reported as out-of-memory.
-/// wasmtime applies it per memory, not to the instance total (spin#3705);
-/// handlers built by our toolchains have one memory that matters.
+/// Caps what one instance allocates, all its linear memories and tables
+/// together, and remembers whether the cap was hit, so a later trap is
+/// reported as out-of-memory. wasmtime asks about each memory and table on
+/// its own (at creation, from 0, and at each growth), so the limiter keeps
+/// the instance's total itself: a cap per memory would give a component
+/// with several memories several times its cap.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     cap: usize,
+    /// Bytes granted so far to this store's memories and tables; they
+    /// never shrink, so this only grows while the store lives.
+    used: usize,
     pub(super) hit: bool,
+}
+
+/// What a table element costs the cap: a function reference is a pointer.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+impl MemoryLimiter {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            used: 0,
+            hit: false,
+        }
+    }
+
+    /// Grants `more` bytes if the instance's total stays within the cap.
+    fn grant(&mut self, more: usize) -> bool {
+        match self.used.checked_add(more) {
+            Some(total) if total <= self.cap => {
+                self.used = total;
+                true
+            }
+            _ => {
+                self.hit = true;
+                false
+            }
+        }
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grant(desired.saturating_sub(current)))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let more = desired.saturating_sub(current);
+        Ok(self.grant(more.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 }
 
@@ -316,5 +347,27 @@ impl State {
             Level::Warn => emit!(warn),
             Level::Error => emit!(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cap_holds_for_all_memories_and_tables_together() {
+        let mut l = MemoryLimiter::new(10 << 20);
+        // Two memories of 4 MiB each are created: 8 MiB in all.
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        // A third would be within a per-memory cap, not the instance's.
+        assert!(!l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.hit);
+        // Growth counts only what is added; tables count 8 bytes an element.
+        assert!(l.memory_growing(4 << 20, 5 << 20, None).unwrap());
+        assert!(l.table_growing(0, 1000, None).unwrap());
+        assert!(!l.table_growing(1000, 1 << 20, None).unwrap());
     }
 }

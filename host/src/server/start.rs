@@ -76,6 +76,7 @@ impl Host {
                 .expect("no message runs before start-up ends");
             runtime
                 .smoke(&module, &env, smoke.as_ref(), &permit)
+                .await
                 .with_context(|| {
                     format!(
                         "handler {:?}: module {} fails its smoke test",

@@ -24,6 +24,8 @@
 //! - `publish3`: publish three messages to `out_routing_key` (default
 //!   `sandbox.out`) and ack.
 //! - `sleep:N...`: busy-wait N milliseconds of wall time, then ack.
+//! - `sleep N...`: sleep N milliseconds in `std::thread::sleep` (a blocking
+//!   WASI poll, where no wasm code runs for the epoch to stop), then ack.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -115,6 +117,18 @@ impl Handler for Sandbox {
                     }
                 }
                 Outcome::Ack
+            }
+            other if other.starts_with("sleep ") => {
+                // Anything after the number is ignored, so that tests can
+                // make bodies unique.
+                let ms = other.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+                match ms {
+                    Some(ms) => {
+                        std::thread::sleep(Duration::from_millis(ms));
+                        ack_with(msg.body)
+                    }
+                    None => Outcome::reject(format!("not a sleep in milliseconds: {other:?}")),
+                }
             }
             // `sleep:N`, optionally followed by anything that is not a digit
             // (so that tests can make bodies unique).
