@@ -15,6 +15,18 @@ pub fn unique(name: &str) -> String {
     )
 }
 
+/// The peak resident set size of process `pid`, in MiB (`VmHWM`: the
+/// high-water mark of `VmRSS`, so a spike between two reads counts).
+pub fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
+    kb / 1024
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -294,7 +294,7 @@ fn config_errors_name_the_file_the_key_and_what_was_expected() {
         (
             "bad URL",
             good.replace("amqp://guest:guest@127.0.0.1:5672/%2f", "http://localhost"),
-            "key amqp.url: \"http://localhost\" is not an AMQP URL: expected amqp://user:pass@host:port/vhost".into(),
+            "key amqp.url: \"http://localhost\" is not an AMQP URL: expected amqp://host:port/vhost, with user and password before the host".into(),
         ),
         (
             "missing module",

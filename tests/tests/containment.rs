@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use warren_tests::fixture::{Fixture, Running};
-use warren_tests::process::eventually;
+use warren_tests::process::{eventually, peak_rss_mb};
 use warren_tests::raw_amqp::{
     RawProps, RawPublisher, entry, long_long, nested_arrays, table_bytes,
 };
@@ -30,16 +30,6 @@ const SHUTDOWN_MS: u64 = 5000;
 /// parsing thread (it recurses; each level costs stack the thread keeps).
 /// Without the limits one of these messages took a host past a gibibyte.
 const RSS_BOUND_MB: u64 = 8 * GUEST_MEMORY_MB;
-
-fn peak_rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
-    kb / 1024
-}
 
 fn raw_props(id: &str, headers: &[Vec<u8>]) -> RawProps {
     RawProps {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use warren_tests::broker::Got;
 use warren_tests::fixture::{Fixture, Running};
-use warren_tests::process::unique;
+use warren_tests::process::{peak_rss_mb, unique};
 
 /// The guests' memory cap in these tests (the default).
 const GUEST_MEMORY_MB: u64 = 64;
@@ -23,18 +23,6 @@ const GUEST_MEMORY_MB: u64 = 64;
 /// a message buffer. Without the limits one of these messages took the
 /// host past a gibibyte.
 const RSS_BOUND_MB: u64 = 6 * GUEST_MEMORY_MB;
-
-/// The peak resident set size of process `pid`, in MiB (`VmHWM`: the
-/// high-water mark of `VmRSS`, so a spike between two reads counts).
-fn peak_rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
-    kb / 1024
-}
 
 /// Publishes `n` ordinary messages (`ack ok-<tag>-<i>`), each one echoed
 /// to the output queue.

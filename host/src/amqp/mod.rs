@@ -97,7 +97,7 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("amqp" | "amqps")) {
         return Err(format!(
-            "{shown:?} is not an AMQP URL: expected amqp://user:pass@host:port/vhost"
+            "{shown:?} is not an AMQP URL: expected amqp://host:port/vhost, with user and password before the host"
         ));
     }
     url.parse::<AMQPUri>()
