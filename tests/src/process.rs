@@ -27,6 +27,16 @@ pub fn peak_rss_mb(pid: u32) -> u64 {
     kb / 1024
 }
 
+/// Runs `warren ARGS --admin http://127.0.0.1:PORT` (`deploy`, `rollback`,
+/// `status`) to the end.
+pub fn admin_cli(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(warren_bin())
+        .args(args)
+        .args(["--admin", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run warren")
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use warren_tests::broker::rabbitmqctl;
 use warren_tests::fixture::Fixture;
-use warren_tests::process::{Warren, config, eventually, free_port, unique};
-use warren_tests::{guest, warren_bin};
+use warren_tests::guest;
+use warren_tests::process::{Warren, admin_cli, config, eventually, free_port, unique};
 
 /// One HTTP/1.1 request; the status and the body. A `Host` in `headers`
 /// replaces the default `127.0.0.1:PORT`.
@@ -52,14 +52,6 @@ fn response(s: &mut TcpStream) -> (u16, String) {
 }
 
 const ADMIN: (&str, &str) = ("X-Warren-Admin", "1");
-
-fn cli(port: u16, args: &[&str]) -> Output {
-    Command::new(warren_bin())
-        .args(args)
-        .args(["--admin", &format!("http://127.0.0.1:{port}")])
-        .output()
-        .expect("run warren")
-}
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -110,13 +102,13 @@ async fn a_wrong_or_empty_token_gets_401_and_the_right_one_passes() {
     );
     assert_eq!(code, 409, "{body}");
 
-    let o = cli(port, &["status"]);
+    let o = admin_cli(port, &["status"]);
     assert!(
         !o.status.success() && text(&o).contains("401"),
         "{}",
         text(&o)
     );
-    let o = cli(port, &["status", "--token", &token]);
+    let o = admin_cli(port, &["status", "--token", &token]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -178,7 +170,7 @@ async fn cross_site_requests_and_foreign_host_names_are_refused() {
     let same = format!("http://127.0.0.1:{port}");
     let (code, body) = request(port, rollback, &[ADMIN, ("Origin", &same)], b"");
     assert_eq!(code, 409, "past the guard, nothing to roll back: {body}");
-    let o = cli(
+    let o = admin_cli(
         port,
         &[
             "deploy",
@@ -188,7 +180,7 @@ async fn cross_site_requests_and_foreign_host_names_are_refused() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = cli(port, &["rollback", "--handler", "echo"]);
+    let o = admin_cli(port, &["rollback", "--handler", "echo"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(handlers(port)[0]["live"]["digest"], live);
 }
@@ -305,7 +297,7 @@ async fn known_versions_and_their_metric_series_stay_bounded() {
         .await;
     let port = f.port();
     for i in 0..7 {
-        let o = cli(
+        let o = admin_cli(
             port,
             &[
                 "deploy",
@@ -350,7 +342,7 @@ async fn known_versions_and_their_metric_series_stay_bounded() {
     );
 
     // The previous version is kept, so a rollback needs no compile.
-    let o = cli(port, &["rollback", "--handler", "echo"]);
+    let o = admin_cli(port, &["rollback", "--handler", "echo"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(hex_of(&handlers(port), "live"), previous);
 }
@@ -396,7 +388,7 @@ async fn passwords_stay_out_of_logs_errors_and_the_admin_api() {
     f.w_mut().wait_log("consuming", Duration::from_secs(30));
     f.rabbit.publish(&f.queue, "1", b"one").await;
     f.rabbit.collect(&f.out, 1, Duration::from_secs(20)).await;
-    let o = cli(port, &["status"]);
+    let o = admin_cli(port, &["status"]);
     let (_, metrics) = request(port, "GET /metrics", &[], b"");
     for (what, shown) in [
         ("log", f.w().logs()),

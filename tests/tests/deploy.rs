@@ -3,26 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use warren::runtime::Digest;
 use warren_tests::broker::{Rabbit, connections, consumer_tags};
 use warren_tests::fixture::Fixture;
-use warren_tests::process::Warren;
-use warren_tests::{guest, warren_bin};
-
-fn cli(port: u16, args: &[&str]) -> Output {
-    Command::new(warren_bin())
-        .args(args)
-        .args(["--admin", &format!("http://127.0.0.1:{port}")])
-        .output()
-        .expect("run warren")
-}
+use warren_tests::guest;
+use warren_tests::process::{Warren, admin_cli};
 
 fn deploy(port: u16, handler: &str, module: &Path) -> Output {
     let module = module.to_str().unwrap();
-    cli(port, &["deploy", "--handler", handler, module])
+    admin_cli(port, &["deploy", "--handler", handler, module])
 }
 
 fn stdout(o: &Output) -> String {
@@ -198,7 +190,7 @@ async fn rollback_restores_the_previous_digest_and_known_digests_skip_compiling(
     let (r, q, out, port, w) = (&f.rabbit, &f.queue, &f.out, f.port(), f.w());
     let (a, b) = (digest_of(&guest("stamp_a")), digest_of(&guest("stamp_b")));
 
-    let o = cli(port, &["rollback", "--handler", "stamp"]);
+    let o = admin_cli(port, &["rollback", "--handler", "stamp"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("no previous version to roll back to"),
@@ -215,7 +207,7 @@ async fn rollback_restores_the_previous_digest_and_known_digests_skip_compiling(
         "v-b one"
     );
 
-    let o = cli(port, &["rollback", "--handler", "stamp"]);
+    let o = admin_cli(port, &["rollback", "--handler", "stamp"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!("old:     {b}"))
@@ -244,7 +236,7 @@ async fn rollback_restores_the_previous_digest_and_known_digests_skip_compiling(
         stdout(&o)
     );
 
-    let status = cli(port, &["status"]);
+    let status = admin_cli(port, &["status"]);
     let text = stdout(&status);
     assert!(text.starts_with("HANDLER"), "{text}");
     assert!(text.contains(&b[..19]) && text.contains(&a[..19]), "{text}");
