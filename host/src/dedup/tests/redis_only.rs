@@ -209,7 +209,14 @@ async fn redis_fence_counter_outlives_the_lease_by_the_window() {
     );
     let left = pttl(fence_key(&key)).await;
     let want = WINDOW + Duration::from_secs(30);
-    assert!(left > want - slack && left <= want, "after renew: {left:?}");
+    // The script keeps the margin it reads as two PTTLs (the key's and the
+    // counter's), whose expiry times the claim set a millisecond or so
+    // apart: the margin may come out a few milliseconds over the window.
+    let over = Duration::from_millis(10);
+    assert!(
+        left > want - slack && left <= want + over,
+        "after renew: {left:?}"
+    );
 
     // Completing never shortens it.
     assert!(
