@@ -17,7 +17,7 @@ use crate::machine::{self, Snapshot};
 use crate::profile::Perf;
 use crate::progress::{self, Every};
 use crate::report::{Measured, percentile};
-use crate::warren::{Spec, Warren};
+use crate::warren::{Spec, Tuning, Warren};
 
 /// A drain with no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
@@ -71,6 +71,10 @@ pub enum Kind {
         dedup: bool,
         processes: u32,
         output: bool,
+        /// The run's settings (`--consumers`, `--prefetch`, ...) in the
+        /// config; without, only the queue, the module and the URLs, so
+        /// warren runs at its defaults (line 5d).
+        tuned: bool,
     },
 }
 
@@ -88,6 +92,7 @@ pub fn all() -> Vec<Line> {
         dedup,
         processes,
         output: true,
+        tuned: true,
     };
     vec![
         Line {
@@ -128,6 +133,18 @@ pub fn all() -> Vec<Line> {
                 dedup: true,
                 processes: 1,
                 output: false,
+                tuned: true,
+            },
+        },
+        Line {
+            id: "5d",
+            what: "line 5 with no tuning: warren's defaults",
+            kind: Kind::Warren {
+                module: "echo.wasm",
+                dedup: true,
+                processes: 1,
+                output: true,
+                tuned: false,
             },
         },
         Line {
@@ -246,6 +263,8 @@ async fn measure(
             (Instant::now(), Snapshot::take(&watched)?)
         }
     };
+    let rss_idle_mib = machine::rss_mib(&pids);
+    let rss = machine::RssPeak::start(pids.clone());
     let perf = match (&opts.perf, line.id) {
         (Some(file), "5") => Some(Perf::start(file, pids[0])?),
         _ => None,
@@ -254,6 +273,7 @@ async fn measure(
     subject.drained(rabbit, &names.queue, n).await?;
     let took = started.elapsed();
     let after = Snapshot::take(&watched)?;
+    let rss_drain_mib = rss.finish().await;
     if let Some(p) = perf {
         p.stop().await;
     }
@@ -286,6 +306,8 @@ async fn measure(
             published: 0,
             p50_ms: f64::NAN,
             p99_ms: f64::NAN,
+            rss_idle_mib,
+            rss_drain_mib,
         });
     }
     let rate = drain_rate / 2.0;
@@ -333,6 +355,8 @@ async fn measure(
         published: count,
         p50_ms,
         p99_ms,
+        rss_idle_mib,
+        rss_drain_mib,
     })
 }
 
@@ -377,7 +401,15 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
             dedup,
             processes,
             output,
+            tuned,
         } => {
+            let tuning = tuned.then(|| Tuning {
+                consumers: opts.consumers,
+                max_batch: opts.max_batch,
+                prefetch: opts.prefetch,
+                channels: opts.channels,
+                instances: opts.instances.clone(),
+            });
             let spec = Spec {
                 amqp_url: opts.amqp_url.clone(),
                 redis: dedup.then(|| (opts.redis_url.clone(), names.prefix.clone())),
@@ -390,11 +422,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 } else {
                     vec![("mode", "ack".into())]
                 },
-                consumers: opts.consumers,
-                max_batch: opts.max_batch,
-                prefetch: opts.prefetch,
-                channels: opts.channels,
-                instances: opts.instances.clone(),
+                tuning,
             };
             let ws = (0..*processes)
                 .map(|_| Warren::start(&opts.warren, &spec))

@@ -171,3 +171,46 @@ mod tests {
         );
     }
 }
+
+/// Resident memory of the processes `pids` together, in MiB, from `VmRSS`
+/// in /proc/<pid>/status (0 for a process that has gone).
+pub fn rss_mib(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum::<u64>() as f64
+        / 1024.0
+}
+
+/// The highest [`rss_mib`] of `pids` seen every 20 ms until the returned
+/// guard is finished.
+pub struct RssPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl RssPeak {
+    pub fn start(pids: Vec<u32>) -> RssPeak {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut peak = rss_mib(&pids);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                peak = peak.max(rss_mib(&pids));
+            }
+            peak
+        });
+        RssPeak { stop, task }
+    }
+
+    pub async fn finish(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or(f64::NAN)
+    }
+}

@@ -22,6 +22,13 @@ pub struct Spec {
     pub queue: String,
     /// `[handler.config]`: e.g. echo's `out_routing_key`.
     pub config: Vec<(&'static str, String)>,
+    /// The handler's settings; `None` leaves them all at warren's defaults.
+    pub tuning: Option<Tuning>,
+}
+
+/// The handler settings a tuned line sets.
+#[derive(Debug, Clone)]
+pub struct Tuning {
     pub consumers: u32,
     pub max_batch: u32,
     pub prefetch: u16,
@@ -39,22 +46,27 @@ impl Spec {
         }
         c += &format!(
             "[admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [[handler]]\nname = {:?}\nmodule = {:?}\nqueue = {:?}\n\
-             consumers = {}\nmax_batch = {}\nprefetch = {}\nchannels = {}\ninstances = {:?}\n\n\
-             [handler.dedup]\nenabled = {}\n\
-             # The bench deletes its keys when a line ends; the window only\n\
-             # bounds what a crashed run leaves behind.\nwindow_s = 600\n\n\
-             [handler.config]\n",
+             [[handler]]\nname = {:?}\nmodule = {:?}\nqueue = {:?}\n",
             self.name,
             self.module.display().to_string(),
             self.queue,
-            self.consumers,
-            self.max_batch,
-            self.prefetch,
-            self.channels,
-            self.instances,
-            self.dedup,
         );
+        if let Some(t) = &self.tuning {
+            c += &format!(
+                "consumers = {}\nmax_batch = {}\nprefetch = {}\nchannels = {}\ninstances = {:?}\n",
+                t.consumers, t.max_batch, t.prefetch, t.channels, t.instances,
+            );
+        }
+        // Dedup is on by default. The window only bounds what a crashed run
+        // leaves behind (the bench deletes its keys when a line ends); an
+        // untuned line keeps the default window too.
+        if self.tuning.is_some() || !self.dedup {
+            c += &format!(
+                "\n[handler.dedup]\nenabled = {}\nwindow_s = 600\n",
+                self.dedup,
+            );
+        }
+        c += "\n[handler.config]\n";
         for (k, v) in &self.config {
             c += &format!("{k} = {v:?}\n");
         }

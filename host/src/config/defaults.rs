@@ -10,11 +10,22 @@ pub fn redis_prefix() -> String {
 pub fn shutdown_timeout_ms() -> u64 {
     30_000
 }
+/// Messages in flight per handler and process. A consumer that publishes
+/// a confirmed output per message drains at about its messages in flight
+/// over the broker's confirm time (milliseconds for a persistent message),
+/// so this is what sets the drain rate at the defaults: 8 drained a
+/// quarter of what 256 did (BENCHMARKS.md, "The defaults"). In flight costs
+/// memory only for the messages themselves, not sandbox slots (one per
+/// batch, see `batch_slots`).
 pub fn consumers() -> u32 {
-    8
+    256
 }
+/// `basic.qos` per consumer channel: twice the messages in flight, so a
+/// freed permit finds its next delivery already buffered instead of waiting
+/// a round trip for the broker to send it. The client holds up to this many
+/// messages: lower it for large messages.
 pub fn prefetch() -> u16 {
-    32
+    512
 }
 pub fn channels() -> u32 {
     1

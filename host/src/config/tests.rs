@@ -28,7 +28,7 @@ fn minimal_config_gets_the_documented_defaults() {
     let h = &c.handlers[0];
     assert_eq!(
         (h.consumers, h.prefetch, h.timeout_ms, h.memory_mb),
-        (8, 32, 5000, 64)
+        (256, 512, 5000, 64)
     );
     assert_eq!(h.dead_letter_queue(), "orders.dead");
     assert_eq!(h.dedup.key, DedupKey::MessageId);
@@ -89,7 +89,10 @@ fn lease_must_outlast_the_deadline() {
 #[test]
 fn batches_default_to_16_and_are_enough_for_consumers() {
     let h = &parse(MINIMAL).unwrap().handlers[0];
-    assert_eq!(h.max_batch, 16);
+    assert_eq!((h.consumers, h.prefetch, h.max_batch), (256, 512, 16));
+    assert_eq!(h.batch_slots(1), 16, "256 consumers in batches of 16");
+    assert_eq!(h.batch_slots(32), 32, "one batch per core");
+    let h = &parse(&format!("{MINIMAL}consumers = 8\n")).unwrap().handlers[0];
     assert_eq!(h.batch_slots(1), 1, "8 consumers fit one batch");
     assert_eq!(h.batch_slots(4), 4, "one batch per core");
     assert_eq!(h.batch_slots(32), 8, "never more batches than consumers");

@@ -23,9 +23,22 @@ impl Host {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        // One instance per message in flight, plus one so a deploy's smoke
-        // test does not wait for a busy handler to finish a message.
-        let instances: u32 = config.handlers.iter().map(|h| h.consumers).sum::<u32>() + 1;
+        // A batch runs its messages one after another, each in one instance
+        // (fresh, or taken from the handler's idle warm ones and put back),
+        // and holds one permit while it runs: so a handler never has more
+        // instances than batches in flight, and the pool needs one slot per
+        // batch slot, not one per message in flight. Plus one, so a
+        // deploy's smoke test does not wait for a busy handler. A slot
+        // reserves address space and, once used, keeps up to
+        // `KEEP_RESIDENT` of its memory resident: sizing it by `consumers`
+        // (256 by default) would pay for instances that never run.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let instances: u32 = config
+            .handlers
+            .iter()
+            .map(|h| h.batch_slots(cores))
+            .sum::<u32>()
+            + 1;
         let max_memory = config
             .handlers
             .iter()
@@ -42,7 +55,6 @@ impl Host {
         }
 
         let metrics = Metrics::new();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let mut handlers = Vec::new();
         for h in &config.handlers {
             let bytes = std::fs::read(&h.module).with_context(|| {
