@@ -67,6 +67,113 @@ pub enum Command {
         /// The component file (.wasm).
         module: PathBuf,
     },
+    /// Work a handler's dead-letter queue through the broker: list, show
+    /// or replay its messages.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
+}
+
+/// `warren dlq` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// One line per dead-lettered message: id, when, kind, attempt, module,
+    /// reason.
+    List(DlqArgs),
+    /// Every message with its properties, headers and body, warren's
+    /// headers decoded (earlier failures included).
+    Show(DlqArgs),
+    /// Move messages back to the work queue as first attempts with their
+    /// message ids; each is removed from the dead-letter queue only after
+    /// the broker confirmed its copy.
+    Replay {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Print what would be moved; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// What every `warren dlq` command takes.
+#[derive(clap::Args, Debug)]
+pub struct DlqArgs {
+    /// The config file the hosts run with (for the broker, the queues and
+    /// the bookkeeping key).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// The handler whose dead-letter queue to work.
+    #[arg(long)]
+    handler: String,
+    /// Only messages whose reason contains this (case-insensitive).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only messages of this error kind (reject, timeout, trap, retry...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only messages last handled by a module whose digest starts with this.
+    #[arg(long)]
+    module: Option<String>,
+    /// Only messages dead-lettered at or after this: 30m, 2h, 7d ago, a
+    /// UTC time (2026-11-29T19:30:00Z) or seconds since the epoch.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only messages dead-lettered before this (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only the message with this message id.
+    #[arg(long)]
+    id: Option<String>,
+    /// At most this many messages.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl DlqCommand {
+    fn request(self) -> anyhow::Result<(PathBuf, crate::dlq::Request)> {
+        use crate::dlq::{Action, Filter, Request, parse_time};
+        let (args, action) = match self {
+            DlqCommand::List(a) => (a, Action::List),
+            DlqCommand::Show(a) => (a, Action::Show),
+            DlqCommand::Replay { args, dry_run } => (args, Action::Replay { dry_run }),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let time = |flag: &str, v: Option<String>| {
+            v.map(|v| parse_time(&v, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+                .transpose()
+        };
+        let filter = Filter {
+            since: time("since", args.since)?,
+            until: time("until", args.until)?,
+            reason: args.reason,
+            kind: args.kind,
+            module: args.module,
+            id: args.id,
+        };
+        let req = Request {
+            handler: args.handler,
+            action,
+            filter,
+            limit: args.limit,
+        };
+        Ok((args.config, req))
+    }
+}
+
+/// `warren dlq ...`: on a runtime of its own, one thread is plenty.
+fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let (path, req) = command.request()?;
+    let config = crate::config::Config::load(&path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(crate::dlq::run(&config, &req, &mut out))
+        .map(|_| ())
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +234,7 @@ pub fn other(command: Command) -> anyhow::Result<()> {
             .client()
             .status()
             .map(|r| print!("{}", crate::client::describe_status(&r))),
+        Command::Dlq { action } => dlq(action),
         Command::Check { module } => Runtime::new(RuntimeConfig {
             max_instances: 1,
             ..Default::default()

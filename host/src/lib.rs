@@ -20,10 +20,12 @@
 //!   dedup store, the only module that knows Redis; [`runtime`]: the
 //!   sandbox, the only module that knows wasmtime; [`metrics`]: the
 //!   Prometheus registry.
-//! - [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
+//! - [`telemetry`]: OpenTelemetry spans over OTLP/HTTP (off by default);
+//!   [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
 //!   out to every task; [`logging`]: structured log set-up; [`check`]:
-//!   `warren check`; [`scaffold`]: `warren new`.
-//! - [`config`]: the TOML config file, defaults, validation.
+//!   `warren check`; [`scaffold`]: `warren new`; [`dlq`]: `warren dlq`.
+//! - [`config`]: the TOML config file, defaults, validation; [`recent`]:
+//!   each handler's latest latencies and failures, for the dashboard.
 
 pub mod admin;
 pub mod amqp;
@@ -34,15 +36,18 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod dlq;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod recent;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 pub mod versions;
 pub mod watch;

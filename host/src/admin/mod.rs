@@ -1,6 +1,8 @@
 //! The admin endpoint: liveness, readiness, Prometheus metrics and the
 //! handlers' state, over HTTP, and deploys and rollbacks.
 //!
+//! `GET /` is a live dashboard of the handlers (`dashboard.rs`).
+//!
 //! It listens on loopback unless configured otherwise, and then requires a
 //! bearer token (config validation enforces that). Every request passes
 //! `guard.rs` (token, `Host`, `Origin`, the admin header) first; module
@@ -8,6 +10,7 @@
 //! host's state and calls the registry; it never touches AMQP or the
 //! sandbox itself.
 
+mod dashboard;
 mod guard;
 mod upload;
 
@@ -51,6 +54,8 @@ pub async fn serve(
         uploads: upload::Uploads::new(config.max_upload_mb),
     };
     let app = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.json", get(dashboard::data))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -74,7 +79,15 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    match s.guard.check(req.method(), req.headers()) {
+    // The dashboard page holds no data (its script fetches it with the
+    // token), so a browser may load it without one.
+    let page = req.uri().path() == "/" && req.method() == axum::http::Method::GET;
+    let checked = if page {
+        s.guard.check_host(req.headers())
+    } else {
+        s.guard.check(req.method(), req.headers())
+    };
+    match checked {
         Ok(()) => next.run(req).await,
         Err(refusal) => refusal.into_response(),
     }
