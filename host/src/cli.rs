@@ -67,6 +67,26 @@ pub enum Command {
         /// The component file (.wasm).
         module: PathBuf,
     },
+    /// Run a candidate module beside a handler's live version on a sample of
+    /// the live messages of one host, compare outcomes and outputs (the
+    /// candidate publishes nothing), and report agreement.
+    Shadow {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        handler: String,
+        /// The candidate component file (.wasm).
+        module: PathBuf,
+        /// Compare one message in this many (1: every one).
+        #[arg(long, default_value_t = 1)]
+        every: u64,
+        /// Stop after this many comparisons.
+        #[arg(long, default_value_t = 100)]
+        messages: u64,
+        /// Stop after this many seconds, however many were compared.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
     /// Work a handler's dead-letter queue through the broker: list, show
     /// or replay its messages.
     Dlq {
@@ -164,6 +184,41 @@ impl DlqCommand {
     }
 }
 
+/// `warren shadow`: starts the comparison, reports progress on stderr
+/// until `messages` were compared or `timeout_s` passed, then stops it and
+/// prints its report.
+fn shadow(
+    admin: crate::client::Admin,
+    handler: &str,
+    module: &std::path::Path,
+    every: u64,
+    messages: u64,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    let started = admin.shadow_start(handler, module, every)?;
+    eprintln!(
+        "shadow run of {} on handler {handler} started; comparing one message in {every}",
+        started["candidate"].as_str().unwrap_or("?")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    let mut last = u64::MAX;
+    loop {
+        let r = admin.shadow_report(handler, false)?;
+        let compared = r["compared"].as_u64().unwrap_or(0);
+        if compared != last {
+            eprintln!("compared {compared} of {messages} ...");
+            last = compared;
+        }
+        if compared >= messages || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let r = admin.shadow_report(handler, true)?;
+    print!("{}", crate::client::describe_shadow(&r));
+    Ok(())
+}
+
 /// `warren dlq ...`: on a runtime of its own, one thread is plenty.
 fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let (path, req) = command.request()?;
@@ -235,6 +290,21 @@ pub fn other(command: Command) -> anyhow::Result<()> {
             .status()
             .map(|r| print!("{}", crate::client::describe_status(&r))),
         Command::Dlq { action } => dlq(action),
+        Command::Shadow {
+            admin,
+            handler,
+            module,
+            every,
+            messages,
+            timeout_s,
+        } => shadow(
+            admin.client(),
+            &handler,
+            &module,
+            every,
+            messages,
+            timeout_s,
+        ),
         Command::Check { module } => Runtime::new(RuntimeConfig {
             max_instances: 1,
             ..Default::default()

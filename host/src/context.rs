@@ -80,6 +80,9 @@ pub struct HandlerCtx {
     /// frees one permit, and the next batch takes one delivery.
     pub batches: Arc<Semaphore>,
     pub metrics: HandlerMetrics,
+    /// A candidate version compared with the live one on a sample of
+    /// messages (`warren shadow`), if one is.
+    pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
 }
 
 /// Everything `warren run` started: what the admin endpoint and the file

@@ -15,7 +15,8 @@
 //!   place where AMQP's types and the guest's are converted.
 //! - [`context`]: what every layer above shares: the process's `Shared`,
 //!   each handler's `HandlerCtx`, the `Host`.
-//! - [`versions`]: a handler's live, previous and known module versions.
+//! - [`versions`]: a handler's live, previous and known module versions;
+//!   [`shadow`]: a candidate version compared with the live one.
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin; [`dedup`]: the
 //!   dedup store, the only module that knows Redis; [`runtime`]: the
 //!   sandbox, the only module that knows wasmtime; [`metrics`]: the
@@ -47,6 +48,7 @@ pub mod retry;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod shadow;
 pub mod shutdown;
 pub mod telemetry;
 pub mod versions;

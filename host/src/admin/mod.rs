@@ -62,6 +62,10 @@ pub async fn serve(
         .route("/handlers", get(handlers))
         .route("/handlers/{name}/module", put(deploy))
         .route("/handlers/{name}/rollback", post(rollback))
+        .route(
+            "/handlers/{name}/shadow",
+            put(shadow_start).get(shadow_report).delete(shadow_stop),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     axum::serve(listener, app)
@@ -146,6 +150,75 @@ async fn deploy(
     // until then.
     let (bytes, _slot) = (upload.bytes, upload.slot);
     report(crate::registry::deploy(&s.host.shared, h, bytes, "upload".into()).await)
+}
+
+/// `PUT /handlers/NAME/shadow?every=N`: the body is the candidate.
+async fn shadow_start(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ShadowQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let upload = match s.uploads.receive(&headers, body).await {
+        Ok(u) => u,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (bytes, _slot) = (upload.bytes, upload.slot);
+    let every = q.every.unwrap_or(1);
+    match crate::registry::start_shadow(&s.host.shared, h, bytes, every).await {
+        Ok(r) => (StatusCode::OK, axum::Json(r)).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ShadowQuery {
+    every: Option<u64>,
+}
+
+/// `GET /handlers/NAME/shadow`: the comparison so far.
+async fn shadow_report(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    match h.shadow.load_full() {
+        Some(sh) => (StatusCode::OK, axum::Json(sh.report())).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no shadow run on handler {name:?}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `DELETE /handlers/NAME/shadow`: stops it, with its last report.
+async fn shadow_stop(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    match h.shadow.swap(None) {
+        Some(sh) => {
+            let r = sh.report();
+            tracing::info!(handler = %name, candidate = %r.candidate, compared = r.compared, differed = r.differed, "shadow run stopped");
+            (StatusCode::OK, axum::Json(r)).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no shadow run on handler {name:?}") })),
+        )
+            .into_response(),
+    }
 }
 
 /// `POST /handlers/NAME/rollback`.

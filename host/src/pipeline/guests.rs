@@ -44,6 +44,15 @@ impl Pipeline<'_> {
                 rt.run(module, env, message, &permit).await
             };
             let took = started.elapsed().as_secs_f64();
+            if let Some(shadow) = self.h.shadow.load_full()
+                && shadow.sampled()
+            {
+                // The candidate, on the same message and permit; what it
+                // publishes stays in its buffer and is dropped with it.
+                let candidate = rt.run(&shadow.module, env, message, &permit).await;
+                let id = job.msg.message_id().unwrap_or("-");
+                shadow.record(id, &module.digest().to_string(), &result, &candidate);
+            }
             if let (Some(t), Some(from)) = (&self.trace, from) {
                 let error = result.as_ref().err().map(|e| e.kind());
                 let digest = module.digest().to_string();

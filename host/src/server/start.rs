@@ -109,6 +109,7 @@ impl Host {
                 batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
                 metrics: metrics.handler(&h.name),
                 warm: Arc::default(),
+                shadow: Default::default(),
                 versions: Versions::new(
                     module,
                     format!("file {}", h.module.display()),
