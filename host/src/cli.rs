@@ -223,6 +223,9 @@ fn shadow(
 fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let (path, req) = command.request()?;
     let config = crate::config::Config::load(&path)?;
+    // Before anything can print a URL: a client library's error may embed
+    // its password.
+    crate::logging::hide(config.secrets());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
