@@ -135,3 +135,37 @@ pub fn describe(r: &Result<Completed, RunError>) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(outcome: Outcome) -> Result<Completed, RunError> {
+        Ok(Completed {
+            outcome,
+            publishes: Vec::new(),
+            logs_dropped: 0,
+            stdio_dropped: 0,
+        })
+    }
+
+    #[test]
+    fn outcomes_compare_with_their_reasons_and_failures_by_kind() {
+        assert_eq!(describe(&done(Outcome::Ack)), "ack");
+        assert_eq!(
+            describe(&done(Outcome::Reject("bad".into()))),
+            "reject: bad"
+        );
+        let trap = Err(RunError::Trap {
+            message: "unreachable".into(),
+        });
+        assert_eq!(
+            describe(&trap),
+            "failed (trap): handler trapped: unreachable"
+        );
+        assert_ne!(
+            describe(&done(Outcome::Reject("bad".into()))),
+            describe(&done(Outcome::Reject("worse".into())))
+        );
+    }
+}
