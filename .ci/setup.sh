@@ -60,6 +60,10 @@ sudo_ rabbitmqctl await_startup >/dev/null 2>&1 || say "warning: rabbitmqctl doe
 { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
 
+# The dashboard's browser test: Debian's headless chromium and its
+# WebDriver (tests/src/browser.rs drives them).
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
+
 # Rust: the guest target and the test runner.
 if ! command -v cargo >/dev/null; then
     say "cargo not found: install Rust with rustup first" >&2

@@ -52,8 +52,17 @@ pub async fn serve(config: &Config, shutdown: shutdown::Signal) -> anyhow::Resul
         ));
     }
     let _watcher = watch::start(host.shared.clone(), host.handlers.clone())?;
-    host.serve(config).await
+    let served = host.serve(config).await;
+    if let Some(t) = &host.shared.tracer {
+        // The last spans, sent off the runtime's workers.
+        let t = t.clone();
+        let _ = tokio::task::spawn_blocking(move || t.flush(TRACE_FLUSH)).await;
+    }
+    served
 }
+
+/// How long shutdown waits for the last spans to be exported.
+const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every thread warren does not size itself, among them the AMQP client's
 /// frame-parsing thread, gets [`amqp::limits::THREAD_STACK_BYTES`] of

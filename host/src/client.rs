@@ -77,6 +77,40 @@ impl Admin {
         )
     }
 
+    /// `PUT /handlers/NAME/shadow?every=N` with the candidate's bytes.
+    pub fn shadow_start(&self, handler: &str, file: &Path, every: u64) -> anyhow::Result<Value> {
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("cannot read module {}", file.display()))?;
+        let mut req = Self::agent().put(format!(
+            "{}/handlers/{handler}/shadow?every={every}",
+            self.url.trim_end_matches('/')
+        ));
+        for (k, v) in self.headers() {
+            req = req.header(k, v);
+        }
+        self.finish(
+            &format!("shadow run of {} on handler {handler:?}", file.display()),
+            req.send(&bytes[..]),
+        )
+    }
+
+    /// `GET` (or, with `stop`, `DELETE`) `/handlers/NAME/shadow`.
+    pub fn shadow_report(&self, handler: &str, stop: bool) -> anyhow::Result<Value> {
+        let url = format!(
+            "{}/handlers/{handler}/shadow",
+            self.url.trim_end_matches('/')
+        );
+        let mut req = if stop {
+            Self::agent().delete(url)
+        } else {
+            Self::agent().get(url)
+        };
+        for (k, v) in self.headers() {
+            req = req.header(k, v);
+        }
+        self.finish(&format!("shadow report of handler {handler:?}"), req.call())
+    }
+
     /// `POST /handlers/NAME/rollback`.
     pub fn rollback(&self, handler: &str) -> anyhow::Result<Value> {
         let mut req = Self::agent().post(format!(
@@ -154,6 +188,34 @@ pub fn describe_status(handlers: &Value) -> String {
             short(h.get("previous")),
             counters
         );
+    }
+    out
+}
+
+/// A shadow run's report (`GET /handlers/NAME/shadow`) in words.
+pub fn describe_shadow(r: &Value) -> String {
+    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut out = format!(
+        "candidate {} against live {}\ncompared {}: {} agree, {} differ\n",
+        s("candidate"),
+        s("live"),
+        n("compared"),
+        n("agreed"),
+        n("differed")
+    );
+    let diffs = r.get("differences").and_then(Value::as_array);
+    if let Some(d) = diffs.filter(|d| !d.is_empty()) {
+        out.push_str("first differences:\n");
+        for x in d {
+            let f = |k: &str| x.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+            out.push_str(&format!(
+                "  {}\n    live:      {}\n    candidate: {}\n",
+                f("message_id"),
+                f("live"),
+                f("candidate")
+            ));
+        }
     }
     out
 }

@@ -17,6 +17,7 @@ use crate::config::{self, OnUnavailable};
 use crate::dedup::Store;
 use crate::metrics::{HandlerMetrics, Metrics};
 use crate::runtime::{HandlerEnv, Runtime, WarmInstances};
+use crate::telemetry::Tracer;
 use crate::versions::Versions;
 
 /// What every message of the process shares.
@@ -30,6 +31,8 @@ pub struct Shared {
     /// This host's name, for dead-letter headers.
     pub host: String,
     pub shutdown: watch::Receiver<bool>,
+    /// Hands spans to the OTLP exporter; none when telemetry is off.
+    pub tracer: Option<Tracer>,
 }
 
 /// Readiness: connected to RabbitMQ, and the dedup store answering.
@@ -77,6 +80,9 @@ pub struct HandlerCtx {
     /// frees one permit, and the next batch takes one delivery.
     pub batches: Arc<Semaphore>,
     pub metrics: HandlerMetrics,
+    /// A candidate version compared with the live one on a sample of
+    /// messages (`warren shadow`), if one is.
+    pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
 }
 
 /// Everything `warren run` started: what the admin endpoint and the file

@@ -15,15 +15,18 @@
 //!   place where AMQP's types and the guest's are converted.
 //! - [`context`]: what every layer above shares: the process's `Shared`,
 //!   each handler's `HandlerCtx`, the `Host`.
-//! - [`versions`]: a handler's live, previous and known module versions.
+//! - [`versions`]: a handler's live, previous and known module versions;
+//!   [`shadow`]: a candidate version compared with the live one.
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin; [`dedup`]: the
 //!   dedup store, the only module that knows Redis; [`runtime`]: the
 //!   sandbox, the only module that knows wasmtime; [`metrics`]: the
 //!   Prometheus registry.
-//! - [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
+//! - [`telemetry`]: OpenTelemetry spans over OTLP/HTTP (off by default);
+//!   [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
 //!   out to every task; [`logging`]: structured log set-up; [`check`]:
-//!   `warren check`; [`scaffold`]: `warren new`.
-//! - [`config`]: the TOML config file, defaults, validation.
+//!   `warren check`; [`scaffold`]: `warren new`; [`dlq`]: `warren dlq`.
+//! - [`config`]: the TOML config file, defaults, validation; [`recent`]:
+//!   each handler's latest latencies and failures, for the dashboard.
 
 pub mod admin;
 pub mod amqp;
@@ -34,15 +37,19 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod dlq;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod recent;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod shadow;
 pub mod shutdown;
+pub mod telemetry;
 pub mod versions;
 pub mod watch;

@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::recent::Recent;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabel {
     pub handler: String,
@@ -73,6 +75,11 @@ pub struct Metrics {
     /// queue by the quarantine (they never reach the pipeline, so they are
     /// not in `messages`).
     pub quarantined: Family<HandlerLabel, Counter>,
+    /// Messages ready in each handler's dead-letter queue, as the broker
+    /// last said (polled by the supervisor).
+    pub dead_letter_depth: Family<HandlerLabel, Gauge>,
+    /// Each handler's latest latencies and failures, for the dashboard.
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Recent>>>>,
 }
 
 impl Default for Metrics {
@@ -158,7 +165,15 @@ impl Metrics {
             "Messages the AMQP client could not parse, moved to the dead-letter queue",
             quarantined.clone(),
         );
+        let dead_letter_depth = Family::<HandlerLabel, Gauge>::default();
+        r.register(
+            "dead_letter_depth",
+            "Messages ready in the handler's dead-letter queue, polled every few seconds",
+            dead_letter_depth.clone(),
+        );
         Self {
+            dead_letter_depth,
+            recent: Arc::default(),
             registry: Arc::new(r),
             messages,
             failures,
@@ -214,7 +229,20 @@ impl Metrics {
             dedup_bypassed: self.dedup_bypassed.get_or_create(&label).clone(),
             failures: self.failures.clone(),
             handler: handler.into(),
+            recent: self.recent(handler),
+            dead_letter_depth: self.dead_letter_depth.get_or_create(&label).clone(),
         }
+    }
+
+    /// The latest latencies and failures of `handler` (one per handler,
+    /// however often it is asked for).
+    pub fn recent(&self, handler: &str) -> Arc<Recent> {
+        self.recent
+            .lock()
+            .expect("recent map lock")
+            .entry(handler.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Records `digest` as the live version of `handler`, replacing `old`.
@@ -290,6 +318,10 @@ pub struct HandlerMetrics {
     pub reason_dropped: Counter,
     failures: Family<FailureLabels, Counter>,
     handler: String,
+    /// The latest latencies and failures, for the dashboard.
+    pub recent: Arc<Recent>,
+    /// Messages ready in the dead-letter queue.
+    pub dead_letter_depth: Gauge,
 }
 
 impl HandlerMetrics {

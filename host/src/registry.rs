@@ -201,3 +201,43 @@ fn record(shared: &Shared, handler: &str, swapped: &Swapped, new_digest: &str) {
         tracing::debug!(handler, dropped = ?swapped.dropped, "module versions dropped from memory");
     }
 }
+
+/// Starts comparing `bytes`, a candidate version, with `h`'s live version
+/// on one message in `every` (`warren shadow`), in place of any candidate
+/// before it. The candidate is compiled and instantiated once like a
+/// deploy's, and refused the same way; it never goes live.
+pub async fn start_shadow(
+    shared: &Shared,
+    h: &HandlerCtx,
+    bytes: Vec<u8>,
+    every: u64,
+) -> Result<crate::shadow::Report, DeployError> {
+    let refused = |reason: String| DeployError::Refused {
+        handler: h.cfg.name.clone(),
+        reason,
+    };
+    let digest = crate::runtime::Digest::of(&bytes);
+    let module = match h.versions.known(digest.hex()) {
+        Some(m) => m,
+        None => {
+            let rt = shared.runtime.clone();
+            let m = tokio::task::spawn_blocking(move || rt.compile(&bytes))
+                .await
+                .map_err(|e| refused(format!("compile task failed: {e}")))?
+                .map_err(|e| refused(e.to_string()))?;
+            Arc::new(m)
+        }
+    };
+    let permit = shared.runtime.acquire().await;
+    shared
+        .runtime
+        .smoke(&module, &h.env, None, &permit)
+        .await
+        .map_err(|e| refused(format!("the candidate does not instantiate: {e}")))?;
+    drop(permit);
+    let shadow = Arc::new(crate::shadow::Shadow::new(module, every));
+    let report = shadow.report();
+    h.shadow.store(Some(shadow));
+    tracing::info!(handler = %h.cfg.name, candidate = %report.candidate, every, "shadow run started");
+    Ok(report)
+}

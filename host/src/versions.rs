@@ -36,7 +36,12 @@ struct History {
     order: VecDeque<String>,
     /// The most versions `known` holds.
     keep: usize,
+    /// Every version made live, oldest first, the last [`DEPLOYS_KEPT`].
+    deploys: VecDeque<VersionInfo>,
 }
+
+/// How many deploys [`Versions::deploys`] remembers.
+pub const DEPLOYS_KEPT: usize = 20;
 
 /// What is known of one version, for the admin API and `warren status`.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +72,7 @@ impl Versions {
         Self {
             live: ArcSwap::new(module),
             state: Mutex::new(History {
+                deploys: VecDeque::from([live.clone()]),
                 live,
                 previous: None,
                 known,
@@ -104,6 +110,13 @@ impl Versions {
         (h.live.clone(), h.previous.as_ref().map(|(_, i)| i.clone()))
     }
 
+    /// The versions made live in this process (at start, deployed, rolled
+    /// back to), oldest first: the last [`DEPLOYS_KEPT`].
+    pub fn deploys(&self) -> Vec<VersionInfo> {
+        let h = self.state.lock().expect("versions lock");
+        h.deploys.iter().cloned().collect()
+    }
+
     /// A version this process has run before, by its hex digest.
     pub fn known(&self, digest: &str) -> Option<Arc<Module>> {
         self.state
@@ -128,7 +141,12 @@ impl Versions {
         let started = Instant::now();
         let old = self.live.swap(module.clone());
         let took = started.elapsed();
-        let old_info = std::mem::replace(&mut h.live, info(&module, source));
+        let new_info = info(&module, source);
+        if h.deploys.len() == DEPLOYS_KEPT {
+            h.deploys.pop_front();
+        }
+        h.deploys.push_back(new_info.clone());
+        let old_info = std::mem::replace(&mut h.live, new_info);
         let hex = module.digest().hex().to_string();
         h.order.retain(|d| *d != hex);
         h.order.push_back(hex.clone());

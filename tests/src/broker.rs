@@ -186,6 +186,37 @@ impl Rabbit {
         }
     }
 
+    /// Publishes one persistent message with text headers and waits for
+    /// its confirm.
+    pub async fn publish_with_headers(
+        &self,
+        queue: &str,
+        id: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) {
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert((*k).into(), AMQPValue::LongString((*v).into()));
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(id.into())
+            .with_headers(table);
+        let confirm = self
+            .ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("basic.publish");
+        assert!(confirm.await.expect("confirm").is_ack());
+    }
+
     pub async fn publish(&self, queue: &str, id: &str, body: &[u8]) {
         self.publish_many(queue, [(Some(id.to_string()), body.to_vec())])
             .await

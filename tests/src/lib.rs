@@ -61,9 +61,11 @@ pub fn message(body: impl Into<Vec<u8>>) -> Message {
 }
 
 pub mod broker;
+pub mod browser;
 pub mod enrich_cases;
 pub mod fixture;
 pub mod multi_memory;
+pub mod otlp_receiver;
 pub mod private_broker;
 pub mod process;
 pub mod raw_amqp;

@@ -1,6 +1,8 @@
 //! The admin endpoint: liveness, readiness, Prometheus metrics and the
 //! handlers' state, over HTTP, and deploys and rollbacks.
 //!
+//! `GET /` is a live dashboard of the handlers (`dashboard.rs`).
+//!
 //! It listens on loopback unless configured otherwise, and then requires a
 //! bearer token (config validation enforces that). Every request passes
 //! `guard.rs` (token, `Host`, `Origin`, the admin header) first; module
@@ -8,6 +10,7 @@
 //! host's state and calls the registry; it never touches AMQP or the
 //! sandbox itself.
 
+mod dashboard;
 mod guard;
 mod upload;
 
@@ -51,12 +54,18 @@ pub async fn serve(
         uploads: upload::Uploads::new(config.max_upload_mb),
     };
     let app = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.json", get(dashboard::data))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/handlers", get(handlers))
         .route("/handlers/{name}/module", put(deploy))
         .route("/handlers/{name}/rollback", post(rollback))
+        .route(
+            "/handlers/{name}/shadow",
+            put(shadow_start).get(shadow_report).delete(shadow_stop),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     axum::serve(listener, app)
@@ -74,7 +83,15 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    match s.guard.check(req.method(), req.headers()) {
+    // The dashboard page holds no data (its script fetches it with the
+    // token), so a browser may load it without one.
+    let page = req.uri().path() == "/" && req.method() == axum::http::Method::GET;
+    let checked = if page {
+        s.guard.check_host(req.headers())
+    } else {
+        s.guard.check(req.method(), req.headers())
+    };
+    match checked {
         Ok(()) => next.run(req).await,
         Err(refusal) => refusal.into_response(),
     }
@@ -133,6 +150,75 @@ async fn deploy(
     // until then.
     let (bytes, _slot) = (upload.bytes, upload.slot);
     report(crate::registry::deploy(&s.host.shared, h, bytes, "upload".into()).await)
+}
+
+/// `PUT /handlers/NAME/shadow?every=N`: the body is the candidate.
+async fn shadow_start(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ShadowQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    let upload = match s.uploads.receive(&headers, body).await {
+        Ok(u) => u,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (bytes, _slot) = (upload.bytes, upload.slot);
+    let every = q.every.unwrap_or(1);
+    match crate::registry::start_shadow(&s.host.shared, h, bytes, every).await {
+        Ok(r) => (StatusCode::OK, axum::Json(r)).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ShadowQuery {
+    every: Option<u64>,
+}
+
+/// `GET /handlers/NAME/shadow`: the comparison so far.
+async fn shadow_report(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    match h.shadow.load_full() {
+        Some(sh) => (StatusCode::OK, axum::Json(sh.report())).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no shadow run on handler {name:?}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `DELETE /handlers/NAME/shadow`: stops it, with its last report.
+async fn shadow_stop(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let h = match find(&s, &name) {
+        Ok(h) => h,
+        Err(r) => return *r,
+    };
+    match h.shadow.swap(None) {
+        Some(sh) => {
+            let r = sh.report();
+            tracing::info!(handler = %name, candidate = %r.candidate, compared = r.compared, differed = r.differed, "shadow run stopped");
+            (StatusCode::OK, axum::Json(r)).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no shadow run on handler {name:?}") })),
+        )
+            .into_response(),
+    }
 }
 
 /// `POST /handlers/NAME/rollback`.

@@ -133,6 +133,7 @@ impl ConsumerChannel {
                     bookkeeping,
                     acks: self.acks.clone(),
                     settled: false,
+                    copy_headers: Vec::new(),
                 })
             }
             Some(Err(e)) => {
@@ -197,11 +198,32 @@ pub struct Inbound {
     bookkeeping: Option<Bookkeeping>,
     acks: mpsc::UnboundedSender<AckEvent>,
     settled: bool,
+    /// Text headers that replace the delivery's own of the same name on
+    /// its retry and dead-letter copies (the trace context of this attempt).
+    copy_headers: Vec<(String, String)>,
 }
 
 impl Inbound {
     pub fn body(&self) -> &[u8] {
         &self.delivery.data
+    }
+
+    /// The broker's tag of this delivery: unique on its channel, so within
+    /// a batch.
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery.delivery_tag
+    }
+
+    /// Sets header `name` to `value` on this delivery's retry and
+    /// dead-letter copies, in place of the delivery's own.
+    pub fn set_copy_header(&mut self, name: &str, value: String) {
+        self.copy_headers.retain(|(n, _)| n != name);
+        self.copy_headers.push((name.to_string(), value));
+    }
+
+    /// The headers [`Inbound::set_copy_header`] set.
+    pub(super) fn copy_headers(&self) -> &[(String, String)] {
+        &self.copy_headers
     }
 
     pub fn properties(&self) -> &BasicProperties {

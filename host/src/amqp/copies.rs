@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::INTERNAL_PREFIX;
 use super::consumer::Inbound;
@@ -17,9 +17,22 @@ use super::limits::{MAX_DEPTH, depth};
 /// bookkeeping, or any header nested deeper than the limit (those are
 /// named in the second value).
 pub(super) fn carried_headers(msg: &Inbound) -> (BTreeMap<ShortString, AMQPValue>, Vec<String>) {
+    let (mut t, dropped) = carried_from(msg.properties().headers().as_ref());
+    for (k, v) in msg.copy_headers() {
+        if let Ok(k) = ShortString::try_new(k.as_str()) {
+            t.insert(k, AMQPValue::LongString(v.as_str().into()));
+        }
+    }
+    (t, dropped)
+}
+
+/// [`carried_headers`] of a header table.
+pub(super) fn carried_from(
+    headers: Option<&FieldTable>,
+) -> (BTreeMap<ShortString, AMQPValue>, Vec<String>) {
     let mut t = BTreeMap::new();
     let mut dropped = Vec::new();
-    if let Some(h) = msg.properties().headers() {
+    if let Some(h) = headers {
         for (k, v) in h.inner() {
             if k.as_str() == "x-death" || k.as_str().starts_with(INTERNAL_PREFIX) {
                 continue;

@@ -11,6 +11,8 @@
 //!   callers convert to and from their own.
 //! - [`bookkeeping`]: the signature that makes `x-warren-*` unforgeable.
 //! - [`limits`]: depth, size and length limits against hostile deliveries.
+//! - [`dlq`]: a dead-letter queue read without taking, and messages moved
+//!   back to the work queue (`warren dlq`).
 //! - [`quarantine`]: after the client lost the connection to a frame it
 //!   could not parse, a session of its own that dead-letters such
 //!   deliveries so the queue can go on.
@@ -27,6 +29,7 @@
 pub mod bookkeeping;
 pub mod consumer;
 mod copies;
+pub mod dlq;
 mod exchanges;
 pub mod limits;
 pub mod publisher;
@@ -322,6 +325,33 @@ impl Broker {
         }
         ch.close(200, "declared".into()).await?;
         Ok(())
+    }
+
+    /// How many messages each of `queues` holds ready, on a channel of its
+    /// own. Each is declared as [`Broker::declare`] declares a dead-letter
+    /// queue (durable, no arguments), not passively: a passive declare of a
+    /// queue an operator deleted would close the channel with a 404 that
+    /// reads like a lost connection, and declaring it again is what every
+    /// reconnect does anyway.
+    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<u32>, Error> {
+        let what = || format!("counting the messages of {queues:?}");
+        bounded(what, CALL_TIMEOUT, async {
+            let ch = self.conn.create_channel().await?;
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            let mut out = Vec::with_capacity(queues.len());
+            for q in queues {
+                let declared = ch
+                    .queue_declare(q.as_str().into(), durable, FieldTable::default())
+                    .await?;
+                out.push(declared.message_count());
+            }
+            ch.close(200, "counted".into()).await?;
+            Ok::<_, lapin::Error>(out)
+        })
+        .await
     }
 
     /// Opens a consumer channel on `queue`; see [`ConsumerChannel::open`].

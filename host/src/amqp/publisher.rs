@@ -281,6 +281,10 @@ impl Publisher {
             ours.insert(H_MODULE.into(), text(m));
         }
         ours.insert(H_HOST.into(), text(dl.host));
+        // A replayed message's earlier failures (`warren dlq replay`).
+        if let Some(h) = super::dlq::carried_history(msg.properties().headers().as_ref()) {
+            ours.insert(super::dlq::H_HISTORY.into(), h);
+        }
         ours.insert(
             H_EXCHANGE.into(),
             text(&cap_text(&msg.original_exchange(), 255)),

@@ -69,3 +69,8 @@ pub fn max_upload_mb() -> u32 {
 pub fn keep_versions() -> u32 {
     8
 }
+
+/// `telemetry.service_name`.
+pub fn service_name() -> String {
+    "warren".into()
+}

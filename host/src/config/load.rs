@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_BOOKKEEPING_KEY, ENV_REDIS_URL};
+use super::{
+    Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_BOOKKEEPING_KEY, ENV_OTLP_ENDPOINT,
+    ENV_OTLP_TRACES_ENDPOINT, ENV_REDIS_URL, ENV_SERVICE_NAME,
+};
 
 impl Config {
     /// Reads, parses, applies the environment overrides and validates.
@@ -37,6 +40,15 @@ impl Config {
         }
         if let Some(token) = env(ENV_ADMIN_TOKEN) {
             config.admin.token = Some(token);
+        }
+        if let Some(url) = env(ENV_OTLP_TRACES_ENDPOINT) {
+            config.telemetry.otlp_endpoint = Some(url);
+            config.telemetry.endpoint_is_full_url = true;
+        } else if let Some(url) = env(ENV_OTLP_ENDPOINT) {
+            config.telemetry.otlp_endpoint = Some(url);
+        }
+        if let Some(name) = env(ENV_SERVICE_NAME) {
+            config.telemetry.service_name = name;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.runtime.cache_dir = match config.runtime.cache_dir.take() {

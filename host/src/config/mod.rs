@@ -41,6 +41,37 @@ pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
 pub const ENV_BOOKKEEPING_KEY: &str = "WARREN_BOOKKEEPING_KEY";
 /// The environment variable that sets `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "WARREN_ADMIN_TOKEN";
+/// The standard variables that set `telemetry.otlp_endpoint` (the traces
+/// one wins, and is taken as the full URL) and `telemetry.service_name`.
+pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); spans
+    /// go to `/v1/traces` under it. Off when unset.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Set from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the endpoint is the
+    /// full URL, not a base.
+    #[serde(skip)]
+    pub endpoint_is_full_url: bool,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            service_name: defaults::service_name(),
+            endpoint_is_full_url: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +85,9 @@ pub struct Config {
     pub runtime: RuntimeSection,
     #[serde(rename = "handler", default)]
     pub handlers: Vec<Handler>,
+    /// OpenTelemetry traces; off unless an endpoint is set.
+    #[serde(default)]
+    pub telemetry: Telemetry,
     /// The file this was read from; set by [`Config::load`].
     #[serde(skip)]
     pub path: PathBuf,

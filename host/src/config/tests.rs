@@ -116,3 +116,48 @@ fn admin_off_loopback_needs_a_token() {
     let err = parse(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MINIMAL}")).unwrap_err();
     assert!(err.to_string().contains("admin.token"), "{err}");
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_the_otel_variables_turn_it_on() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.telemetry.otlp_endpoint.is_none());
+    assert_eq!(c.telemetry.service_name, "warren");
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = MINIMAL.replace("MODULE", &module.display().to_string());
+    let with = |vars: &'static [(&'static str, &'static str)]| {
+        Config::parse(&text, Path::new("x.toml"), |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    let c = with(&[
+        (ENV_OTLP_ENDPOINT, "http://collector:4318"),
+        (ENV_SERVICE_NAME, "orders"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://collector:4318")
+    );
+    assert!(!c.telemetry.endpoint_is_full_url);
+    assert_eq!(c.telemetry.service_name, "orders");
+    let c = with(&[
+        (ENV_OTLP_ENDPOINT, "http://collector:4318"),
+        (ENV_OTLP_TRACES_ENDPOINT, "http://other:4318/custom/traces"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://other:4318/custom/traces")
+    );
+    assert!(c.telemetry.endpoint_is_full_url);
+    let err = with(&[(ENV_OTLP_ENDPOINT, "https://collector:4318")]).unwrap_err();
+    assert!(
+        err.to_string().contains("key telemetry.otlp_endpoint")
+            && err.to_string().contains("not an http:// URL"),
+        "{err}"
+    );
+}

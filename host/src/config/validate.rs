@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use anyhow::bail;
 
-use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB};
+use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB, redact_url};
 
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
@@ -25,6 +25,14 @@ impl Config {
             bail!(
                 "key runtime.keep_versions: {} is too few: the live and the previous version are always kept, so at least 2",
                 self.runtime.keep_versions
+            );
+        }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !url.starts_with("http://")
+        {
+            bail!(
+                "key telemetry.otlp_endpoint: {:?} is not an http:// URL (OTLP/HTTP without TLS: send to a collector on this host or its network, which may forward over TLS)",
+                redact_url(url)
             );
         }
         if self.handlers.is_empty() {

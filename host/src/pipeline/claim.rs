@@ -24,7 +24,11 @@ impl Pipeline<'_> {
             .iter()
             .map(|j| j.key.as_deref().map(|k| store.key(self.name(), k)))
             .collect();
+        let started = crate::telemetry::now_ns();
         let claims = self.claim_keys(&keys).await;
+        if let Some(t) = &self.trace {
+            t.claimed(started);
+        }
 
         let mut run = Vec::with_capacity(jobs.len());
         let mut settles = Vec::new();
@@ -47,6 +51,11 @@ impl Pipeline<'_> {
                         "duplicate: already handled, acked without running"
                     );
                     self.h.metrics.dedup_hit.inc();
+                    if let Some(t) = &self.trace {
+                        let tag = job.msg.delivery_tag();
+                        t.settling(tag);
+                        t.settled(tag, super::trace::Fate::DedupHit);
+                    }
                     job.msg.ack();
                 }
                 Claimed::Busy(remaining) => settles.push((job.msg, Settle::Defer(remaining))),

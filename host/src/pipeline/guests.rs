@@ -32,8 +32,10 @@ impl Pipeline<'_> {
         let reuse = self.h.cfg.instances == config::Instances::Reuse;
         self.h.metrics.in_flight.inc_by(n as i64);
         let mut results = Vec::with_capacity(n);
-        for message in &messages {
+        let mut times = Vec::with_capacity(n);
+        for (message, job) in messages.iter().zip(jobs) {
             let started = Instant::now();
+            let from = self.trace.as_ref().map(|_| crate::telemetry::now_ns());
             let result = if reuse {
                 let max = self.h.cfg.reuse_max;
                 rt.run_warm(module, env, message, &permit, &self.h.warm, max)
@@ -41,12 +43,27 @@ impl Pipeline<'_> {
             } else {
                 rt.run(module, env, message, &permit).await
             };
-            self.h
-                .metrics
-                .duration
-                .observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            if let Some(shadow) = self.h.shadow.load_full()
+                && shadow.sampled()
+            {
+                // The candidate, on the same message and permit; what it
+                // publishes stays in its buffer and is dropped with it.
+                let candidate = rt.run(&shadow.module, env, message, &permit).await;
+                let id = job.msg.message_id().unwrap_or("-");
+                shadow.record(id, &module.digest().to_string(), &result, &candidate);
+            }
+            if let (Some(t), Some(from)) = (&self.trace, from) {
+                let error = result.as_ref().err().map(|e| e.kind());
+                let digest = module.digest().to_string();
+                let to = crate::telemetry::now_ns();
+                t.ran(job.msg.delivery_tag(), &digest, from, to, error);
+            }
+            self.h.metrics.duration.observe(took);
+            times.push(took);
             results.push(result);
         }
+        self.h.metrics.recent.latencies(&times);
         self.h.metrics.in_flight.dec_by(n as i64);
         results
     }

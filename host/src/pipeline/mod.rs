@@ -24,6 +24,7 @@ mod guests;
 mod keys;
 mod renew;
 mod settle;
+mod trace;
 
 use keys::{describe_key, output_id_base};
 pub use keys::{idempotency_key, output_message_id};
@@ -40,6 +41,7 @@ use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
 use crate::dedup::Lease;
 use crate::runtime::{Completed, Outbound, Outcome};
+use crate::telemetry;
 use settle::Settle;
 
 /// Handles a batch of deliveries from one consumer channel to the end.
@@ -48,10 +50,15 @@ use settle::Settle;
 pub async fn process(shared: &Shared, h: &HandlerCtx, publisher: &Publisher, batch: Vec<Inbound>) {
     h.metrics.batch.observe(batch.len() as f64);
     let span = tracing::debug_span!("batch", handler = %h.cfg.name, messages = batch.len());
+    let trace = shared
+        .tracer
+        .clone()
+        .map(|t| trace::BatchTrace::new(t, &h.cfg.name, &h.cfg.queue));
     Pipeline {
         shared,
         h,
         publisher,
+        trace,
     }
     .run(batch)
     .instrument(span)
@@ -62,6 +69,8 @@ struct Pipeline<'a> {
     shared: &'a Shared,
     h: &'a HandlerCtx,
     publisher: &'a Publisher,
+    /// The batch's spans, when telemetry is on.
+    trace: Option<trace::BatchTrace>,
 }
 
 /// A message on its way through the batch.
@@ -252,7 +261,10 @@ impl Pipeline<'_> {
         let dedup = &self.h.cfg.dedup;
         let mut jobs = Vec::with_capacity(batch.len());
         let mut keyless = Vec::new();
-        for msg in batch {
+        for mut msg in batch {
+            if let Some(t) = &self.trace {
+                t.begin(&mut msg);
+            }
             // A header too deep to hand to a guest: out of the way at once,
             // before any claim.
             if let Some(reason) = msg.unreadable() {
@@ -302,17 +314,29 @@ impl Pipeline<'_> {
                 continue;
             }
             let base = job.key.clone().unwrap_or_else(|| output_id_base(&job.msg));
+            let tag = job.msg.delivery_tag();
             for (i, out) in outputs.iter().enumerate() {
                 let id = output_message_id(self.name(), &base, i);
                 sends.push(async move {
+                    let ctx = self.trace.as_ref().and_then(|t| t.publish_context(tag));
+                    let from = telemetry::now_ns();
                     let sent = match convert::outbound_properties(out, &id) {
-                        Ok(props) => self
-                            .publisher
-                            .output(&out.exchange, &out.routing_key, &out.body, props, digest)
-                            .await
-                            .map_err(|e| e.to_string()),
+                        Ok(props) => {
+                            let props = match &ctx {
+                                Some(ctx) => trace::with_context(props, ctx),
+                                None => props,
+                            };
+                            self.publisher
+                                .output(&out.exchange, &out.routing_key, &out.body, props, digest)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
                         Err(invalid) => Err(format!("invalid outbound message: {invalid}")),
                     };
+                    if let (Some(t), Some(ctx)) = (&self.trace, ctx) {
+                        let err = sent.as_ref().err().map(String::as_str);
+                        t.published(tag, ctx, &out.exchange, &out.routing_key, &id, from, err);
+                    }
                     (
                         j,
                         sent.map_err(|e| format!("output {i} not confirmed: {e}")),
@@ -335,6 +359,11 @@ impl Pipeline<'_> {
     /// settle: a lost lease goes back to the queue now (another owner may
     /// have it), a store error after a pause.
     async fn complete_and_ack(&self, done: Vec<Job>) -> Vec<(Job, Settle)> {
+        if let Some(t) = &self.trace {
+            for j in &done {
+                t.settling(j.msg.delivery_tag());
+            }
+        }
         let leases: Vec<&Lease> = done.iter().filter_map(|j| j.lease.as_ref()).collect();
         let mut marked = self
             .shared
@@ -367,6 +396,9 @@ impl Pipeline<'_> {
                 }
             }
             acked += 1;
+            if let Some(t) = &self.trace {
+                t.settled(job.msg.delivery_tag(), trace::Fate::Ack);
+            }
             job.msg.ack();
         }
         self.h.metrics.ack.inc_by(acked);

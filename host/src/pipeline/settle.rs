@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::Pipeline;
+use super::trace::Fate;
 use crate::amqp::limits::cap_reason;
 use crate::amqp::{DeadLetter, Inbound, PublishError};
 use crate::retry;
@@ -51,6 +52,16 @@ impl Pipeline<'_> {
 
     async fn settle(&self, msg: Inbound, how: Settle, module: Option<&str>) {
         let attempt = msg.attempt();
+        if let Some(t) = &self.trace {
+            let tag = msg.delivery_tag();
+            t.settling(tag);
+            match &how {
+                Settle::Retry { kind, reason, .. } | Settle::DeadLetter { kind, reason } => {
+                    t.failed(tag, kind, reason)
+                }
+                _ => {}
+            }
+        }
         match how {
             Settle::Defer(remaining) => {
                 let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
@@ -76,6 +87,7 @@ impl Pipeline<'_> {
             Settle::RequeueLater => self.requeue_later(msg).await,
             Settle::Requeue => {
                 self.h.metrics.requeued.inc();
+                self.traced(&msg, Fate::Requeue);
                 msg.requeue()
             }
         }
@@ -101,6 +113,7 @@ impl Pipeline<'_> {
         let delay = delay
             .unwrap_or_else(|| retry::backoff(&self.h.cfg.retry, attempt, rand::random::<f64>()));
         let delay = retry::tier(delay);
+        self.recent_failure(&msg, kind, reason, "retry", module);
         tracing::info!(
             handler = self.name(),
             message_id = msg.message_id().unwrap_or("-"),
@@ -138,6 +151,7 @@ impl Pipeline<'_> {
                     &self.h.metrics.retry
                 };
                 counter.inc();
+                self.traced(&msg, if deferred { Fate::Defer } else { Fate::Retry });
                 msg.ack();
             }
             Err(PublishError::TooLarge(why)) => {
@@ -174,6 +188,11 @@ impl Pipeline<'_> {
             Ok(()) => {
                 tracing::warn!(handler = self.name(), message_id = msg.message_id().unwrap_or("-"), attempt, kind, reason, dead_letter_queue = %dlq, "dead-lettered");
                 self.h.metrics.dead_letter.inc();
+                self.recent_failure(&msg, kind, reason, "dead_letter", module);
+                if let Some(t) = &self.trace {
+                    t.failed(msg.delivery_tag(), kind, reason);
+                }
+                self.traced(&msg, Fate::DeadLetter);
                 msg.ack();
             }
             Err(e) => {
@@ -181,6 +200,28 @@ impl Pipeline<'_> {
                 self.requeue_later(msg).await;
             }
         }
+    }
+
+    /// Keeps the failure for the dashboard's recent failures.
+    fn recent_failure(
+        &self,
+        msg: &Inbound,
+        kind: &str,
+        reason: &str,
+        outcome: &'static str,
+        module: Option<&str>,
+    ) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.h.metrics.recent.failure(crate::recent::Failure {
+            at,
+            message_id: msg.message_id().unwrap_or("-").to_string(),
+            kind: kind.to_string(),
+            reason: reason.to_string(),
+            outcome,
+            module: module.map(str::to_string),
+        });
     }
 
     /// Requeues after a pause (or at once when shutting down).
@@ -191,6 +232,14 @@ impl Pipeline<'_> {
             _ = shutdown.wait_for(|s| *s) => {}
         }
         self.h.metrics.requeued.inc();
+        self.traced(&msg, Fate::Requeue);
         msg.requeue();
+    }
+
+    /// Finishes `msg`'s spans, when telemetry is on.
+    fn traced(&self, msg: &Inbound, fate: Fate) {
+        if let Some(t) = &self.trace {
+            t.settled(msg.delivery_tag(), fate);
+        }
     }
 }

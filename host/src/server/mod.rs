@@ -172,6 +172,7 @@ impl Host {
         }
         let end = tokio::select! {
             reason = broker.lost(&probes) => SessionEnd::Lost(reason),
+            never = self.poll_dead_letter_depths(broker) => match never {},
             _ = shutdown.wait_for(|s| *s) => SessionEnd::Shutdown { close_by: Instant::now() + grace + CLOSE_BUDGET },
             Some(r) = loops.join_next() => SessionEnd::Lost(r.unwrap_or_else(|e| format!("a consumer loop failed: {e}"))),
         };
@@ -214,6 +215,33 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Every [`DEPTH_POLL`], the number of messages in each handler's
+    /// dead-letter queue, into `warren_dead_letter_depth` (the dashboard
+    /// shows it). A failed count is logged at debug and tried again: the
+    /// connection's own watch decides whether it is lost.
+    async fn poll_dead_letter_depths(&self, broker: &Broker) -> std::convert::Infallible {
+        let queues: Vec<String> = self
+            .handlers
+            .iter()
+            .map(|h| h.cfg.dead_letter_queue())
+            .collect();
+        loop {
+            match broker.queue_depths(&queues).await {
+                Ok(depths) => {
+                    for (h, n) in self.handlers.iter().zip(depths) {
+                        h.metrics.dead_letter_depth.set(i64::from(n));
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot count the dead-letter queues"),
+            }
+            tokio::time::sleep(DEPTH_POLL).await;
+        }
+    }
+}
+
+/// How often the dead-letter queues are counted.
+const DEPTH_POLL: Duration = Duration::from_secs(2);
 /// A connection that lasted this long was no failed attempt: the next one
 /// starts from the shortest backoff, however often the broker restarts.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(2);

@@ -121,6 +121,7 @@ impl Host {
                 batches: Arc::new(Semaphore::new(h.batch_slots(cores) as usize)),
                 metrics: metrics.handler(&h.name),
                 warm: Arc::default(),
+                shadow: Default::default(),
                 versions: Versions::new(
                     module,
                     format!("file {}", h.module.display()),
@@ -146,6 +147,27 @@ impl Host {
         tracing::info!(store = %store.describe(), "dedup store ready");
         metrics.redis_available.set(1);
 
+        let tracer = config.telemetry.otlp_endpoint.as_ref().map(|e| {
+            let url = if config.telemetry.endpoint_is_full_url {
+                e.clone()
+            } else {
+                crate::telemetry::traces_url(e)
+            };
+            tracing::info!(endpoint = %crate::config::redact_url(&url), "exporting traces over OTLP/HTTP");
+            let resource = vec![
+                (
+                    "service.name".to_string(),
+                    config.telemetry.service_name.clone().into(),
+                ),
+                ("service.version".to_string(), env!("CARGO_PKG_VERSION").into()),
+                ("host.name".to_string(), host.clone().into()),
+                (
+                    "process.pid".to_string(),
+                    i64::from(std::process::id()).into(),
+                ),
+            ];
+            crate::telemetry::Tracer::start(url, resource)
+        });
         let shared = Arc::new(Shared {
             runtime,
             store,
@@ -154,6 +176,7 @@ impl Host {
             health: Health::default(),
             host,
             shutdown,
+            tracer,
         });
         Ok(Host { shared, handlers })
     }
