@@ -194,9 +194,8 @@ pub fn targets(rows: &[Row]) -> String {
         t.push_str(&line);
         t.push('\n');
     };
-    let pair = |a: Option<&Measured>, b: Option<&Measured>, f: fn(&Measured) -> f64| {
-        Some((f(a?), f(b?)))
-    };
+    let pair =
+        |a: Option<&Measured>, b: Option<&Measured>, f: fn(&Measured) -> f64| Some((f(a?), f(b?)));
     check(
         "line 5 vs line 2e (drain)",
         pair(l5, l2e, |m| m.drain_rate),
@@ -330,7 +329,9 @@ mod tests {
         assert!(g.contains("line 5n vs line 2 (drain): MISSED"), "{g}");
         assert!(g.contains("line 5d vs line 5 (drain): MISSED"), "{g}");
         assert!(
-            g.contains("line 5 vs line 2e (p99 at half load): reached (want <= 2x; measured 1.00x)"),
+            g.contains(
+                "line 5 vs line 2e (p99 at half load): reached (want <= 2x; measured 1.00x)"
+            ),
             "{g}"
         );
         let missing = targets(&[row("5", Ok(m(25_000.0, 30.0)))]);

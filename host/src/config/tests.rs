@@ -92,7 +92,9 @@ fn batches_default_to_16_and_are_enough_for_consumers() {
     assert_eq!((h.consumers, h.prefetch, h.max_batch), (256, 512, 16));
     assert_eq!(h.batch_slots(1), 16, "256 consumers in batches of 16");
     assert_eq!(h.batch_slots(32), 32, "one batch per core");
-    let h = &parse(&format!("{MINIMAL}consumers = 8\n")).unwrap().handlers[0];
+    let h = &parse(&format!("{MINIMAL}consumers = 8\n"))
+        .unwrap()
+        .handlers[0];
     assert_eq!(h.batch_slots(1), 1, "8 consumers fit one batch");
     assert_eq!(h.batch_slots(4), 4, "one batch per core");
     assert_eq!(h.batch_slots(32), 8, "never more batches than consumers");

@@ -31,12 +31,22 @@ impl Host {
         // deploy's smoke test does not wait for a busy handler. A slot
         // reserves address space and, once used, keeps up to
         // `KEEP_RESIDENT` of its memory resident: sizing it by `consumers`
-        // (256 by default) would pay for instances that never run.
+        // (256 by default) would pay for instances that never run. With
+        // `instances = "reuse"` a batch's warm instance is idle, still in
+        // its slot, while a shadow candidate runs on the same message:
+        // two slots per batch slot there.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let instances: u32 = config
             .handlers
             .iter()
-            .map(|h| h.batch_slots(cores))
+            .map(|h| {
+                let per_batch = if h.instances == crate::config::Instances::Reuse {
+                    2
+                } else {
+                    1
+                };
+                h.batch_slots(cores) * per_batch
+            })
             .sum::<u32>()
             + 1;
         let max_memory = config
