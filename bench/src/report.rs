@@ -308,7 +308,7 @@ mod tests {
         );
         let t = table(&[row("4", Ok(busy))]);
         assert!(
-            t.contains("| 500 | the broker took only 100 msg/s of the latency load; other programs used 30% of the machine while it drained |"),
+            t.contains("| 500 | 10 | 20 | the broker took only 100 msg/s of the latency load; other programs used 30% of the machine while it drained |"),
             "{t}"
         );
         let g = targets(&[

@@ -254,11 +254,13 @@ mod tests {
             module: module.path().to_path_buf(),
             queue: "q".into(),
             config: vec![("out_routing_key", "q.out".into())],
-            consumers: 32,
-            max_batch: 8,
-            prefetch: 256,
-            channels: 2,
-            instances: "reuse".into(),
+            tuning: Some(super::Tuning {
+                consumers: 32,
+                max_batch: 8,
+                prefetch: 256,
+                channels: 2,
+                instances: "reuse".into(),
+            }),
         };
         let c = warren::config::Config::parse(&spec.config(9999), Path::new("w.toml"), |_| None)
             .unwrap();
@@ -269,5 +271,36 @@ mod tests {
         assert_eq!(c.redis.unwrap().prefix, "bench-x");
         assert!(h.dedup.enabled);
         assert_eq!(h.instances, warren::config::Instances::Reuse);
+
+        // Line 5d: only the queue, the module and the URLs; the rest is
+        // warren's defaults.
+        let untuned = Spec {
+            tuning: None,
+            ..spec
+        };
+        let text = untuned.config(9999);
+        for key in [
+            "consumers",
+            "max_batch",
+            "prefetch",
+            "channels",
+            "instances",
+            "[handler.dedup]",
+        ] {
+            assert!(!text.contains(key), "{key} is set in {text}");
+        }
+        let c = warren::config::Config::parse(&text, Path::new("w.toml"), |_| None).unwrap();
+        let h = &c.handlers[0];
+        let minimal = format!(
+            "[amqp]\nurl = \"amqp://x\"\n[[handler]]\nname = \"n\"\nmodule = {:?}\nqueue = \"q\"\n",
+            module.path().display().to_string()
+        );
+        let d = warren::config::Config::parse(&minimal, Path::new("d.toml"), |_| None).unwrap();
+        let dh = &d.handlers[0];
+        assert_eq!(
+            (h.consumers, h.max_batch, h.prefetch, h.channels),
+            (dh.consumers, dh.max_batch, dh.prefetch, dh.channels)
+        );
+        assert!(h.dedup.enabled);
     }
 }
