@@ -129,49 +129,6 @@ pub fn usage(a: &Snapshot, b: &Snapshot, pids: &[u32]) -> Usage {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn own_cpu_time_is_readable_and_grows() {
-        let pid = std::process::id();
-        let before = ticks(pid).unwrap();
-        let spin = Instant::now();
-        let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(100) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        assert!(ticks(pid).unwrap() > before);
-    }
-
-    #[test]
-    fn finds_the_process_listening_on_a_port() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert_eq!(listener(port), Some(std::process::id()));
-        drop(l);
-        assert_eq!(listener(port), None);
-    }
-
-    #[test]
-    fn usage_counts_the_given_processes_and_the_machine() {
-        let pid = std::process::id();
-        let a = Snapshot::take(&[pid]).unwrap();
-        let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(100) {
-            std::hint::black_box(0);
-        }
-        let b = Snapshot::take(&[pid]).unwrap();
-        let u = usage(&a, &b, &[pid]);
-        assert!(
-            u.of > 0.0 && u.machine >= u.of * 0.5 && u.capacity >= u.machine,
-            "{u:?}"
-        );
-    }
-}
-
 /// Resident memory of the processes `pids` together, in MiB, from `VmRSS`
 /// in /proc/<pid>/status (0 for a process that has gone).
 pub fn rss_mib(pids: &[u32]) -> f64 {
@@ -212,5 +169,48 @@ impl RssPeak {
     pub async fn finish(self) -> f64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap_or(f64::NAN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let pid = std::process::id();
+        let before = ticks(pid).unwrap();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(ticks(pid).unwrap() > before);
+    }
+
+    #[test]
+    fn finds_the_process_listening_on_a_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(listener(port), Some(std::process::id()));
+        drop(l);
+        assert_eq!(listener(port), None);
+    }
+
+    #[test]
+    fn usage_counts_the_given_processes_and_the_machine() {
+        let pid = std::process::id();
+        let a = Snapshot::take(&[pid]).unwrap();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(100) {
+            std::hint::black_box(0);
+        }
+        let b = Snapshot::take(&[pid]).unwrap();
+        let u = usage(&a, &b, &[pid]);
+        assert!(
+            u.of > 0.0 && u.machine >= u.of * 0.5 && u.capacity >= u.machine,
+            "{u:?}"
+        );
     }
 }

@@ -254,7 +254,7 @@ mod tests {
             module: module.path().to_path_buf(),
             queue: "q".into(),
             config: vec![("out_routing_key", "q.out".into())],
-            tuning: Some(super::Tuning {
+            tuning: Some(Tuning {
                 consumers: 32,
                 max_batch: 8,
                 prefetch: 256,
