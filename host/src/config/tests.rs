@@ -189,6 +189,11 @@ fn a_config_value_table_needs_exactly_one_source() {
     ] {
         let text = format!("{MINIMAL}[handler.config]\n{bad}\n");
         let err = parse_env(&text, |_| Some("v".into())).unwrap_err().to_string();
-        assert!(err.contains("config") || err.contains("unknown field"), "{bad}: {err}");
+        assert!(
+            err.contains("a config value table needs exactly one of")
+                || err.contains("one of `value`, `env` or `file`")
+                || err.contains("unknown field `envv`"),
+            "{bad}: {err}"
+        );
     }
 }

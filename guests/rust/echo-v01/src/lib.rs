@@ -7,7 +7,7 @@
 wit_bindgen::generate!({ path: "../../../wit/0.1.0", world: "handler" });
 
 use warren::handler::host;
-use warren::handler::types::{Headers, Message, Outbound, Outcome};
+use warren::handler::types::{Headers, Outbound};
 
 struct Echo;
 
