@@ -64,10 +64,7 @@ fn a_module_built_against_0_1_0_is_accepted_as_such() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[1], "world:   warren:handler/handler@0.1.0 (ok)");
-    assert!(
-        lines.contains(&"  warren:handler/host@0.1.0"),
-        "{stdout}"
-    );
+    assert!(lines.contains(&"  warren:handler/host@0.1.0"), "{stdout}");
     assert!(!stdout.contains("@0.2.0"), "{stdout}");
 }
 

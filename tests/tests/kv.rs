@@ -32,7 +32,12 @@ async fn semantics(f: &Running) {
         "reads see the message's own writes"
     );
     assert_eq!(
-        run(f, "m2", "get a\nset b hello\nset c x 60000\nlist \ncas b hello bye\ncas b hello no\nget b").await,
+        run(
+            f,
+            "m2",
+            "get a\nset b hello\nset c x 60000\nlist \ncas b hello bye\ncas b hello no\nget b"
+        )
+        .await,
         "a=3\nset\nset\nlist=a,b,c\ncas=true\ncas=false\nb=bye",
         "committed by the first message; listing includes this message's own keys"
     );
@@ -65,10 +70,23 @@ async fn semantics(f: &Running) {
     .await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "set");
-    assert!(lines[1].starts_with("err=NotACounter(\"key \\\"s\\\" holds 4 bytes that are not a counter"), "{out}");
-    assert_eq!(lines[2], "err=LimitExceeded(\"key is 600 bytes; at most 512\")");
+    assert!(
+        lines[1].starts_with(
+            "err=KvError::NotACounter(\"key \\\"s\\\" holds 4 bytes that are not a counter"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        "err=KvError::LimitExceeded(\"key is 600 bytes; at most 512\")"
+    );
     assert_eq!(lines[3], "big+9007199254740991=9007199254740991");
-    assert!(lines[4].starts_with("err=NotACounter(\"key \\\"big\\\": 9007199254740991 + 1 is outside"), "{out}");
+    assert!(
+        lines[4].starts_with(
+            "err=KvError::NotACounter(\"key \\\"big\\\": 9007199254740991 + 1 is outside"
+        ),
+        "{out}"
+    );
     assert_eq!(lines[5], "a=nil");
     // Expiry: a key set with a TTL is gone after it.
     assert_eq!(run(f, "m7", "set t v 300\nget t").await, "set\nt=v");
@@ -221,14 +239,18 @@ async fn twenty_thousand_increments_with_duplicates_and_a_kill_9_count_exactly_o
     // its last scrape; what it settled after that, B sees as duplicates, so
     // the exact check is on the counters, not on B's tally.
     let b = f.w();
-    eventually(Duration::from_secs(300), "the work queue drained", || async {
-        let ready = f.rabbit.ready(&[f.queue.clone()]).await[0];
-        ready == 0 && b.in_flight() == 0 && {
-            let mut qs = f.wait_queues();
-            qs.push(f.queue.clone());
-            f.rabbit.ready(&qs).await.iter().all(|n| *n == 0)
-        }
-    })
+    eventually(
+        Duration::from_secs(300),
+        "the work queue drained",
+        || async {
+            let ready = f.rabbit.ready(&[f.queue.clone()]).await[0];
+            ready == 0 && b.in_flight() == 0 && {
+                let mut qs = f.wait_queues();
+                qs.push(f.queue.clone());
+                f.rabbit.ready(&qs).await.iter().all(|n| *n == 0)
+            }
+        },
+    )
     .await;
     // Counters, read straight from Redis.
     let prefix = f.prefix.clone().unwrap();
@@ -240,7 +262,10 @@ async fn twenty_thousand_increments_with_duplicates_and_a_kill_9_count_exactly_o
         async move {
             let mut all_right = true;
             for (k, want) in expected {
-                let got: Option<i64> = con.get(format!("{prefix}:kv/{{counter}}:{k}")).await.unwrap();
+                let got: Option<i64> = con
+                    .get(format!("{prefix}:kv/{{counter}}:{k}"))
+                    .await
+                    .unwrap();
                 if got != Some(*want) {
                     all_right = false;
                 }
@@ -250,7 +275,10 @@ async fn twenty_thousand_increments_with_duplicates_and_a_kill_9_count_exactly_o
     })
     .await;
     for (k, want) in &expected {
-        let got: Option<i64> = con.get(format!("{prefix}:kv/{{counter}}:{k}")).await.unwrap();
+        let got: Option<i64> = con
+            .get(format!("{prefix}:kv/{{counter}}:{k}"))
+            .await
+            .unwrap();
         if got != Some(*want) {
             wrong.push((k.clone(), *want, got));
         }
@@ -310,22 +338,35 @@ async fn a_stale_run_whose_lease_expired_has_its_writes_refused() {
         .publish(&f.queue, "once", b"quiet\ninc n 1\nsleep 1000")
         .await;
     let b = f.w();
-    eventually(Duration::from_secs(30), "B ran and acked the copy", || async {
-        b.outcome("ack") == 1
-    })
+    eventually(
+        Duration::from_secs(30),
+        "B ran and acked the copy",
+        || async { b.outcome("ack") == 1 },
+    )
     .await;
     // A's held commands now reach Redis: its renewals and its commit find
     // another owner's done-marker and write nothing.
     relay.hold(false);
-    eventually(Duration::from_secs(30), "A gave the message back", || async {
-        a.outcome("requeued") >= 1 || a.logs().contains("cannot commit key-value writes")
-    })
+    eventually(
+        Duration::from_secs(30),
+        "A gave the message back",
+        || async {
+            a.outcome("requeued") >= 1 || a.logs().contains("cannot commit key-value writes")
+        },
+    )
     .await;
-    assert_eq!(a.outcome("ack"), 0, "A must not ack a run whose lease it lost:\n{}", a.logs());
+    assert_eq!(
+        a.outcome("ack"),
+        0,
+        "A must not ack a run whose lease it lost:\n{}",
+        a.logs()
+    );
     // The requeued original ends as a duplicate somewhere.
-    eventually(Duration::from_secs(30), "the original settled as a duplicate", || async {
-        a.outcome("dedup_hit") + b.outcome("dedup_hit") == 1
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the original settled as a duplicate",
+        || async { a.outcome("dedup_hit") + b.outcome("dedup_hit") == 1 },
+    )
     .await;
     let prefix = f.prefix.clone().unwrap();
     let n: Option<i64> = redis_con()
@@ -333,7 +374,12 @@ async fn a_stale_run_whose_lease_expired_has_its_writes_refused() {
         .get(format!("{prefix}:kv/{{counter}}:n"))
         .await
         .unwrap();
-    assert_eq!(n, Some(1), "A's stale increment was refused\nA:\n{}", a.logs());
+    assert_eq!(
+        n,
+        Some(1),
+        "A's stale increment was refused\nA:\n{}",
+        a.logs()
+    );
 }
 
 /// A compare-and-swap that held when called but not at commit (another
@@ -353,7 +399,11 @@ async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
         .await;
     // First: sees `k` absent, swaps in `one`, then takes a while.
     f.rabbit
-        .publish(&f.queue, "slow", b"quiet\ncas k - one\ninc tries 1\nsleep 1500")
+        .publish(
+            &f.queue,
+            "slow",
+            b"quiet\ncas k - one\ninc tries 1\nsleep 1500",
+        )
         .await;
     eventually(Duration::from_secs(10), "the slow one runs", || async {
         f.w().in_flight() == 1
@@ -361,12 +411,23 @@ async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Second: swaps in `two` and commits first.
-    f.rabbit.publish(&f.queue, "fast", b"quiet\ncas k - two").await;
+    f.rabbit
+        .publish(&f.queue, "fast", b"quiet\ncas k - two")
+        .await;
     f.settle(2, Duration::from_secs(30)).await;
     let w = f.w();
-    assert_eq!(w.metric("warren_kv_conflicts_total", &[]), 1.0, "{}", table(&[w]));
+    assert_eq!(
+        w.metric("warren_kv_conflicts_total", &[]),
+        1.0,
+        "{}",
+        table(&[w])
+    );
     assert_eq!(w.outcome("retry"), 0, "a conflict is not an attempt");
-    assert_eq!(w.outcome("dead_letter"), 0, "max_attempts = 1, yet no dead letter");
+    assert_eq!(
+        w.outcome("dead_letter"),
+        0,
+        "max_attempts = 1, yet no dead letter"
+    );
     assert_eq!(
         run(&f, "check", "get k\nget tries").await,
         "k=two\ntries=1",

@@ -18,11 +18,11 @@
 
 mod defaults;
 mod load;
-mod values;
 mod redact;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;

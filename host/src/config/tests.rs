@@ -164,13 +164,15 @@ fn config_values_come_from_text_environment_and_files() {
 
 #[test]
 fn a_missing_config_source_is_an_error_naming_the_key() {
-    let text = format!("{MINIMAL}[handler.config]\napi_key = {{ env = \"NOPE\", secret = true }}\n");
+    let text =
+        format!("{MINIMAL}[handler.config]\napi_key = {{ env = \"NOPE\", secret = true }}\n");
     let err = parse_env(&text, |_| None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "/etc/warren/warren.toml: handler \"echo\": key config.api_key: environment variable NOPE is not set (or is empty)"
     );
-    let text = format!("{MINIMAL}[handler.config]\ncert = {{ file = \"/nonexistent/warren/ca.pem\" }}\n");
+    let text =
+        format!("{MINIMAL}[handler.config]\ncert = {{ file = \"/nonexistent/warren/ca.pem\" }}\n");
     let err = parse_env(&text, |_| None).unwrap_err().to_string();
     assert!(
         err.starts_with("/etc/warren/warren.toml: handler \"echo\": key config.cert: cannot read file /nonexistent/warren/ca.pem:"),
@@ -188,7 +190,9 @@ fn a_config_value_table_needs_exactly_one_source() {
         "x = 3",
     ] {
         let text = format!("{MINIMAL}[handler.config]\n{bad}\n");
-        let err = parse_env(&text, |_| Some("v".into())).unwrap_err().to_string();
+        let err = parse_env(&text, |_| Some("v".into()))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("a config value table needs exactly one of")
                 || err.contains("one of `value`, `env` or `file`")

@@ -81,9 +81,8 @@ impl ConfigValue {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }
-                let text = std::fs::read_to_string(&*path).map_err(|e| {
-                    anyhow::anyhow!("cannot read file {}: {e}", path.display())
-                })?;
+                let text = std::fs::read_to_string(&*path)
+                    .map_err(|e| anyhow::anyhow!("cannot read file {}: {e}", path.display()))?;
                 let text = text
                     .strip_suffix("\r\n")
                     .or_else(|| text.strip_suffix('\n'))

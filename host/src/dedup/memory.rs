@@ -183,7 +183,9 @@ impl MemoryStore {
                     let expires = match f.ttl_ms {
                         None => state.kv.get(&name).and_then(|e| e.expires),
                         Some(None) => None,
-                        Some(Some(ms)) => Some(now + Duration::from_millis(ms.clamp(1, MAX_TTL_MS))),
+                        Some(Some(ms)) => {
+                            Some(now + Duration::from_millis(ms.clamp(1, MAX_TTL_MS)))
+                        }
                     };
                     state.kv.insert(name, KvEntry { value, expires });
                 }

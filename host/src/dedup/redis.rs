@@ -341,7 +341,12 @@ impl RedisStore {
                 let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
                 match lease {
-                    Some(l) => cmd.arg("1").arg(&l.owner).arg(window_ms).arg(DONE).arg(l.fencing_token),
+                    Some(l) => cmd
+                        .arg("1")
+                        .arg(&l.owner)
+                        .arg(window_ms)
+                        .arg(DONE)
+                        .arg(l.fencing_token),
                     None => cmd.arg("0").arg("").arg(window_ms).arg(DONE).arg(0),
                 };
                 for op in &writes.ops {
@@ -349,7 +354,10 @@ impl RedisStore {
                     match op {
                         KvOp::Set { value, ttl_ms, .. } => {
                             let ttl = ttl_ms.map(|t| t.clamp(1, super::MAX_TTL_MS).to_string());
-                            cmd.arg(&value[..]).arg(ttl.unwrap_or_default()).arg("").arg("")
+                            cmd.arg(&value[..])
+                                .arg(ttl.unwrap_or_default())
+                                .arg("")
+                                .arg("")
                         }
                         KvOp::Delete { .. } => cmd.arg("").arg("").arg("").arg(""),
                         KvOp::Increment { delta, .. } => cmd.arg(*delta).arg("").arg("").arg(""),
@@ -374,7 +382,9 @@ impl RedisStore {
                 Ok(match code {
                     1 => Commit::Done,
                     0 => Commit::Lost,
-                    2 => Commit::Conflict(format!("key {key:?} changed before the message committed")),
+                    2 => Commit::Conflict(format!(
+                        "key {key:?} changed before the message committed"
+                    )),
                     _ => Commit::NotACounter(format!(
                         "key {key:?} does not hold a counter, or the counter would leave ±{}",
                         kv::MAX_COUNTER

@@ -377,7 +377,12 @@ impl Pipeline<'_> {
                         None
                     }
                     Some(Ok(Commit::Lost)) => {
-                        tracing::warn!(handler = self.name(), message_id, key, "dedup lease lost while the handler ran: its key-value writes are refused and it is not acked; the message goes back to the queue");
+                        tracing::warn!(
+                            handler = self.name(),
+                            message_id,
+                            key,
+                            "dedup lease lost while the handler ran: its key-value writes are refused and it is not acked; the message goes back to the queue"
+                        );
                         Some(Settle::Requeue)
                     }
                     Some(Ok(Commit::Conflict(why))) => {
@@ -386,13 +391,11 @@ impl Pipeline<'_> {
                         let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
                         Some(Settle::Defer(floor))
                     }
-                    Some(Ok(Commit::NotACounter(why))) => {
-                        Some(Settle::Retry {
-                            delay: None,
-                            kind: "kv",
-                            reason: format!("key-value commit refused: {why}"),
-                        })
-                    }
+                    Some(Ok(Commit::NotACounter(why))) => Some(Settle::Retry {
+                        delay: None,
+                        kind: "kv",
+                        reason: format!("key-value commit refused: {why}"),
+                    }),
                     Some(Err(e)) => {
                         tracing::warn!(handler = self.name(), message_id, key, error = %e, "cannot commit key-value writes: not acking; the message goes back to the queue");
                         Some(Settle::RequeueLater)

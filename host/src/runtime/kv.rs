@@ -218,9 +218,8 @@ impl KvBuffer {
         if current != expected {
             return Ok(false);
         }
-        let size = key.len()
-            + expected.as_ref().map_or(0, Vec::len)
-            + new.as_ref().map_or(0, Vec::len);
+        let size =
+            key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len);
         self.admit(grant, size)?;
         self.view.insert(key.clone(), new.clone());
         self.writes

@@ -111,7 +111,11 @@ impl Module {
             .imports
             .iter()
             .any(|i| i.starts_with("warren:handler/") && i.ends_with("@0.2.0"));
-        if v2 { super::WORLDS[1] } else { super::WORLDS[0] }
+        if v2 {
+            super::WORLDS[1]
+        } else {
+            super::WORLDS[0]
+        }
     }
 
     /// The names of the component's imports (interfaces), as the file lists them.

@@ -12,11 +12,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::v2::warren::handler as handler_v2;
 use super::bindings::{Level, Outbound, PublishError, warren::handler};
 use super::kv::{KvBuffer, KvGrant};
-use handler_v2::kv::KvError;
 use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure;
 use super::stdio::CappedPipe;
 use super::{HandlerEnv, Limits};
+use handler_v2::kv::KvError;
 
 /// The data of one `Store`: one message's worth with a fresh instance per
 /// message; in reuse mode it lives as long as its warm instance, and
@@ -230,10 +230,7 @@ impl State {
     /// one.
     fn kv_grant(&self) -> Result<KvGrant, KvError> {
         self.env.kv.clone().ok_or_else(|| {
-            KvError::Unavailable(format!(
-                "handler {} has no key-value store",
-                self.env.name
-            ))
+            KvError::Unavailable(format!("handler {} has no key-value store", self.env.name))
         })
     }
 }

@@ -11,8 +11,8 @@ use crate::config::{Config, QueueType};
 use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
-use crate::registry::{self, CompiledBy};
 use crate::pipeline::KvView;
+use crate::registry::{self, CompiledBy};
 use crate::runtime::{HandlerEnv, KvGrant, KvLimits, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
 use crate::versions::Versions;
@@ -146,7 +146,6 @@ impl Host {
                 cfg: h.clone(),
             }));
         }
-
 
         let shared = Arc::new(Shared {
             runtime,

@@ -134,9 +134,19 @@ async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
         },
     ]);
     assert_eq!(commit(&store, Some(&lease), &w).await, Commit::Done);
-    assert_eq!(store.kv_get("orders", "n").await.unwrap(), Some(b"3".to_vec()));
-    assert_eq!(store.kv_get("orders", "a").await.unwrap(), Some(b"1".to_vec()));
-    assert_eq!(store.kv_get("other", "a").await.unwrap(), None, "namespaces");
+    assert_eq!(
+        store.kv_get("orders", "n").await.unwrap(),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        store.kv_get("other", "a").await.unwrap(),
+        None,
+        "namespaces"
+    );
     assert_eq!(
         store.claim(&key, LEASE, WINDOW).await.expect("claim"),
         Claim::Done,
@@ -163,7 +173,10 @@ async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
         commit(&store, Some(&lease2), &w).await,
         Commit::Conflict(why) if why.contains("\"c\"")
     ));
-    assert_eq!(store.kv_get("orders", "a").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
     assert!(matches!(
         store.claim(&key2, LEASE, WINDOW).await,
         Ok(Claim::Busy { .. })
@@ -185,7 +198,10 @@ async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
         Commit::NotACounter(why) if why.contains("\"c\"")
     ));
     assert_eq!(store.kv_get("orders", "b").await.unwrap(), None);
-    assert_eq!(store.kv_get("orders", "a").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
     // Without a lease (dedup off): written, no key marked.
     let w = writes(vec![KvOp::Delete { key: "a".into() }]);
     assert_eq!(commit(&store, None, &w).await, Commit::Done);
@@ -208,7 +224,10 @@ async fn kv_commit_of_a_stale_owner_writes_nothing(store: Store) {
     assert_eq!(store.kv_get("orders", "n").await.unwrap(), None);
     assert_eq!(commit(&store, Some(&current), &w).await, Commit::Done);
     assert_eq!(commit(&store, Some(&stale), &w).await, Commit::Lost);
-    assert_eq!(store.kv_get("orders", "n").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store.kv_get("orders", "n").await.unwrap(),
+        Some(b"1".to_vec())
+    );
 }
 
 async fn kv_values_expire_and_listing_skips_them(store: Store) {
@@ -223,19 +242,26 @@ async fn kv_values_expire_and_listing_skips_them(store: Store) {
         store.kv_list("orders", "t:", 10).await.unwrap(),
         ["t:1", "t:2", "t:3"]
     );
-    assert_eq!(store.kv_list("orders", "t:", 2).await.unwrap(), ["t:1", "t:2"]);
+    assert_eq!(
+        store.kv_list("orders", "t:", 2).await.unwrap(),
+        ["t:1", "t:2"]
+    );
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(store.kv_get("orders", "t:1").await.unwrap(), None);
-    assert_eq!(store.kv_list("orders", "t:", 10).await.unwrap(), ["t:2", "t:3"]);
+    assert_eq!(
+        store.kv_list("orders", "t:", 10).await.unwrap(),
+        ["t:2", "t:3"]
+    );
     // An increment keeps the TTL; a set without one drops it.
-    let w = writes(vec![
-        KvOp::Increment {
-            key: "ctr".into(),
-            delta: 1,
-        },
-    ]);
+    let w = writes(vec![KvOp::Increment {
+        key: "ctr".into(),
+        delta: 1,
+    }]);
     assert_eq!(commit(&store, None, &w).await, Commit::Done);
-    assert_eq!(store.kv_get("orders", "ctr").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store.kv_get("orders", "ctr").await.unwrap(),
+        Some(b"1".to_vec())
+    );
 }
 
 async fn claim_acquires_with_fencing_token_one(store: Store) {
