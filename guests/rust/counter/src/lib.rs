@@ -13,6 +13,7 @@
 //! sleep MS           busy-waits MS milliseconds
 //! retry | reject     the outcome (default ack)
 //! quiet              publish nothing
+//! config KEY         KEY=<value>|KEY=nil, also written to the host's log
 //! ```
 //!
 //! A failed call appends `err=<error>` and the script goes on.
@@ -71,6 +72,11 @@ impl Handler for Counter {
                 Some("reject") => {
                     outcome = Outcome::Reject("asked to".into());
                     Ok("reject".into())
+                }
+                Some("config") => {
+                    let v = warren_guest::config(arg(1)).unwrap_or_else(|| "nil".into());
+                    warren_guest::info(&format!("config {}={v}", arg(1)));
+                    Ok(format!("{}={v}", arg(1)))
                 }
                 Some("quiet") => {
                     quiet = true;
