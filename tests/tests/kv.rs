@@ -383,10 +383,11 @@ async fn a_stale_run_whose_lease_expired_has_its_writes_refused() {
 }
 
 /// A compare-and-swap that held when called but not at commit (another
-/// message changed the key in between) writes nothing; the message runs
-/// again, not counted as an attempt, and then sees the other's value.
+/// message changed the key in between) writes nothing and publishes
+/// nothing; the message runs again, not counted as an attempt, and then
+/// sees the other's value.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
+async fn a_compare_and_swap_conflict_reruns_the_message_before_it_publishes() {
     let f = Fixture::new("kv-cas")
         .guest("counter")
         .handler("counter")
@@ -399,11 +400,7 @@ async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
         .await;
     // First: sees `k` absent, swaps in `one`, then takes a while.
     f.rabbit
-        .publish(
-            &f.queue,
-            "slow",
-            b"quiet\ncas k - one\ninc tries 1\nsleep 1500",
-        )
+        .publish(&f.queue, "slow", b"cas k - one\ninc tries 1\nsleep 1500")
         .await;
     eventually(Duration::from_secs(10), "the slow one runs", || async {
         f.w().in_flight() == 1
@@ -411,9 +408,7 @@ async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Second: swaps in `two` and commits first.
-    f.rabbit
-        .publish(&f.queue, "fast", b"quiet\ncas k - two")
-        .await;
+    f.rabbit.publish(&f.queue, "fast", b"cas k - two").await;
     f.settle(2, Duration::from_secs(30)).await;
     let w = f.w();
     assert_eq!(
@@ -428,6 +423,16 @@ async fn a_compare_and_swap_conflict_at_commit_reruns_the_message() {
         0,
         "max_attempts = 1, yet no dead letter"
     );
+    // One output each: the slow one's first run published nothing.
+    let mut outputs: Vec<String> = f
+        .rabbit
+        .drain(&f.out)
+        .await
+        .iter()
+        .map(|g| g.body_str())
+        .collect();
+    outputs.sort();
+    assert_eq!(outputs, ["cas=false\ntries+1=1\nslept", "cas=true"]);
     assert_eq!(
         run(&f, "check", "get k\nget tries").await,
         "k=two\ntries=1",

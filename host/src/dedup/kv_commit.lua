@@ -6,7 +6,9 @@
 -- KEYS[2]  its fencing counter (likewise)
 -- KEYS[3]  the namespace's index (a sorted set of its keys)
 -- KEYS[3+i] the data key of op i
--- ARGV[1]  '1' with a lease, '0' without (dedup off or bypassed)
+-- ARGV[1]  '1' with a lease, '0' without (dedup off or bypassed); 'c1' and
+--          'c0' the same, but only check: write nothing, whatever the
+--          outcome (the check before a run's outputs are published)
 -- ARGV[2]  the owner token
 -- ARGV[3]  the dedup window in milliseconds
 -- ARGV[4]  the done marker
@@ -24,7 +26,8 @@
 -- written), {2, key} when a compare-and-swap does not hold and {3, key} when
 -- an increment finds no counter or leaves the range (nothing written).
 -- Every check comes before the first write: scripts do not roll back.
-local with_lease = ARGV[1] == '1'
+local with_lease = ARGV[1] == '1' or ARGV[1] == 'c1'
+local check_only = string.sub(ARGV[1], 1, 1) == 'c'
 if with_lease then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then
     return {0, ''}
@@ -79,6 +82,9 @@ for i = 1, n do
     if c == '1' then e.v = d else e.v = false end
     e.ttl = 'none'
   end
+end
+if check_only then
+  return {1, ''}
 end
 for _, k in ipairs(order) do
   local e = view[k]

@@ -151,6 +151,7 @@ impl MemoryStore {
         lease: Option<&Lease>,
         writes: &KvWrites,
         window: Duration,
+        check_only: bool,
     ) -> Result<Commit, DedupError> {
         let now = Instant::now();
         let mut state = self.lock(now);
@@ -173,6 +174,9 @@ impl MemoryStore {
             Ok(f) => f,
             Err(failed) => return Ok(failed),
         };
+        if check_only {
+            return Ok(Commit::Done);
+        }
         for (key, f) in finals {
             let name = format!("{prefix}{key}");
             match f.value {

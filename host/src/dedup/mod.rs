@@ -280,10 +280,29 @@ impl Store {
         window: Duration,
     ) -> Vec<Result<Commit, DedupError>> {
         match self {
-            Store::Redis(store) => store.commit_many(items, window).await,
+            Store::Redis(store) => store.commit_many(items, window, false).await,
             Store::Memory(store) => items
                 .iter()
-                .map(|(lease, writes)| store.commit(*lease, writes, window))
+                .map(|(lease, writes)| store.commit(*lease, writes, window, false))
+                .collect(),
+        }
+    }
+
+    /// [`Store::commit_many`] without writing anything: whether each
+    /// commit would go through now (`Commit::Done`), or why not. Run
+    /// before a message's outputs are published, so that a
+    /// compare-and-swap that no longer holds reruns the message before its
+    /// outputs go out rather than after; the commit checks again.
+    pub async fn check_many(
+        &self,
+        items: &[(Option<&Lease>, &KvWrites)],
+    ) -> Vec<Result<Commit, DedupError>> {
+        let window = Duration::from_secs(1);
+        match self {
+            Store::Redis(store) => store.commit_many(items, window, true).await,
+            Store::Memory(store) => items
+                .iter()
+                .map(|(lease, writes)| store.commit(*lease, writes, window, true))
                 .collect(),
         }
     }

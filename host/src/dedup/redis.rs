@@ -318,7 +318,14 @@ impl RedisStore {
         &self,
         items: &[(Option<&Lease>, &KvWrites)],
         window: Duration,
+        check_only: bool,
     ) -> Vec<Result<Commit, DedupError>> {
+        let mode = |lease: bool| match (check_only, lease) {
+            (false, true) => "1",
+            (false, false) => "0",
+            (true, true) => "c1",
+            (true, false) => "c0",
+        };
         let window_ms = ttl_millis(window);
         let prefix = &self.shared.prefix;
         let mut names = Vec::with_capacity(items.len());
@@ -342,12 +349,12 @@ impl RedisStore {
                 let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
                 match lease {
                     Some(l) => cmd
-                        .arg("1")
+                        .arg(mode(true))
                         .arg(&l.owner)
                         .arg(window_ms)
                         .arg(DONE)
                         .arg(l.fencing_token),
-                    None => cmd.arg("0").arg("").arg(window_ms).arg(DONE).arg(0),
+                    None => cmd.arg(mode(false)).arg("").arg(window_ms).arg(DONE).arg(0),
                 };
                 for op in &writes.ops {
                     cmd.arg(op_kind(op)).arg(op.key());

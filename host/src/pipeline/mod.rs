@@ -198,6 +198,7 @@ impl Pipeline<'_> {
             }
         }
 
+        let acked = self.check_swaps(acked, &mut failed).await;
         let refused = self.publish_outputs(&acked, &digest).await;
         let mut done = Vec::with_capacity(acked.len());
         for ((job, _), refused) in acked.into_iter().zip(refused) {
@@ -222,6 +223,72 @@ impl Pipeline<'_> {
             failed,
             digest,
         }
+    }
+
+    /// Before outputs go out: for each acked message that both swapped a
+    /// key (`compare-and-swap`) and has outputs, checks in one round trip
+    /// that its commit would go through now. One that would not is not
+    /// published: a conflict reruns it (not an attempt), an increment of
+    /// something that is not a counter retries it, a lost lease requeues
+    /// it. The commit checks again; this only keeps a conflict found then
+    /// (a swap that raced the confirms) from being the common case. A store
+    /// error here decides nothing: the commit will.
+    async fn check_swaps(
+        &self,
+        acked: Vec<(Job, Vec<Outbound>)>,
+        failed: &mut Vec<(Job, Settle)>,
+    ) -> Vec<(Job, Vec<Outbound>)> {
+        let swaps = |j: &Job, outputs: &[Outbound]| {
+            !outputs.is_empty()
+                && j.writes.as_ref().is_some_and(|w| {
+                    w.ops
+                        .iter()
+                        .any(|op| matches!(op, crate::dedup::KvOp::CompareAndSwap { .. }))
+                })
+        };
+        if !acked.iter().any(|(j, o)| swaps(j, o)) {
+            return acked;
+        }
+        let items: Vec<(Option<&Lease>, &KvWrites)> = acked
+            .iter()
+            .filter(|(j, o)| swaps(j, o))
+            .filter_map(|(j, _)| Some((j.lease.as_ref(), j.writes.as_ref()?)))
+            .collect();
+        let mut checked = self.shared.store.check_many(&items).await.into_iter();
+        let mut kept = Vec::with_capacity(acked.len());
+        for (job, outputs) in acked {
+            if !swaps(&job, &outputs) {
+                kept.push((job, outputs));
+                continue;
+            }
+            let message_id = job.msg.message_id().unwrap_or("-").to_owned();
+            match checked.next() {
+                Some(Ok(Commit::Conflict(why))) => {
+                    self.h.metrics.kv_conflicts.inc();
+                    tracing::info!(handler = self.name(), message_id, conflict = %why, "key-value conflict before publishing: nothing published or written; the message runs again later (not an attempt)");
+                    let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
+                    failed.push((job, Settle::Defer(floor)));
+                }
+                Some(Ok(Commit::NotACounter(why))) => failed.push((
+                    job,
+                    Settle::Retry {
+                        delay: None,
+                        kind: "kv",
+                        reason: format!("key-value commit refused: {why}"),
+                    },
+                )),
+                Some(Ok(Commit::Lost)) => {
+                    tracing::warn!(
+                        handler = self.name(),
+                        message_id,
+                        "dedup lease lost while the handler ran: not publishing; the message goes back to the queue"
+                    );
+                    failed.push((job, Settle::Requeue));
+                }
+                _ => kept.push((job, outputs)),
+            }
+        }
+        kept
     }
 
     /// Counts what the guest wrote past its caps, and cuts its reject or
