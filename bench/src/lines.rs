@@ -76,6 +76,10 @@ pub enum Kind {
         /// warren runs at its defaults (line 5d).
         tuned: bool,
     },
+    /// warren with the `counter` test guest running `script` (its lines
+    /// separated by `;`) on every message, publishing nothing: line 5n's
+    /// work plus what the script asks of the key-value store.
+    WarrenKv { script: &'static str },
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +152,13 @@ pub fn all() -> Vec<Line> {
             },
         },
         Line {
+            id: "5k",
+            what: "(issue 14) line 5n with a key-value get + set per message (the counter guest)",
+            kind: Kind::WarrenKv {
+                script: "quiet;get bench;set bench v",
+            },
+        },
+        Line {
             id: "6",
             what: "warren, Rust echo, dedup on Redis, 2 processes",
             kind: warren("echo.wasm", true, 2),
@@ -186,6 +197,10 @@ pub fn skip_reason(opts: &Opts, line: &Line) -> Option<String> {
             "skipped: {} not found (bash guests/build-all.sh builds it)",
             opts.guests.join(module).display()
         )),
+        Kind::WarrenKv { .. } if !opts.guests.join("counter.wasm").is_file() => Some(format!(
+            "skipped: {} not found (bash guests/rust/build.sh builds it)",
+            opts.guests.join("counter.wasm").display()
+        )),
         _ => None,
     }
 }
@@ -202,7 +217,10 @@ pub async fn run(opts: &Opts, line: &Line, rabbit: &Rabbit) -> anyhow::Result<Me
     for q in [&names.queue, &names.out, &format!("{}.dead", names.queue)] {
         rabbit.delete(q).await;
     }
-    if matches!(line.kind, Kind::Seed | Kind::Warren { dedup: true, .. }) {
+    if matches!(
+        line.kind,
+        Kind::Seed | Kind::Warren { dedup: true, .. } | Kind::WarrenKv { .. }
+    ) {
         match crate::delete_keys(&opts.redis_url, &format!("{}:*", names.prefix)).await {
             Ok(n) => progress::say(format_args!("    deleted {n} dedup keys")),
             Err(e) => progress::say(format_args!("    cannot delete the dedup keys: {e:#}")),
@@ -229,7 +247,10 @@ async fn measure(
         }
     ));
     rabbit.declare(&names.queue).await?;
-    let output = !matches!(line.kind, Kind::Warren { output: false, .. });
+    let output = !matches!(
+        line.kind,
+        Kind::Warren { output: false, .. } | Kind::WarrenKv { .. }
+    );
     if matches!(line.kind, Kind::Warren { .. } | Kind::BareEcho) {
         // Echo's outputs are mandatory publishes: their queue must exist.
         rabbit
@@ -428,6 +449,25 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 .map(|_| Warren::start(&opts.warren, &spec))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(Subject::Warren(ws))
+        }
+        Kind::WarrenKv { script } => {
+            let spec = Spec {
+                amqp_url: opts.amqp_url.clone(),
+                redis: Some((opts.redis_url.clone(), names.prefix.clone())),
+                dedup: true,
+                name: "counter".into(),
+                module: std::path::absolute(opts.guests.join("counter.wasm"))?,
+                queue: names.queue.clone(),
+                config: vec![("script", script.to_string())],
+                tuning: Some(Tuning {
+                    consumers: opts.consumers,
+                    max_batch: opts.max_batch,
+                    prefetch: opts.prefetch,
+                    channels: opts.channels,
+                    instances: opts.instances.clone(),
+                }),
+            };
+            Ok(Subject::Warren(vec![Warren::start(&opts.warren, &spec)?]))
         }
     }
 }

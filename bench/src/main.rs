@@ -216,10 +216,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             amqp::now_us() % 0xffffff
         ),
     };
-    if chosen
-        .iter()
-        .any(|l| matches!(l.kind, lines::Kind::Warren { .. }))
-        && !opts.warren.is_file()
+    if chosen.iter().any(|l| {
+        matches!(
+            l.kind,
+            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. }
+        )
+    }) && !opts.warren.is_file()
     {
         bail!(
             "no warren binary at {} (build it: cargo build --release -p warren)",
@@ -249,7 +251,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     for line in &chosen {
-        let is_warren = matches!(line.kind, lines::Kind::Warren { .. });
+        let is_warren = matches!(
+            line.kind,
+            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. }
+        );
         if let (Some(base), true) = (&baseline, is_warren) {
             let id = format!("{}@base", line.id);
             progress::say(format_args!("line {id}: {} (baseline binary)", line.what));

@@ -267,7 +267,7 @@ mod tests {
         let h = &c.handlers[0];
         assert_eq!((h.consumers, h.max_batch, h.prefetch), (32, 8, 256));
         assert_eq!(h.channels, 2);
-        assert_eq!(h.config["out_routing_key"], "q.out");
+        assert_eq!(h.config["out_routing_key"].value(), "q.out");
         assert_eq!(c.redis.unwrap().prefix, "bench-x");
         assert!(h.dedup.enabled);
         assert_eq!(h.instances, warren::config::Instances::Reuse);

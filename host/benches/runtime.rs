@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         config: BTreeMap::from([("out_routing_key".to_string(), "bench.out".to_string())]),
         publish_allow: vec![String::new()],
         limits: Limits::default(),
+        kv: None,
     });
     let msg = message();
 

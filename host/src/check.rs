@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::runtime::{Module, Runtime, WORLD};
+use crate::runtime::{Module, Runtime};
 
 /// What `warren check` found out about a module that passed.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.module;
         writeln!(f, "module:  {}", self.path.display())?;
-        writeln!(f, "world:   {WORLD} (ok)")?;
+        writeln!(f, "world:   {} (ok)", m.world())?;
         writeln!(f, "digest:  {}", m.digest())?;
         writeln!(f, "size:    {} bytes", m.size())?;
         writeln!(f, "compile: {:.1} ms", m.compile_time().as_secs_f64() * 1e3)?;

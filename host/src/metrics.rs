@@ -60,6 +60,9 @@ pub struct Metrics {
     pub dedup_bypassed: Family<HandlerLabel, Counter>,
     pub duration: Family<HandlerLabel, Histogram>,
     pub batch: Family<HandlerLabel, Histogram>,
+    /// Key-value writes committed, and commits refused by a conflict.
+    pub kv_writes: Family<HandlerLabel, Counter>,
+    pub kv_conflicts: Family<HandlerLabel, Counter>,
     pub in_flight: Family<HandlerLabel, Gauge>,
     /// 1 for the live module version of each handler, 0 for the other
     /// versions it keeps in memory (`runtime.keep_versions`); a dropped
@@ -171,10 +174,24 @@ impl Metrics {
             "Messages ready in the handler's dead-letter queue, polled every few seconds",
             dead_letter_depth.clone(),
         );
+        let kv_writes = Family::<HandlerLabel, Counter>::default();
+        r.register(
+            "kv_writes",
+            "Key-value writes committed with their message's done-marker",
+            kv_writes.clone(),
+        );
+        let kv_conflicts = Family::<HandlerLabel, Counter>::default();
+        r.register(
+            "kv_conflicts",
+            "Key-value commits refused because a compare-and-swap no longer held (the message runs again)",
+            kv_conflicts.clone(),
+        );
         Self {
             dead_letter_depth,
             recent: Arc::default(),
             registry: Arc::new(r),
+            kv_writes,
+            kv_conflicts,
             messages,
             failures,
             dedup_bypassed,
@@ -227,6 +244,8 @@ impl Metrics {
             batch: self.batch.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
             dedup_bypassed: self.dedup_bypassed.get_or_create(&label).clone(),
+            kv_writes: self.kv_writes.get_or_create(&label).clone(),
+            kv_conflicts: self.kv_conflicts.get_or_create(&label).clone(),
             failures: self.failures.clone(),
             handler: handler.into(),
             recent: self.recent(handler),
@@ -316,6 +335,8 @@ pub struct HandlerMetrics {
     pub stdio_dropped: Counter,
     /// Bytes cut from guests' reject and retry reasons.
     pub reason_dropped: Counter,
+    pub kv_writes: Counter,
+    pub kv_conflicts: Counter,
     failures: Family<FailureLabels, Counter>,
     handler: String,
     /// The latest latencies and failures, for the dashboard.

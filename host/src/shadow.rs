@@ -146,6 +146,7 @@ mod tests {
             publishes: Vec::new(),
             logs_dropped: 0,
             stdio_dropped: 0,
+            kv_writes: Vec::new(),
         })
     }
 

@@ -57,6 +57,11 @@ impl Relay {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The URL of the relay as a Redis server (when it relays one).
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
     /// Holds (`true`) or releases (`false`) what clients send.
     pub fn hold(&self, on: bool) {
         self.hold.send_replace(on);

@@ -27,7 +27,7 @@ fn good_module_prints_its_facts() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("module:  {}", path.display()));
-    assert_eq!(lines[1], "world:   warren:handler/handler@0.1.0 (ok)");
+    assert_eq!(lines[1], "world:   warren:handler/handler@0.2.0 (ok)");
     assert_eq!(lines[2], format!("digest:  {}", Digest::of(&bytes)));
     assert_eq!(lines[3], format!("size:    {} bytes", bytes.len()));
     let ms = lines[4]
@@ -39,7 +39,7 @@ fn good_module_prints_its_facts() {
     let exports_at = lines.iter().position(|l| *l == "exports:").unwrap();
     let imports = &lines[6..exports_at];
     assert!(
-        imports.contains(&"  warren:handler/host@0.1.0"),
+        imports.contains(&"  warren:handler/host@0.2.0"),
         "{imports:?}"
     );
     assert!(
@@ -49,6 +49,23 @@ fn good_module_prints_its_facts() {
         "{imports:?}"
     );
     assert_eq!(&lines[exports_at + 1..], ["  handle"]);
+}
+
+/// A module built against the previous contract (`wit/0.1.0`) is still
+/// accepted, and said to be of that world.
+#[test]
+fn a_module_built_against_0_1_0_is_accepted_as_such() {
+    let out = check(&guest("echo_v01"));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[1], "world:   warren:handler/handler@0.1.0 (ok)");
+    assert!(lines.contains(&"  warren:handler/host@0.1.0"), "{stdout}");
+    assert!(!stdout.contains("@0.2.0"), "{stdout}");
 }
 
 #[test]
@@ -92,7 +109,7 @@ fn a_component_of_another_world_is_refused_naming_what_is_missing() {
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
         format!(
-            "error: module {} is refused: does not implement warren:handler/handler@0.1.0: it does not export a function `handle`\n",
+            "error: module {} is refused: does not implement warren:handler/handler@0.2.0: it does not export a function `handle`\n",
             path.display()
         )
     );

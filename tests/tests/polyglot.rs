@@ -73,6 +73,7 @@ fn env(config: &[(&str, &str)], publish_allow: &[&str]) -> Arc<HandlerEnv> {
             memory_bytes: 256 << 20,
             ..Limits::default()
         },
+        kv: None,
     })
 }
 

@@ -32,6 +32,7 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
             memory_bytes: MEMORY,
             ..Limits::default()
         },
+        kv: None,
     };
     (rt, module, Arc::new(env))
 }

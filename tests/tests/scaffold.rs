@@ -44,7 +44,7 @@ fn builds_checks_and_runs(lang: &str) {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        stdout.contains("world:   warren:handler/handler@0.1.0 (ok)"),
+        stdout.contains("world:   warren:handler/handler@0.2.0 (ok)"),
         "{stdout}"
     );
 
@@ -68,6 +68,7 @@ fn runs_one_message(lang: &str, module: &Path) {
         // The default limits (64 MiB of memory, a 5 s deadline), as a new
         // handler gets them.
         limits: Limits::default(),
+        kv: None,
     });
     let permit = rt.try_acquire().unwrap();
     // Guests run as futures; a one-thread runtime is all they need here.

@@ -13,7 +13,7 @@
 //
 // Types: ../types/ (generated from wit/handler.wit by `npm run types`).
 
-import { config, publish } from "warren:handler/host@0.1.0";
+import { config, publish } from "warren:handler/host@0.2.0";
 
 const NOT_AN_OBJECT = "body is not a JSON object: ";
 
@@ -30,8 +30,8 @@ function kind(value) {
 }
 
 /**
- * @param {import('warren:handler/types@0.1.0').Message} msg
- * @returns {import('warren:handler/types@0.1.0').Outcome}
+ * @param {import('warren:handler/types@0.2.0').Message} msg
+ * @returns {import('warren:handler/types@0.2.0').Outcome}
  */
 export function handle(msg) {
   let object;

@@ -207,3 +207,77 @@ mod tests {
         );
     }
 }
+
+pub use bindings::warren::handler::kv::KvError;
+
+/// The key-value store (`warren:handler/kv`, world 0.2.0): the handler's
+/// state, written exactly once per message.
+///
+/// Reads see the store as committed plus this message's own earlier
+/// writes. Writes are buffered and committed only if the handler returns
+/// [`Outcome::Ack`], atomically with the message's dedup done-marker, so a
+/// message processed twice never counts twice; a retry, a reject, a trap
+/// or a lost lease writes nothing.
+///
+/// ```ignore
+/// let total = warren_guest::kv::increment(&format!("orders:{customer}"), 1)?;
+/// warren_guest::kv::set("last-order", order_id.as_bytes(), None)?;
+/// ```
+pub mod kv {
+    use crate::bindings::warren::handler::kv as imp;
+    pub use imp::KvError;
+
+    /// The value of `key`, or none.
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        imp::get(key)
+    }
+
+    /// The value of `key` as UTF-8 text (lossy), or none.
+    pub fn get_string(key: &str) -> Result<Option<String>, KvError> {
+        Ok(get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets `key`; with `ttl_ms` it expires that long after the commit.
+    pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
+        imp::set(key, value, ttl_ms)
+    }
+
+    /// Removes `key`.
+    pub fn delete(key: &str) -> Result<(), KvError> {
+        imp::delete(key)
+    }
+
+    /// Adds `delta` to the counter at `key` (absent: 0) and returns the
+    /// value this message now sees. The addition is applied at commit, so
+    /// concurrent increments from other messages all count.
+    pub fn increment(key: &str, delta: i64) -> Result<i64, KvError> {
+        imp::increment(key, delta)
+    }
+
+    /// The counter at `key` (absent: 0).
+    pub fn counter(key: &str) -> Result<i64, KvError> {
+        match get(key)? {
+            None => Ok(0),
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| KvError::NotACounter(format!("key {key:?} is not a counter"))),
+        }
+    }
+
+    /// Sets `key` to `new` (none: deletes it) if it holds `expected` (none:
+    /// is absent). Checked again at commit: if the key changed meanwhile,
+    /// nothing of the message is written and it runs again later.
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, KvError> {
+        imp::compare_and_swap(key, expected, new)
+    }
+
+    /// Up to `limit` keys starting with `prefix`, in byte order.
+    pub fn list_keys(prefix: &str, limit: u32) -> Result<Vec<String>, KvError> {
+        imp::list_keys(prefix, limit)
+    }
+}

@@ -74,3 +74,16 @@ pub fn keep_versions() -> u32 {
 pub fn service_name() -> String {
     "warren".into()
 }
+// `[handler.kv]`
+pub fn kv_max_key_bytes() -> u32 {
+    512
+}
+pub fn kv_max_value_bytes() -> u32 {
+    64 << 10
+}
+pub fn kv_max_writes() -> u32 {
+    64
+}
+pub fn kv_max_write_bytes() -> u32 {
+    1 << 20
+}

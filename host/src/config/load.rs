@@ -61,6 +61,17 @@ impl Config {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
             }
+            // Environment variables and files behind `[handler.config]`
+            // values; the error names the key, never a value.
+            for (key, value) in &mut h.config {
+                value.resolve(base, &env).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: handler {:?}: key config.{key}: {e}",
+                        path.display(),
+                        h.name
+                    )
+                })?;
+            }
         }
         config
             .validate()

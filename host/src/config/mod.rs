@@ -22,6 +22,7 @@ mod redact;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use redact::{redact_url, secrets_of_url};
+pub use values::{ConfigSource, ConfigValue};
 
 /// The environment variable that overrides `amqp.url`.
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
@@ -220,6 +222,10 @@ impl Config {
             out.extend(secrets_of_url(&r.url));
         }
         out.extend(self.admin.token().map(str::to_string));
+        // `[handler.config]` values marked `secret = true`.
+        for h in &self.handlers {
+            out.extend(h.secret_config_values());
+        }
         out
     }
 }
@@ -305,9 +311,14 @@ pub struct Handler {
     /// live (at start and on deploy); the run must end without a trap.
     /// Without it, a new version is only instantiated.
     pub smoke_body: Option<String>,
-    /// Free key/values handed to the guest through `config`.
+    /// The key-value store (`warren:handler/kv`): namespace and limits.
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    pub kv: Kv,
+    /// Key/values handed to the guest through `config`: a plain string, or
+    /// a table that reads the value from an environment variable or a file
+    /// and may mark it secret (see [`ConfigValue`]).
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -476,5 +487,46 @@ impl Handler {
     pub fn batch_slots(&self, cores: u32) -> u32 {
         let to_hold = self.consumers.div_ceil(self.max_batch.max(1));
         to_hold.max(cores.min(self.consumers)).max(1)
+    }
+}
+
+// ---- The key-value store (`[handler.kv]`) ----
+
+/// `[handler.kv]`: where a handler's keys live and how much one message may
+/// write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kv {
+    /// The namespace; default the handler's name. Handlers that name the
+    /// same namespace share its keys; no other handler sees them.
+    pub namespace: Option<String>,
+    #[serde(default = "defaults::kv_max_key_bytes")]
+    pub max_key_bytes: u32,
+    #[serde(default = "defaults::kv_max_value_bytes")]
+    pub max_value_bytes: u32,
+    /// Writes (set, delete, increment, compare-and-swap) per message.
+    #[serde(default = "defaults::kv_max_writes")]
+    pub max_writes: u32,
+    /// Bytes of keys and values one message may write, all writes together.
+    #[serde(default = "defaults::kv_max_write_bytes")]
+    pub max_write_bytes: u32,
+}
+
+impl Default for Kv {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            max_key_bytes: defaults::kv_max_key_bytes(),
+            max_value_bytes: defaults::kv_max_value_bytes(),
+            max_writes: defaults::kv_max_writes(),
+            max_write_bytes: defaults::kv_max_write_bytes(),
+        }
+    }
+}
+
+impl Handler {
+    /// The key-value namespace: `kv.namespace`, or the handler's name.
+    pub fn kv_namespace(&self) -> &str {
+        self.kv.namespace.as_deref().unwrap_or(&self.name)
     }
 }

@@ -163,3 +163,90 @@ fn telemetry_is_off_by_default_and_the_otel_variables_turn_it_on() {
         "{err}"
     );
 }
+// `[handler.config]` values from the environment and files, and secrets.
+
+fn parse_env(text: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    let module = std::env::temp_dir().join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = text.replace("MODULE", &module.display().to_string());
+    Config::parse(&text, Path::new("/etc/warren/warren.toml"), env)
+}
+
+#[test]
+fn config_values_come_from_text_environment_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db-pass"), "s3cret-from-file\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[handler.config]\nregion = \"eu\"\nurl = {{ env = \"PRICE_URL\" }}\nkey = {{ env = \"PRICE_KEY\", secret = true }}\ndb = {{ file = \"db-pass\", secret = true }}\ntoken = {{ value = \"inline-secret\", secret = true }}\n"
+    );
+    let module = std::env::temp_dir().join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = text.replace("MODULE", &module.display().to_string());
+    let c = Config::parse(&text, &dir.path().join("warren.toml"), |k| match k {
+        "PRICE_URL" => Some("http://127.0.0.1:8080".into()),
+        "PRICE_KEY" => Some("k-123456".into()),
+        _ => None,
+    })
+    .unwrap();
+    let h = &c.handlers[0];
+    let values = h.config_values();
+    assert_eq!(values["region"], "eu");
+    assert_eq!(values["url"], "http://127.0.0.1:8080");
+    assert_eq!(values["key"], "k-123456");
+    assert_eq!(
+        values["db"], "s3cret-from-file",
+        "one trailing newline dropped"
+    );
+    assert_eq!(values["token"], "inline-secret");
+    let secrets = c.secrets();
+    for s in ["k-123456", "s3cret-from-file", "inline-secret"] {
+        assert!(secrets.contains(&s.to_string()), "{s} is registered");
+    }
+    assert!(!secrets.contains(&"http://127.0.0.1:8080".to_string()));
+    // Debug (what a panic or a `{:?}` would print) shows no secret.
+    let shown = format!("{c:?}");
+    for s in ["k-123456", "s3cret-from-file", "inline-secret"] {
+        assert!(!shown.contains(s), "{s} in {shown}");
+    }
+    assert!(shown.contains("eu"));
+}
+
+#[test]
+fn a_missing_config_source_is_an_error_naming_the_key() {
+    let text =
+        format!("{MINIMAL}[handler.config]\napi_key = {{ env = \"NOPE\", secret = true }}\n");
+    let err = parse_env(&text, |_| None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/warren/warren.toml: handler \"echo\": key config.api_key: environment variable NOPE is not set (or is empty)"
+    );
+    let text =
+        format!("{MINIMAL}[handler.config]\ncert = {{ file = \"/nonexistent/warren/ca.pem\" }}\n");
+    let err = parse_env(&text, |_| None).unwrap_err().to_string();
+    assert!(
+        err.starts_with("/etc/warren/warren.toml: handler \"echo\": key config.cert: cannot read file /nonexistent/warren/ca.pem:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_value_table_needs_exactly_one_source() {
+    for bad in [
+        "x = { secret = true }",
+        "x = { env = \"A\", file = \"b\" }",
+        "x = { env = \"\" }",
+        "x = { envv = \"A\" }",
+        "x = 3",
+    ] {
+        let text = format!("{MINIMAL}[handler.config]\n{bad}\n");
+        let err = parse_env(&text, |_| Some("v".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a config value table needs exactly one of")
+                || err.contains("one of `value`, `env` or `file`")
+                || err.contains("unknown field `envv`"),
+            "{bad}: {err}"
+        );
+    }
+}

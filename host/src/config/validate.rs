@@ -113,6 +113,27 @@ impl Config {
                     h.timeout_ms
                 );
             }
+            if let Some(ns) = &h.kv.namespace
+                && (ns.is_empty()
+                    || !ns
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            {
+                bail!(
+                    "{}: {ns:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+                    at("kv.namespace")
+                );
+            }
+            for (key, v) in [
+                ("kv.max_key_bytes", h.kv.max_key_bytes),
+                ("kv.max_value_bytes", h.kv.max_value_bytes),
+                ("kv.max_writes", h.kv.max_writes),
+                ("kv.max_write_bytes", h.kv.max_write_bytes),
+            ] {
+                if v == 0 {
+                    bail!("{}: must be at least 1", at(key));
+                }
+            }
             if let Some(b) = &h.bind
                 && b.exchange.is_empty()
             {

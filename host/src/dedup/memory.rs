@@ -6,12 +6,13 @@
 //! dedup across processes or survive a restart, and `Store::describe` says so
 //! at start-up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{Claim, DedupError, Lease, fence_key, new_owner, ttl_millis};
+use super::kv::{self, Commit, KvWrites};
+use super::{Claim, DedupError, Lease, MAX_TTL_MS, fence_key, new_owner, ttl_millis};
 
 /// Sweep at most this often (in operations) while the maps are small.
 const MIN_SWEEP_INTERVAL: usize = 1024;
@@ -37,8 +38,16 @@ struct State {
     keys: HashMap<String, Entry>,
     /// Fencing counter name (`{key}:fence`) to its counter.
     fences: HashMap<String, Fence>,
+    /// Key-value data by its full name ([`kv::data_key`]), ordered so a
+    /// prefix is a range.
+    kv: BTreeMap<String, KvEntry>,
     /// Operations since the last sweep.
     ops: usize,
+}
+
+struct KvEntry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
 }
 
 struct Entry {
@@ -132,19 +141,86 @@ impl MemoryStore {
     pub(super) fn complete(&self, lease: &Lease, window: Duration) -> Result<bool, DedupError> {
         let now = Instant::now();
         let mut state = self.lock(now);
-        let Some(entry) = state.owned_entry(lease, now) else {
-            return Ok(false);
-        };
-        let expires = now + Duration::from_millis(ttl_millis(window));
-        *entry = Entry {
-            value: Value::Done,
-            expires,
-        };
-        // As in complete.lua: the counter lives at least as long as the marker.
-        if let Some(fence) = state.fences.get_mut(&fence_key(&lease.key)) {
-            fence.expires = fence.expires.max(expires);
+        Ok(state.complete(lease, window, now))
+    }
+
+    /// Commits a message's writes, with its done-marker when it holds a
+    /// lease, under the one lock: all or nothing, as `kv_commit.lua`.
+    pub(super) fn commit(
+        &self,
+        lease: Option<&Lease>,
+        writes: &KvWrites,
+        window: Duration,
+        check_only: bool,
+    ) -> Result<Commit, DedupError> {
+        let now = Instant::now();
+        let mut state = self.lock(now);
+        if let Some(lease) = lease {
+            let owned = state.owned_entry(lease, now).is_some();
+            let fenced = state
+                .fences
+                .get(&fence_key(&lease.key))
+                .is_some_and(|f| f.expires > now && f.count == lease.fencing_token);
+            if !owned || !fenced {
+                return Ok(Commit::Lost);
+            }
         }
-        Ok(true)
+        let prefix = kv::data_prefix(&self.prefix, &writes.namespace);
+        let finals = match kv::replay(&writes.ops, |k| {
+            state
+                .kv_live(&format!("{prefix}{k}"), now)
+                .map(|e| e.value.clone())
+        }) {
+            Ok(f) => f,
+            Err(failed) => return Ok(failed),
+        };
+        if check_only {
+            return Ok(Commit::Done);
+        }
+        for (key, f) in finals {
+            let name = format!("{prefix}{key}");
+            match f.value {
+                None => {
+                    state.kv.remove(&name);
+                }
+                Some(value) => {
+                    let expires = match f.ttl_ms {
+                        None => state.kv.get(&name).and_then(|e| e.expires),
+                        Some(None) => None,
+                        Some(Some(ms)) => {
+                            Some(now + Duration::from_millis(ms.clamp(1, MAX_TTL_MS)))
+                        }
+                    };
+                    state.kv.insert(name, KvEntry { value, expires });
+                }
+            }
+        }
+        if let Some(lease) = lease {
+            state.complete(lease, window, now);
+        }
+        Ok(Commit::Done)
+    }
+
+    pub(super) fn kv_get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let mut state = self.lock(now);
+        let name = kv::data_key(&self.prefix, namespace, key);
+        state.kv_live(&name, now).map(|e| e.value.clone())
+    }
+
+    pub(super) fn kv_list(&self, namespace: &str, prefix: &str, limit: usize) -> Vec<String> {
+        let now = Instant::now();
+        let state = self.lock(now);
+        let base = kv::data_prefix(&self.prefix, namespace);
+        let start = format!("{base}{prefix}");
+        state
+            .kv
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter(|(_, e)| e.expires.is_none_or(|t| t > now))
+            .map(|(k, _)| k[base.len()..].to_owned())
+            .take(limit)
+            .collect()
     }
 
     pub(super) fn release(&self, lease: &Lease) -> Result<bool, DedupError> {
@@ -184,6 +260,36 @@ impl State {
             .filter(|entry| matches!(&entry.value, Value::Owner(owner) if *owner == lease.owner))
     }
 
+    /// Marks the lease's key done for `window` if the lease's owner still
+    /// holds it.
+    fn complete(&mut self, lease: &Lease, window: Duration, now: Instant) -> bool {
+        let Some(entry) = self.owned_entry(lease, now) else {
+            return false;
+        };
+        let expires = now + Duration::from_millis(ttl_millis(window));
+        *entry = Entry {
+            value: Value::Done,
+            expires,
+        };
+        // As in complete.lua: the counter lives at least as long as the marker.
+        if let Some(fence) = self.fences.get_mut(&fence_key(&lease.key)) {
+            fence.expires = fence.expires.max(expires);
+        }
+        true
+    }
+
+    /// The key-value entry named `name` unless it has expired.
+    fn kv_live(&mut self, name: &str, now: Instant) -> Option<&KvEntry> {
+        if self
+            .kv
+            .get(name)
+            .is_some_and(|e| e.expires.is_some_and(|t| t <= now))
+        {
+            self.kv.remove(name);
+        }
+        self.kv.get(name)
+    }
+
     /// The counter named `name`, starting again from zero if it expired.
     fn live_fence(&mut self, name: &str, now: Instant) -> &mut Fence {
         if self
@@ -205,11 +311,12 @@ impl State {
     /// outnumber the live ones by more than that.
     fn tick(&mut self, now: Instant) {
         self.ops += 1;
-        let due = MIN_SWEEP_INTERVAL.max((self.keys.len() + self.fences.len()) / 2);
+        let due = MIN_SWEEP_INTERVAL.max((self.keys.len() + self.fences.len() + self.kv.len()) / 2);
         if self.ops >= due {
             self.ops = 0;
             self.keys.retain(|_, entry| entry.expires > now);
             self.fences.retain(|_, fence| fence.expires > now);
+            self.kv.retain(|_, e| e.expires.is_none_or(|t| t > now));
         }
     }
 

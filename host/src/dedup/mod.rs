@@ -24,6 +24,7 @@
 //! claim or what to do when the store is unavailable (pause or fail open);
 //! the consumer pipeline does.
 
+pub mod kv;
 mod memory;
 mod redis;
 #[cfg(test)]
@@ -31,6 +32,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use self::kv::{Commit, KvOp, KvWrites};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
@@ -264,6 +266,66 @@ impl Store {
         match self {
             Store::Redis(store) => store.release_many(leases).await,
             Store::Memory(store) => leases.iter().map(|l| store.release(l)).collect(),
+        }
+    }
+
+    /// Commits each message's key-value writes, and marks its key done when
+    /// it holds a lease, in one atomic step per message (one round trip for
+    /// all): a lost lease, a compare-and-swap that does not hold or an
+    /// increment on something that is not a counter writes nothing at all
+    /// ([`kv`] has the details). One result per item, in order.
+    pub async fn commit_many(
+        &self,
+        items: &[(Option<&Lease>, &KvWrites)],
+        window: Duration,
+    ) -> Vec<Result<Commit, DedupError>> {
+        match self {
+            Store::Redis(store) => store.commit_many(items, window, false).await,
+            Store::Memory(store) => items
+                .iter()
+                .map(|(lease, writes)| store.commit(*lease, writes, window, false))
+                .collect(),
+        }
+    }
+
+    /// [`Store::commit_many`] without writing anything: whether each
+    /// commit would go through now (`Commit::Done`), or why not. Run
+    /// before a message's outputs are published, so that a
+    /// compare-and-swap that no longer holds reruns the message before its
+    /// outputs go out rather than after; the commit checks again.
+    pub async fn check_many(
+        &self,
+        items: &[(Option<&Lease>, &KvWrites)],
+    ) -> Vec<Result<Commit, DedupError>> {
+        let window = Duration::from_secs(1);
+        match self {
+            Store::Redis(store) => store.commit_many(items, window, true).await,
+            Store::Memory(store) => items
+                .iter()
+                .map(|(lease, writes)| store.commit(*lease, writes, window, true))
+                .collect(),
+        }
+    }
+
+    /// The committed value of `key` in `namespace`.
+    pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, DedupError> {
+        match self {
+            Store::Redis(store) => store.kv_get(namespace, key).await,
+            Store::Memory(store) => Ok(store.kv_get(namespace, key)),
+        }
+    }
+
+    /// Up to `limit` committed keys of `namespace` starting with `prefix`,
+    /// in byte order.
+    pub async fn kv_list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, DedupError> {
+        match self {
+            Store::Redis(store) => store.kv_list(namespace, prefix, limit).await,
+            Store::Memory(store) => Ok(store.kv_list(namespace, prefix, limit)),
         }
     }
 

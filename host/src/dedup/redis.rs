@@ -16,6 +16,7 @@ use ::redis::aio::ConnectionLike as _;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script, Value};
 
+use super::kv::{self, Commit, KvOp, KvWrites};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
 
 /// How long one connection attempt may take.
@@ -47,6 +48,8 @@ struct Shared {
     renew: Script,
     complete: Script,
     release: Script,
+    kv_commit: Script,
+    kv_list: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -81,6 +84,8 @@ impl RedisStore {
             renew: Script::new(include_str!("renew.lua")),
             complete: Script::new(include_str!("complete.lua")),
             release: Script::new(include_str!("release.lua")),
+            kv_commit: Script::new(include_str!("kv_commit.lua")),
+            kv_list: Script::new(include_str!("kv_list.lua")),
         });
         let unavailable = |what: String| {
             DedupError::Unavailable(format!("cannot connect to {}: {what}", shared.server))
@@ -96,6 +101,8 @@ impl RedisStore {
                 &shared.renew,
                 &shared.complete,
                 &shared.release,
+                &shared.kv_commit,
+                &shared.kv_list,
             ] {
                 script.load_async(&mut conn).await?;
             }
@@ -305,6 +312,136 @@ impl RedisStore {
         }
     }
 
+    /// Commits each message's key-value writes, with its done-marker when
+    /// it holds a lease, in one round trip: one result per message.
+    pub(super) async fn commit_many(
+        &self,
+        items: &[(Option<&Lease>, &KvWrites)],
+        window: Duration,
+        check_only: bool,
+    ) -> Vec<Result<Commit, DedupError>> {
+        let mode = |lease: bool| match (check_only, lease) {
+            (false, true) => "1",
+            (false, false) => "0",
+            (true, true) => "c1",
+            (true, false) => "c0",
+        };
+        let window_ms = ttl_millis(window);
+        let prefix = &self.shared.prefix;
+        let mut names = Vec::with_capacity(items.len());
+        let calls = items
+            .iter()
+            .map(|(lease, writes)| {
+                let index = kv::index_key(prefix, &writes.namespace);
+                let (key, fence) = match lease {
+                    Some(l) => (l.key.clone(), fence_key(&l.key)),
+                    None => (index.clone(), index.clone()),
+                };
+                let mut keys = vec![key.clone(), fence, index];
+                keys.extend(
+                    writes
+                        .ops
+                        .iter()
+                        .map(|op| kv::data_key(prefix, &writes.namespace, op.key())),
+                );
+                names.push(key);
+                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
+                match lease {
+                    Some(l) => cmd
+                        .arg(mode(true))
+                        .arg(&l.owner)
+                        .arg(window_ms)
+                        .arg(DONE)
+                        .arg(l.fencing_token),
+                    None => cmd.arg(mode(false)).arg("").arg(window_ms).arg(DONE).arg(0),
+                };
+                for op in &writes.ops {
+                    cmd.arg(op_kind(op)).arg(op.key());
+                    match op {
+                        KvOp::Set { value, ttl_ms, .. } => {
+                            let ttl = ttl_ms.map(|t| t.clamp(1, super::MAX_TTL_MS).to_string());
+                            cmd.arg(&value[..])
+                                .arg(ttl.unwrap_or_default())
+                                .arg("")
+                                .arg("")
+                        }
+                        KvOp::Delete { .. } => cmd.arg("").arg("").arg("").arg(""),
+                        KvOp::Increment { delta, .. } => cmd.arg(*delta).arg("").arg("").arg(""),
+                        KvOp::CompareAndSwap { expected, new, .. } => cmd
+                            .arg(if expected.is_some() { "1" } else { "0" })
+                            .arg(expected.as_deref().unwrap_or_default())
+                            .arg(if new.is_some() { "1" } else { "0" })
+                            .arg(new.as_deref().unwrap_or_default()),
+                    };
+                }
+                cmd
+            })
+            .collect();
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        let replies = self
+            .eval_many::<(i64, String)>("kv commit", &self.shared.kv_commit, calls, &keys)
+            .await;
+        replies
+            .into_iter()
+            .map(|reply| {
+                let (code, key) = reply?;
+                Ok(match code {
+                    1 => Commit::Done,
+                    0 => Commit::Lost,
+                    2 => Commit::Conflict(format!(
+                        "key {key:?} changed before the message committed"
+                    )),
+                    _ => Commit::NotACounter(format!(
+                        "key {key:?} does not hold a counter, or the counter would leave ±{}",
+                        kv::MAX_COUNTER
+                    )),
+                })
+            })
+            .collect()
+    }
+
+    /// The committed value of one key of a namespace.
+    pub(super) async fn kv_get(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, DedupError> {
+        let name = kv::data_key(&self.shared.prefix, namespace, key);
+        let mut conn = self.conn.clone();
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(&name);
+        match tokio::time::timeout(CALL_DEADLINE, cmd.query_async::<Option<Vec<u8>>>(&mut conn))
+            .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error("kv get", &name, &e)),
+            Err(_) => Err(DedupError::Unavailable(format!(
+                "kv get of key {name} on {}: timed out after {CALL_DEADLINE:?}",
+                self.shared.server
+            ))),
+        }
+    }
+
+    /// Up to `limit` committed keys of a namespace that start with
+    /// `prefix`, in byte order.
+    pub(super) async fn kv_list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, DedupError> {
+        let index = kv::index_key(&self.shared.prefix, namespace);
+        let mut cmd = evalsha(&self.shared.kv_list, &[&index]);
+        cmd.arg(prefix)
+            .arg(kv::data_prefix(&self.shared.prefix, namespace))
+            .arg(limit.max(1));
+        self.eval_many::<Vec<String>>("kv list", &self.shared.kv_list, vec![cmd], &[&index])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
+    }
+
     pub(super) async fn ping(&self) -> Result<(), DedupError> {
         let mut conn = self.conn.clone();
         let cmd = ::redis::cmd("PING");
@@ -319,6 +456,16 @@ impl RedisStore {
                 self.shared.server
             ))),
         }
+    }
+}
+
+/// The op's tag in `kv_commit.lua`'s arguments.
+fn op_kind(op: &KvOp) -> &'static str {
+    match op {
+        KvOp::Set { .. } => "s",
+        KvOp::Delete { .. } => "d",
+        KvOp::Increment { .. } => "i",
+        KvOp::CompareAndSwap { .. } => "c",
     }
 }
 

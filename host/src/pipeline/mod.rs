@@ -22,12 +22,14 @@ mod claim;
 pub mod convert;
 mod guests;
 mod keys;
+mod kv;
 mod renew;
 mod settle;
 mod trace;
 
 use keys::{describe_key, output_id_base};
 pub use keys::{idempotency_key, output_message_id};
+pub use kv::KvView;
 
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ use crate::amqp::limits::cap_text;
 use crate::amqp::{Inbound, Publisher};
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
-use crate::dedup::Lease;
+use crate::dedup::{Commit, KvWrites, Lease};
 use crate::runtime::{Completed, Outbound, Outcome};
 use crate::telemetry;
 use settle::Settle;
@@ -81,6 +83,9 @@ struct Job {
     /// The dedup lease, once claimed; none without dedup, without a key, or
     /// when the store was bypassed.
     lease: Option<Lease>,
+    /// The key-value writes of an acked run, committed with the
+    /// done-marker.
+    writes: Option<KvWrites>,
 }
 
 /// What running and publishing a batch came to.
@@ -152,14 +157,20 @@ impl Pipeline<'_> {
 
         let mut acked = Vec::new();
         let mut failed = Vec::new();
-        for (job, result) in jobs.into_iter().zip(results) {
+        for (mut job, result) in jobs.into_iter().zip(results) {
             let result = result.map(|c| self.capped(c));
             match result {
                 Ok(Completed {
                     outcome: Outcome::Ack,
                     publishes,
+                    kv_writes,
                     ..
-                }) => acked.push((job, publishes)),
+                }) => {
+                    if !kv_writes.is_empty() {
+                        job.writes = Some(kv::writes(self.h.cfg.kv_namespace(), kv_writes));
+                    }
+                    acked.push((job, publishes))
+                }
                 Ok(Completed {
                     outcome: Outcome::Retry(r),
                     ..
@@ -196,6 +207,7 @@ impl Pipeline<'_> {
             }
         }
 
+        let acked = self.check_swaps(acked, &mut failed).await;
         let refused = self.publish_outputs(&acked, &digest).await;
         let mut done = Vec::with_capacity(acked.len());
         for ((job, _), refused) in acked.into_iter().zip(refused) {
@@ -220,6 +232,72 @@ impl Pipeline<'_> {
             failed,
             digest,
         }
+    }
+
+    /// Before outputs go out: for each acked message that both swapped a
+    /// key (`compare-and-swap`) and has outputs, checks in one round trip
+    /// that its commit would go through now. One that would not is not
+    /// published: a conflict reruns it (not an attempt), an increment of
+    /// something that is not a counter retries it, a lost lease requeues
+    /// it. The commit checks again; this only keeps a conflict found then
+    /// (a swap that raced the confirms) from being the common case. A store
+    /// error here decides nothing: the commit will.
+    async fn check_swaps(
+        &self,
+        acked: Vec<(Job, Vec<Outbound>)>,
+        failed: &mut Vec<(Job, Settle)>,
+    ) -> Vec<(Job, Vec<Outbound>)> {
+        let swaps = |j: &Job, outputs: &[Outbound]| {
+            !outputs.is_empty()
+                && j.writes.as_ref().is_some_and(|w| {
+                    w.ops
+                        .iter()
+                        .any(|op| matches!(op, crate::dedup::KvOp::CompareAndSwap { .. }))
+                })
+        };
+        if !acked.iter().any(|(j, o)| swaps(j, o)) {
+            return acked;
+        }
+        let items: Vec<(Option<&Lease>, &KvWrites)> = acked
+            .iter()
+            .filter(|(j, o)| swaps(j, o))
+            .filter_map(|(j, _)| Some((j.lease.as_ref(), j.writes.as_ref()?)))
+            .collect();
+        let mut checked = self.shared.store.check_many(&items).await.into_iter();
+        let mut kept = Vec::with_capacity(acked.len());
+        for (job, outputs) in acked {
+            if !swaps(&job, &outputs) {
+                kept.push((job, outputs));
+                continue;
+            }
+            let message_id = job.msg.message_id().unwrap_or("-").to_owned();
+            match checked.next() {
+                Some(Ok(Commit::Conflict(why))) => {
+                    self.h.metrics.kv_conflicts.inc();
+                    tracing::info!(handler = self.name(), message_id, conflict = %why, "key-value conflict before publishing: nothing published or written; the message runs again later (not an attempt)");
+                    let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
+                    failed.push((job, Settle::Defer(floor)));
+                }
+                Some(Ok(Commit::NotACounter(why))) => failed.push((
+                    job,
+                    Settle::Retry {
+                        delay: None,
+                        kind: "kv",
+                        reason: format!("key-value commit refused: {why}"),
+                    },
+                )),
+                Some(Ok(Commit::Lost)) => {
+                    tracing::warn!(
+                        handler = self.name(),
+                        message_id,
+                        "dedup lease lost while the handler ran: not publishing; the message goes back to the queue"
+                    );
+                    failed.push((job, Settle::Requeue));
+                }
+                _ => kept.push((job, outputs)),
+            }
+        }
+        kept
     }
 
     /// Counts what the guest wrote past its caps, and cuts its reject or
@@ -293,6 +371,7 @@ impl Pipeline<'_> {
                 msg,
                 key,
                 lease: None,
+                writes: None,
             });
         }
         self.settle_all(keyless, None).await;
@@ -354,29 +433,73 @@ impl Pipeline<'_> {
     }
 
     /// Step 5: marks the keys of the messages whose outputs are durable as
-    /// done, in one round trip, and acks those marked (and those without a
-    /// lease). Returns the messages that could not be marked, with how they
-    /// settle: a lost lease goes back to the queue now (another owner may
-    /// have it), a store error after a pause.
+    /// done, committing their key-value writes in the same atomic step, in
+    /// one round trip per kind (plain marks, commits), and acks those
+    /// marked (and those with neither a lease nor writes). Returns the
+    /// messages that could not be marked, with how they settle: a lost
+    /// lease goes back to the queue now (another owner may have it), a
+    /// store error after a pause, a compare-and-swap conflict through a
+    /// wait queue (not an attempt), an increment of something that is not
+    /// a counter as a failed attempt. Nothing of their writes is in.
     async fn complete_and_ack(&self, done: Vec<Job>) -> Vec<(Job, Settle)> {
         if let Some(t) = &self.trace {
             for j in &done {
                 t.settling(j.msg.delivery_tag());
             }
         }
-        let leases: Vec<&Lease> = done.iter().filter_map(|j| j.lease.as_ref()).collect();
-        let mut marked = self
-            .shared
-            .store
-            .complete_many(&leases, self.window())
-            .await
-            .into_iter();
+        let leases: Vec<&Lease> = done
+            .iter()
+            .filter(|j| j.writes.is_none())
+            .filter_map(|j| j.lease.as_ref())
+            .collect();
+        let commits: Vec<(Option<&Lease>, &KvWrites)> = done
+            .iter()
+            .filter_map(|j| Some((j.lease.as_ref(), j.writes.as_ref()?)))
+            .collect();
+        let (marked, committed) = tokio::join!(
+            self.shared.store.complete_many(&leases, self.window()),
+            self.shared.store.commit_many(&commits, self.window()),
+        );
+        let (mut marked, mut committed) = (marked.into_iter(), committed.into_iter());
         let mut unmarked = Vec::new();
         let mut acked = 0;
         for job in done {
-            if let Some(lease) = &job.lease {
-                let message_id = job.msg.message_id().unwrap_or("-");
-                let how = match marked.next() {
+            let message_id = job.msg.message_id().unwrap_or("-");
+            let how = if let Some(writes) = &job.writes {
+                let key = job.lease.as_ref().map_or("-", |l| l.key.as_str());
+                match committed.next() {
+                    Some(Ok(Commit::Done)) => {
+                        self.h.metrics.kv_writes.inc_by(writes.ops.len() as u64);
+                        None
+                    }
+                    Some(Ok(Commit::Lost)) => {
+                        tracing::warn!(
+                            handler = self.name(),
+                            message_id,
+                            key,
+                            "dedup lease lost while the handler ran: its key-value writes are refused and it is not acked; the message goes back to the queue"
+                        );
+                        Some(Settle::Requeue)
+                    }
+                    Some(Ok(Commit::Conflict(why))) => {
+                        self.h.metrics.kv_conflicts.inc();
+                        tracing::info!(handler = self.name(), message_id, key, conflict = %why, "key-value commit conflict: nothing written; the message runs again later (not an attempt)");
+                        let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
+                        Some(Settle::Defer(floor))
+                    }
+                    Some(Ok(Commit::NotACounter(why))) => Some(Settle::Retry {
+                        delay: None,
+                        kind: "kv",
+                        reason: format!("key-value commit refused: {why}"),
+                    }),
+                    Some(Err(e)) => {
+                        tracing::warn!(handler = self.name(), message_id, key, error = %e, "cannot commit key-value writes: not acking; the message goes back to the queue");
+                        Some(Settle::RequeueLater)
+                    }
+                    None => Some(Settle::RequeueLater),
+                }
+            } else if let Some(lease) = &job.lease {
+                match marked.next() {
                     Some(Ok(true)) => None,
                     Some(Ok(false)) => {
                         tracing::warn!(handler = self.name(), message_id, key = %lease.key, "dedup lease lost while the handler ran: not acking; the message goes back to the queue");
@@ -389,19 +512,31 @@ impl Pipeline<'_> {
                     // The store answers every lease; were one missing, the
                     // key is not known to be done.
                     None => Some(Settle::RequeueLater),
-                };
-                if let Some(how) = how {
-                    unmarked.push((job, how));
-                    continue;
+                }
+            } else {
+                None
+            };
+            match how {
+                Some(how) => unmarked.push((job, how)),
+                None => {
+                    acked += 1;
+                    if let Some(t) = &self.trace {
+                        t.settled(job.msg.delivery_tag(), trace::Fate::Ack);
+                    }
+                    job.msg.ack();
                 }
             }
-            acked += 1;
-            if let Some(t) = &self.trace {
-                t.settled(job.msg.delivery_tag(), trace::Fate::Ack);
-            }
-            job.msg.ack();
         }
         self.h.metrics.ack.inc_by(acked);
+        // A refused commit left the lease in place: give it up, so the
+        // message's next run (deferred or retried) can claim the key.
+        self.release(
+            unmarked
+                .iter()
+                .filter(|(_, how)| matches!(how, Settle::Defer(_) | Settle::Retry { .. }))
+                .filter_map(|(j, _)| j.lease.as_ref()),
+        )
+        .await;
         unmarked
     }
 

@@ -1,8 +1,14 @@
 //! The generated bindings for the `warren:handler` world: the only place
 //! `bindgen!` is called, so every other file sees one set of types.
+//!
+//! Two versions are linked side by side (`wit/README.md`): 0.1.0 at the top
+//! of this module and 0.2.0 in [`v2`]. 0.2.0 adds an interface and changes
+//! no type, so its `types` interface is mapped onto 0.1.0's Rust types: a
+//! message and an outcome are the same values whichever version a module
+//! was built against, and so is the `handle` export.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/0.1.0",
     world: "handler",
     additional_derives: [PartialEq],
     // `handle` runs as a future (`call_async`), so a deadline can drop it
@@ -10,6 +16,20 @@ wasmtime::component::bindgen!({
     // imports stay synchronous: they only buffer and count, never wait.
     exports: { default: async },
 });
+
+/// `warren:handler@0.2.0`: 0.1.0 plus the `kv` interface.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        additional_derives: [PartialEq],
+        exports: { default: async },
+        // The key-value calls wait for the store (a read, within the
+        // message's deadline); the rest only buffer.
+        imports: { "warren:handler/kv": async },
+        with: { "warren:handler/types": super::warren::handler::types },
+    });
+}
 
 // `Message` and `Outcome` are already here: the world `use`s them.
 pub use warren::handler::types::{

@@ -24,8 +24,9 @@ use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure::{self, Arena, Value};
 use super::state::{State, is_reserved_header};
 
-/// The interface whose functions are defined here, as the component names it.
-const HOST: &str = "warren:handler/host@0.1.0";
+/// The interfaces whose functions are defined here, as components name them
+/// (every version the host links).
+const HOSTS: [&str; 2] = ["warren:handler/host@0.1.0", "warren:handler/host@0.2.0"];
 
 #[derive(ComponentType, Lift)]
 #[component(record)]
@@ -110,18 +111,22 @@ enum FieldValueRef {
 /// Replaces the generated `publish` and `log` in `linker` with these.
 pub(super) fn install(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let mut host = linker.instance(HOST)?;
-    host.func_wrap(
-        "publish",
-        |mut cx: StoreContextMut<'_, State>, (msg,): (OutboundRef,)| Ok((publish(&mut cx, &msg)?,)),
-    )?;
-    host.func_wrap(
-        "log",
-        |mut cx: StoreContextMut<'_, State>, (level, message): (Level, WasmStr)| {
-            log(&mut cx, level, &message)?;
-            Ok(())
-        },
-    )?;
+    for name in HOSTS {
+        let mut host = linker.instance(name)?;
+        host.func_wrap(
+            "publish",
+            |mut cx: StoreContextMut<'_, State>, (msg,): (OutboundRef,)| {
+                Ok((publish(&mut cx, &msg)?,))
+            },
+        )?;
+        host.func_wrap(
+            "log",
+            |mut cx: StoreContextMut<'_, State>, (level, message): (Level, WasmStr)| {
+                log(&mut cx, level, &message)?;
+                Ok(())
+            },
+        )?;
+    }
     linker.allow_shadowing(false);
     Ok(())
 }

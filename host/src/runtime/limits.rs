@@ -118,6 +118,9 @@ pub struct HandlerEnv {
     pub config: BTreeMap<String, String>,
     pub publish_allow: Vec<String>,
     pub limits: Limits,
+    /// The key-value store (`warren:handler/kv`, 0.2.0 modules); without
+    /// one every call fails with `unavailable`.
+    pub kv: Option<super::kv::KvGrant>,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 mod bindings;
 mod epoch;
+mod kv;
 mod lift;
 mod limits;
 mod measure;
@@ -40,14 +41,19 @@ pub use bindings::{
     Retry,
 };
 use epoch::EpochTicker;
+pub use kv::{KvGrant, KvLimits, KvStore, KvWrite, MAX_COUNTER};
 pub use limits::{HandlerEnv, Limits, RuntimeConfig, truncate_on_char};
 pub use module::{Digest, LoadError, Module};
 pub use run::{Completed, RunError};
 use state::State;
 pub use warm::WarmInstances;
 
-/// The world every handler module must implement.
-pub const WORLD: &str = "warren:handler/handler@0.1.0";
+/// The newest world a handler module may implement.
+pub const WORLD: &str = "warren:handler/handler@0.2.0";
+
+/// Every world the host serves, oldest first (`wit/README.md`): a module
+/// built against any of them runs unchanged.
+pub const WORLDS: [&str; 2] = ["warren:handler/handler@0.1.0", WORLD];
 
 /// Bytes of each memory slot kept mapped between messages (reset in place
 /// rather than returned to the kernel); bounds the resident set at this
@@ -182,6 +188,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
+        bindings::v2::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
         lift::install(&mut linker).map_err(anyhow::Error::from)?;
 
         Ok(Self {

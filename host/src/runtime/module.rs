@@ -102,6 +102,22 @@ impl Module {
     pub fn from_cache(&self) -> bool {
         self.inner.from_cache
     }
+    /// The world the module was built against, from the version of the
+    /// `warren:handler` interfaces it imports: 0.2.0 if any is 0.2, else
+    /// 0.1.0.
+    pub fn world(&self) -> &'static str {
+        let v2 = self
+            .inner
+            .imports
+            .iter()
+            .any(|i| i.starts_with("warren:handler/") && i.ends_with("@0.2.0"));
+        if v2 {
+            super::WORLDS[1]
+        } else {
+            super::WORLDS[0]
+        }
+    }
+
     /// The names of the component's imports (interfaces), as the file lists them.
     pub fn imports(&self) -> &[String] {
         &self.inner.imports

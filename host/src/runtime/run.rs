@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Message, Outbound, Outcome};
+use super::kv::KvWrite;
 use super::state::State;
 use super::warm::{Warm, WarmInstances};
 use super::{HandlerEnv, Limits, Module, Permit, Runtime};
@@ -24,6 +25,9 @@ pub struct Completed {
     pub logs_dropped: u64,
     /// Bytes of stdout and stderr dropped past the cap.
     pub stdio_dropped: u64,
+    /// The key-value writes, in call order; to be committed only on ack,
+    /// with the done-marker.
+    pub kv_writes: Vec<KvWrite>,
 }
 
 /// A run that ended without an outcome: the host's failure, never the guest's
@@ -182,6 +186,7 @@ impl Runtime {
         let log_dropped = state.log_dropped;
         let memory_cap_hit = state.limiter.hit;
         let publishes = std::mem::take(&mut state.published);
+        let kv_writes = std::mem::take(&mut state.kv.writes);
         let tag = (
             &*env.name,
             msg.message_id.as_deref().unwrap_or("-"),
@@ -224,6 +229,7 @@ impl Runtime {
                     publishes,
                     logs_dropped: log_dropped,
                     stdio_dropped,
+                    kv_writes,
                 })
             }
             // A trapped instance, or one whose call was dropped at the

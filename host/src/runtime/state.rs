@@ -9,11 +9,14 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::v2::warren::handler as handler_v2;
 use super::bindings::{Level, Outbound, PublishError, warren::handler};
+use super::kv::{KvBuffer, KvGrant};
 use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure;
 use super::stdio::CappedPipe;
 use super::{HandlerEnv, Limits};
+use handler_v2::kv::KvError;
 
 /// The data of one `Store`: one message's worth with a fresh instance per
 /// message; in reuse mode it lives as long as its warm instance, and
@@ -38,6 +41,8 @@ pub(crate) struct State {
     log_bytes: usize,
     log_lines: usize,
     pub(super) log_dropped: u64,
+    /// This message's key-value writes and what they make each key.
+    pub(super) kv: KvBuffer,
 }
 
 impl State {
@@ -75,6 +80,7 @@ impl State {
             log_bytes: 0,
             log_lines: 0,
             log_dropped: 0,
+            kv: KvBuffer::default(),
         }
     }
 }
@@ -89,6 +95,7 @@ impl State {
         self.log_bytes = 0;
         self.log_lines = 0;
         self.log_dropped = 0;
+        self.kv.clear();
         self.limiter.hit = false;
     }
 }
@@ -200,6 +207,73 @@ impl handler::host::Host for State {
 
     fn config(&mut self, key: String) -> Option<String> {
         self.env.config.get(&key).cloned()
+    }
+}
+
+// 0.2.0's `host` is 0.1.0's, over the same types.
+impl handler_v2::host::Host for State {
+    fn publish(&mut self, msg: Outbound) -> Result<(), PublishError> {
+        handler::host::Host::publish(self, msg)
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        handler::host::Host::log(self, level, message)
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        handler::host::Host::config(self, key)
+    }
+}
+
+impl State {
+    /// The handler's key-value grant, or the error every call gets without
+    /// one.
+    fn kv_grant(&self) -> Result<KvGrant, KvError> {
+        self.env.kv.clone().ok_or_else(|| {
+            KvError::Unavailable(format!("handler {} has no key-value store", self.env.name))
+        })
+    }
+}
+
+impl handler_v2::kv::Host for State {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.get(&grant, &key).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.set(&grant, key, value, ttl_ms)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.delete(&grant, key)
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.increment(&grant, key, delta).await
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.compare_and_swap(&grant, key, expected, new).await
+    }
+
+    async fn list_keys(&mut self, prefix: String, limit: u32) -> Result<Vec<String>, KvError> {
+        let grant = self.kv_grant()?;
+        self.kv.list(&grant, &prefix, limit).await
     }
 }
 

@@ -11,8 +11,9 @@ use crate::config::{Config, QueueType};
 use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
+use crate::pipeline::KvView;
 use crate::registry::{self, CompiledBy};
-use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
+use crate::runtime::{HandlerEnv, KvGrant, KvLimits, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
 use crate::versions::Versions;
 
@@ -65,6 +66,21 @@ impl Host {
         }
 
         let metrics = Metrics::new();
+        let (store, on_unavailable) = match &config.redis {
+            Some(r) => {
+                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
+                    format!(
+                        "cannot connect to Redis at {}",
+                        crate::config::redact_url(&r.url)
+                    )
+                })?;
+                (store, r.on_unavailable)
+            }
+            None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
+        };
+        tracing::info!(store = %store.describe(), "dedup store ready");
+        metrics.redis_available.set(1);
+
         let mut handlers = Vec::new();
         for h in &config.handlers {
             let bytes = std::fs::read(&h.module).with_context(|| {
@@ -83,13 +99,25 @@ impl Host {
             })?;
             let env = HandlerEnv {
                 name: h.name.clone(),
-                config: h.config.clone(),
+                config: h.config_values(),
                 publish_allow: h.publish.allow.clone(),
                 limits: Limits {
                     timeout: h.timeout(),
                     memory_bytes: (h.memory_mb as usize) << 20,
                     ..Limits::default()
                 },
+                kv: Some(KvGrant {
+                    store: Arc::new(KvView {
+                        store: store.clone(),
+                        namespace: h.kv_namespace().to_owned(),
+                    }),
+                    limits: KvLimits {
+                        max_key_bytes: h.kv.max_key_bytes as usize,
+                        max_value_bytes: h.kv.max_value_bytes as usize,
+                        max_writes: h.kv.max_writes as usize,
+                        max_write_bytes: h.kv.max_write_bytes as usize,
+                    },
+                }),
             };
             let env = Arc::new(env);
             let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
@@ -141,21 +169,6 @@ impl Host {
                 cfg: h.clone(),
             }));
         }
-
-        let (store, on_unavailable) = match &config.redis {
-            Some(r) => {
-                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
-                    format!(
-                        "cannot connect to Redis at {}",
-                        crate::config::redact_url(&r.url)
-                    )
-                })?;
-                (store, r.on_unavailable)
-            }
-            None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
-        };
-        tracing::info!(store = %store.describe(), "dedup store ready");
-        metrics.redis_available.set(1);
 
         let tracer = config.telemetry.otlp_endpoint.as_ref().map(|e| {
             let url = if config.telemetry.endpoint_is_full_url {

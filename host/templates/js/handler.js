@@ -7,11 +7,11 @@
 //
 // Types: types/ (generated from wit/handler.wit by `bash build.sh`).
 
-import { config, log, publish } from "warren:handler/host@0.1.0";
+import { config, log, publish } from "warren:handler/host@0.2.0";
 
 /**
- * @param {import('warren:handler/types@0.1.0').Message} msg
- * @returns {import('warren:handler/types@0.1.0').Outcome}
+ * @param {import('warren:handler/types@0.2.0').Message} msg
+ * @returns {import('warren:handler/types@0.2.0').Outcome}
  */
 export function handle(msg) {
   if (msg.body.length === 0) {

@@ -12,7 +12,7 @@ mod redis_only;
 
 use std::time::Duration;
 
-use super::{Claim, Lease, Store, fence_key};
+use super::{Claim, Commit, KvOp, KvWrites, Lease, Store, fence_key};
 
 /// A lease long enough never to expire during a test unless it means to.
 const LEASE: Duration = Duration::from_secs(10);
@@ -85,7 +85,184 @@ on_both_stores!(
     a_batch_claims_each_key_on_its_own,
     a_batch_completes_renews_and_releases_only_what_it_owns,
     an_empty_batch_asks_nothing,
+    kv_commit_writes_with_the_done_marker_all_or_nothing,
+    kv_commit_of_a_stale_owner_writes_nothing,
+    kv_values_expire_and_listing_skips_them,
 );
+
+fn writes(ops: Vec<KvOp>) -> KvWrites {
+    KvWrites {
+        namespace: "orders".into(),
+        ops,
+    }
+}
+
+fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> KvOp {
+    KvOp::Set {
+        key: key.into(),
+        value: value.into(),
+        ttl_ms,
+    }
+}
+
+async fn commit(store: &Store, lease: Option<&Lease>, w: &KvWrites) -> Commit {
+    store
+        .commit_many(&[(lease, w)], WINDOW)
+        .await
+        .pop()
+        .expect("one result")
+        .expect("commit")
+}
+
+async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
+    let key = store.key("orders", "m-1");
+    let lease = acquire(&store, &key, LEASE).await;
+    let w = writes(vec![
+        set("a", "1", None),
+        KvOp::Increment {
+            key: "n".into(),
+            delta: 5,
+        },
+        KvOp::Increment {
+            key: "n".into(),
+            delta: -2,
+        },
+        KvOp::CompareAndSwap {
+            key: "c".into(),
+            expected: None,
+            new: Some(b"x".to_vec()),
+        },
+    ]);
+    assert_eq!(commit(&store, Some(&lease), &w).await, Commit::Done);
+    assert_eq!(
+        store.kv_get("orders", "n").await.unwrap(),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        store.kv_get("other", "a").await.unwrap(),
+        None,
+        "namespaces"
+    );
+    assert_eq!(
+        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
+        Claim::Done,
+        "the same step marked the key done"
+    );
+    assert_eq!(
+        store.kv_list("orders", "", 10).await.unwrap(),
+        ["a", "c", "n"]
+    );
+
+    // A compare-and-swap that no longer holds: nothing of the message is
+    // written, and its lease is still held (not marked done).
+    let key2 = store.key("orders", "m-2");
+    let lease2 = acquire(&store, &key2, LEASE).await;
+    let w = writes(vec![
+        set("a", "2", None),
+        KvOp::CompareAndSwap {
+            key: "c".into(),
+            expected: None,
+            new: Some(b"y".to_vec()),
+        },
+    ]);
+    assert!(matches!(
+        commit(&store, Some(&lease2), &w).await,
+        Commit::Conflict(why) if why.contains("\"c\"")
+    ));
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert!(matches!(
+        store.claim(&key2, LEASE, WINDOW).await,
+        Ok(Claim::Busy { .. })
+    ));
+    // An increment of text: refused whole, too.
+    let w = writes(vec![
+        set("b", "new", None),
+        KvOp::Increment {
+            key: "a".into(),
+            delta: 1,
+        },
+        KvOp::Increment {
+            key: "c".into(),
+            delta: 1,
+        },
+    ]);
+    assert!(matches!(
+        commit(&store, Some(&lease2), &w).await,
+        Commit::NotACounter(why) if why.contains("\"c\"")
+    ));
+    assert_eq!(store.kv_get("orders", "b").await.unwrap(), None);
+    assert_eq!(
+        store.kv_get("orders", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    // Without a lease (dedup off): written, no key marked.
+    let w = writes(vec![KvOp::Delete { key: "a".into() }]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    assert_eq!(store.kv_get("orders", "a").await.unwrap(), None);
+    assert_eq!(store.kv_list("orders", "", 10).await.unwrap(), ["c", "n"]);
+}
+
+async fn kv_commit_of_a_stale_owner_writes_nothing(store: Store) {
+    let key = store.key("orders", "m-1");
+    let stale = acquire(&store, &key, Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let w = writes(vec![KvOp::Increment {
+        key: "n".into(),
+        delta: 1,
+    }]);
+    // Expired, no successor yet: refused.
+    assert_eq!(commit(&store, Some(&stale), &w).await, Commit::Lost);
+    let current = acquire(&store, &key, LEASE).await;
+    assert_eq!(commit(&store, Some(&stale), &w).await, Commit::Lost);
+    assert_eq!(store.kv_get("orders", "n").await.unwrap(), None);
+    assert_eq!(commit(&store, Some(&current), &w).await, Commit::Done);
+    assert_eq!(commit(&store, Some(&stale), &w).await, Commit::Lost);
+    assert_eq!(
+        store.kv_get("orders", "n").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+}
+
+async fn kv_values_expire_and_listing_skips_them(store: Store) {
+    let w = writes(vec![
+        set("t:1", "short", Some(50)),
+        set("t:2", "long", Some(60_000)),
+        set("t:3", "forever", None),
+        set("u", "other prefix", None),
+    ]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    assert_eq!(
+        store.kv_list("orders", "t:", 10).await.unwrap(),
+        ["t:1", "t:2", "t:3"]
+    );
+    assert_eq!(
+        store.kv_list("orders", "t:", 2).await.unwrap(),
+        ["t:1", "t:2"]
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.kv_get("orders", "t:1").await.unwrap(), None);
+    assert_eq!(
+        store.kv_list("orders", "t:", 10).await.unwrap(),
+        ["t:2", "t:3"]
+    );
+    // An increment keeps the TTL; a set without one drops it.
+    let w = writes(vec![KvOp::Increment {
+        key: "ctr".into(),
+        delta: 1,
+    }]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    assert_eq!(
+        store.kv_get("orders", "ctr").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+}
 
 async fn claim_acquires_with_fencing_token_one(store: Store) {
     let key = store.key("orders", "m-1");

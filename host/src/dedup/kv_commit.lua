@@ -1,0 +1,112 @@
+-- Commit a message's key-value writes, and (with a lease) mark its dedup
+-- key done, in one atomic step; `kv.rs` describes the semantics and
+-- `kv::replay` is the same logic for the in-process store.
+--
+-- KEYS[1]  the dedup key (with a lease; else any key of the namespace)
+-- KEYS[2]  its fencing counter (likewise)
+-- KEYS[3]  the namespace's index (a sorted set of its keys)
+-- KEYS[3+i] the data key of op i
+-- ARGV[1]  '1' with a lease, '0' without (dedup off or bypassed); 'c1' and
+--          'c0' the same, but only check: write nothing, whatever the
+--          outcome (the check before a run's outputs are published)
+-- ARGV[2]  the owner token
+-- ARGV[3]  the dedup window in milliseconds
+-- ARGV[4]  the done marker
+-- ARGV[5]  the fencing token the lease was granted
+-- then six per op i, from ARGV[6 + 6*(i-1)]:
+--   kind ('s' set, 'd' delete, 'i' increment, 'c' compare-and-swap),
+--   the key as the handler named it (the index member), and
+--   s: value, ttl ms or '', -, -
+--   d: -, -, -, -
+--   i: delta, -, -, -
+--   c: '1' if a value is expected ('0': absent), expected, '1' if a new
+--      value is written ('0': delete), new
+--
+-- Returns {1, ''} when written, {0, ''} when the lease is lost (nothing
+-- written), {2, key} when a compare-and-swap does not hold and {3, key} when
+-- an increment finds no counter or leaves the range (nothing written).
+-- Every check comes before the first write: scripts do not roll back.
+local with_lease = ARGV[1] == '1' or ARGV[1] == 'c1'
+local check_only = string.sub(ARGV[1], 1, 1) == 'c'
+if with_lease then
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+    return {0, ''}
+  end
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] then
+    return {0, ''}
+  end
+end
+local MAX = 9007199254740991
+local view = {}
+local order = {}
+local n = #KEYS - 3
+for i = 1, n do
+  local k = KEYS[3 + i]
+  local o = 6 + 6 * (i - 1)
+  local kind, member, a, b, c, d = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+  local e = view[k]
+  if e == nil then
+    e = {v = redis.call('GET', k), ttl = 'keep', member = member}
+    view[k] = e
+    order[#order + 1] = k
+  end
+  if kind == 's' then
+    e.v = a
+    if b == '' then e.ttl = 'none' else e.ttl = b end
+  elseif kind == 'd' then
+    e.v = false
+    e.ttl = 'none'
+  elseif kind == 'i' then
+    local now = 0
+    if e.v then
+      local digits = string.match(e.v, '^%-?(%d+)$')
+      if digits == nil or #digits > 16 then
+        return {3, member}
+      end
+      now = tonumber(e.v)
+      if now > MAX or now < -MAX then
+        return {3, member}
+      end
+    end
+    local sum = now + tonumber(a)
+    if sum > MAX or sum < -MAX then
+      return {3, member}
+    end
+    e.v = string.format('%.0f', sum)
+  elseif kind == 'c' then
+    local holds
+    if a == '1' then holds = (e.v == b) else holds = (e.v == false) end
+    if not holds then
+      return {2, member}
+    end
+    if c == '1' then e.v = d else e.v = false end
+    e.ttl = 'none'
+  end
+end
+if check_only then
+  return {1, ''}
+end
+for _, k in ipairs(order) do
+  local e = view[k]
+  if e.v == false then
+    redis.call('DEL', k)
+    redis.call('ZREM', KEYS[3], e.member)
+  else
+    if e.ttl == 'keep' then
+      redis.call('SET', k, e.v, 'KEEPTTL')
+    elseif e.ttl == 'none' then
+      redis.call('SET', k, e.v)
+    else
+      redis.call('SET', k, e.v, 'PX', e.ttl)
+    end
+    redis.call('ZADD', KEYS[3], 0, e.member)
+  end
+end
+if with_lease then
+  local window = tonumber(ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', window)
+  if redis.call('PTTL', KEYS[2]) < window then
+    redis.call('PEXPIRE', KEYS[2], window)
+  end
+end
+return {1, ''}
