@@ -4,7 +4,9 @@
 //!
 //! Run with `cargo bench -p warren --bench runtime` after
 //! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
-//! `WARREN_BENCH_ITERS` sets the number of messages (default 20000).
+//! `WARREN_BENCH_ITERS` sets the number of messages (default 20000);
+//! `WARREN_BENCH_CACHE=DIR` caches the compiled modules there, so a rerun
+//! skips the minute Cranelift takes over each interpreted guest.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let rt = Runtime::new(RuntimeConfig {
         max_instances: 4,
+        cache_dir: std::env::var_os("WARREN_BENCH_CACHE").map(PathBuf::from),
         ..Default::default()
     })?;
     let env = Arc::new(HandlerEnv {
