@@ -17,9 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use warren::runtime::{
-    HandlerEnv, Limits, Module, Outcome, Runtime, RuntimeConfig, WarmInstances,
-};
+use warren::runtime::{HandlerEnv, Limits, Module, Outcome, Runtime, RuntimeConfig, WarmInstances};
 use warren_tests::{guest, message};
 
 const GUESTS: [&str; 2] = ["counter_python", "counter_js"];
