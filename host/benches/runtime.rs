@@ -1,10 +1,14 @@
 //! One message through the sandbox, for each built guest, in both instance
 //! modes: per-message (instantiate, call `handle`, drop) and reuse (call
-//! `handle` on a warm instance), printing median and p99 per message.
+//! `handle` on a warm instance), printing median and p99 per message; and
+//! a fresh instance alone (instantiate and drop, no call), which tells the
+//! instance's cost from the guest's first call.
 //!
 //! Run with `cargo bench -p warren --bench runtime` after
 //! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
-//! `WARREN_BENCH_ITERS` sets the number of messages (default 20000).
+//! `WARREN_BENCH_ITERS` sets the number of messages (default 20000);
+//! `WARREN_BENCH_CACHE=DIR` caches the compiled modules there, so a rerun
+//! skips the minute Cranelift takes over each interpreted guest.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let rt = Runtime::new(RuntimeConfig {
         max_instances: 4,
+        cache_dir: std::env::var_os("WARREN_BENCH_CACHE").map(PathBuf::from),
         ..Default::default()
     })?;
     let env = Arc::new(HandlerEnv {
@@ -67,7 +72,9 @@ fn main() -> anyhow::Result<()> {
     let msg = message();
 
     println!("one message through the runtime, {iters} messages per guest and mode:");
-    println!("  per-message: fresh instance + handle() + drop; reuse: handle() on a warm instance");
+    println!(
+        "  per-message: fresh instance + handle() + drop; instantiate: fresh instance + drop; reuse: handle() on a warm instance"
+    );
     println!(
         "{:<16} {:>10} {:>11} {:>12} {:>12} {:>12} {:>12}",
         "guest", "size", "compile", "mode", "median", "p99", "mean"
@@ -83,18 +90,28 @@ fn main() -> anyhow::Result<()> {
         let module = rt.compile(&bytes)?;
         let permit = rt.try_acquire().expect("a free permit");
         let warm = WarmInstances::default();
-        for reuse in [false, true] {
+        for mode in ["per-message", "instantiate", "reuse"] {
             // Every message is one future awaited on this thread, as a
             // batch's task awaits its guests on a worker: the time includes
             // the fiber switch in and out and the deadline's timer, and no
-            // hand-off between threads.
-            let once = async || {
-                if reuse {
-                    rt.run_warm(&module, &env, &msg, &permit, &warm, u32::MAX)
-                        .await
-                } else {
-                    rt.run(&module, &env, &msg, &permit).await
-                }
+            // hand-off between threads. "instantiate" is a fresh instance
+            // and its drop without the call, so per-message minus it is
+            // what the guest's first `handle` costs.
+            let once = async || -> anyhow::Result<()> {
+                let done = match mode {
+                    "reuse" => {
+                        rt.run_warm(&module, &env, &msg, &permit, &warm, u32::MAX)
+                            .await?
+                    }
+                    "per-message" => rt.run(&module, &env, &msg, &permit).await?,
+                    _ => return Ok(rt.smoke(&module, &env, None, &permit).await?),
+                };
+                anyhow::ensure!(
+                    done.outcome == Outcome::Ack,
+                    "{name} did not ack: {:?}",
+                    done.outcome
+                );
+                Ok(())
             };
             let mut times = tokio.block_on(async {
                 // Warm up: page in the code and the pool's slots.
@@ -104,13 +121,8 @@ fn main() -> anyhow::Result<()> {
                 let mut times = Vec::with_capacity(iters);
                 for i in 0..iters {
                     let t = Instant::now();
-                    let done = once().await?;
+                    once().await?;
                     times.push(t.elapsed());
-                    anyhow::ensure!(
-                        done.outcome == Outcome::Ack,
-                        "{name} did not ack: {:?}",
-                        done.outcome
-                    );
                     if i % (iters / 4).max(1) == 0 {
                         eprint!(".");
                     }
@@ -125,7 +137,7 @@ fn main() -> anyhow::Result<()> {
                 name,
                 format!("{} KiB", module.size() / 1024),
                 format!("{:.1} ms", module.compile_time().as_secs_f64() * 1e3),
-                if reuse { "reuse" } else { "per-message" },
+                mode,
                 us(percentile(&times, 0.5)),
                 us(percentile(&times, 0.99)),
                 us(mean),
