@@ -17,6 +17,7 @@ use crate::config::{self, OnUnavailable};
 use crate::dedup::Store;
 use crate::metrics::{HandlerMetrics, Metrics};
 use crate::runtime::{HandlerEnv, Runtime, WarmInstances};
+use crate::signing::Trust;
 use crate::versions::Versions;
 
 /// What every message of the process shares.
@@ -30,6 +31,8 @@ pub struct Shared {
     /// This host's name, for dead-letter headers.
     pub host: String,
     pub shutdown: watch::Receiver<bool>,
+    /// Which module signatures a deploy accepts (`[deploy]`).
+    pub trust: Trust,
 }
 
 /// Readiness: connected to RabbitMQ, and the dedup store answering.

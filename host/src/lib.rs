@@ -7,7 +7,8 @@
 //!   [`cli`]: the command line and the subcommands that are not `run`.
 //! - [`server`]: start-up, the connection supervisor, the consumer loops,
 //!   graceful shutdown; [`admin`]: the HTTP admin endpoint; [`watch`]:
-//!   deploy when a module file changes; [`client`]: `warren deploy`,
+//!   deploy when a module file changes; [`fleet`]: deploys to every host
+//!   through the broker; [`client`]: `warren deploy`,
 //!   `rollback`, `status` against a running host.
 //! - [`registry`]: deploy and roll back module versions; [`liveness`]: what
 //!   a host that is not consuming says, and since when.
@@ -21,7 +22,8 @@
 //!   sandbox, the only module that knows wasmtime; [`metrics`]: the
 //!   Prometheus registry.
 //! - [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
-//!   out to every task; [`logging`]: structured log set-up; [`check`]:
+//!   out to every task; [`signing`]: module signatures and the trust
+//!   policy; [`logging`]: structured log set-up; [`check`]:
 //!   `warren check`; [`scaffold`]: `warren new`.
 //! - [`config`]: the TOML config file, defaults, validation.
 
@@ -34,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod dedup;
+pub mod fleet;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
@@ -44,5 +47,6 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod shutdown;
+pub mod signing;
 pub mod versions;
 pub mod watch;

@@ -36,6 +36,9 @@ struct History {
     order: VecDeque<String>,
     /// The most versions `known` holds.
     keep: usize,
+    /// Who signed each known version, by hex digest (a digest covers its
+    /// signature, so the signer is a property of the digest).
+    signers: HashMap<String, String>,
 }
 
 /// What is known of one version, for the admin API and `warren status`.
@@ -48,6 +51,8 @@ pub struct VersionInfo {
     /// Seconds since the Unix epoch.
     pub loaded_at: u64,
     pub size: usize,
+    /// The key that signed it (`ed25519:...`), when it is signed.
+    pub signer: Option<String>,
 }
 
 fn now() -> u64 {
@@ -72,9 +77,39 @@ impl Versions {
                 known,
                 order: VecDeque::from([hex]),
                 keep: keep.max(2),
+                signers: HashMap::new(),
             }),
             deploying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Records who signed the live version (the one `new` started with).
+    pub fn signed_by(self, signer: Option<String>) -> Self {
+        if let Some(s) = signer {
+            let mut h = self.state.lock().expect("versions lock");
+            let hex = h.live.digest.trim_start_matches("sha256:").to_string();
+            h.live.signer = Some(s.clone());
+            h.signers.insert(hex, s);
+        }
+        self
+    }
+
+    /// Like [`Versions::swap`], recording who signed `module`.
+    pub fn swap_signed(
+        &self,
+        module: Arc<Module>,
+        source: String,
+        signer: Option<String>,
+    ) -> Swapped {
+        if let Some(s) = signer {
+            let hex = module.digest().hex().to_string();
+            self.state
+                .lock()
+                .expect("versions lock")
+                .signers
+                .insert(hex, s);
+        }
+        self.swap(module, source)
     }
 
     /// The live version: one atomic load, no lock.
@@ -128,8 +163,10 @@ impl Versions {
         let started = Instant::now();
         let old = self.live.swap(module.clone());
         let took = started.elapsed();
-        let old_info = std::mem::replace(&mut h.live, info(&module, source));
+        let mut new_info = info(&module, source);
         let hex = module.digest().hex().to_string();
+        new_info.signer = h.signers.get(&hex).cloned();
+        let old_info = std::mem::replace(&mut h.live, new_info);
         h.order.retain(|d| *d != hex);
         h.order.push_back(hex.clone());
         h.known.insert(hex, module);
@@ -142,6 +179,7 @@ impl Versions {
         while h.order.len() > h.keep {
             let d = h.order.pop_front().expect("longer than keep");
             h.known.remove(&d);
+            h.signers.remove(&d);
             dropped.push(d);
         }
         Swapped {
@@ -169,5 +207,6 @@ fn info(module: &Module, source: String) -> VersionInfo {
         source,
         loaded_at: now(),
         size: module.size(),
+        signer: None,
     }
 }

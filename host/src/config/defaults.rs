@@ -58,3 +58,6 @@ pub fn max_upload_mb() -> u32 {
 pub fn keep_versions() -> u32 {
     8
 }
+pub fn fleet_exchange() -> String {
+    "warren.fleet".into()
+}

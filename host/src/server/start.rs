@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::registry::{self, CompiledBy};
 use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
+use crate::signing::Trust;
 use crate::versions::Versions;
 
 impl Host {
@@ -41,6 +42,9 @@ impl Host {
             tracing::info!(dir = %dir.display(), "compiled modules are cached on disk");
         }
 
+        let trust = Trust::new(&config.deploy.trusted_keys, config.deploy.require_signed)
+            .map_err(anyhow::Error::msg)
+            .context("key deploy.trusted_keys")?;
         let metrics = Metrics::new();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let mut handlers = Vec::new();
@@ -48,6 +52,13 @@ impl Host {
             let bytes = std::fs::read(&h.module).with_context(|| {
                 format!(
                     "handler {:?}: cannot read module {}",
+                    h.name,
+                    h.module.display()
+                )
+            })?;
+            let signer = trust.check(&bytes).with_context(|| {
+                format!(
+                    "handler {:?}: module {} is refused",
                     h.name,
                     h.module.display()
                 )
@@ -91,6 +102,7 @@ impl Host {
                 path = %h.module.display(),
                 compile_ms = module.compile_time().as_millis() as u64,
                 compiled_by = CompiledBy::of(&module).as_str(),
+                signer = signer.as_ref().map_or("none".to_string(), |s| s.to_string()),
                 "module loaded"
             );
             metrics.set_module(&h.name, None, module.digest().hex());
@@ -113,7 +125,8 @@ impl Host {
                     module,
                     format!("file {}", h.module.display()),
                     config.runtime.keep_versions as usize,
-                ),
+                )
+                .signed_by(signer.map(|s| s.to_string())),
                 env,
                 cfg: h.clone(),
             }));
@@ -142,6 +155,7 @@ impl Host {
             health: Health::default(),
             host,
             shutdown,
+            trust,
         });
         Ok(Host { shared, handlers })
     }
