@@ -203,6 +203,7 @@ async fn a_fleet_deploy_under_load_reaches_every_host_once_and_keeps_their_conne
     };
     let o = deploy.await.unwrap();
     assert!(o.status.success(), "{}\n{}", out(&o), err(&o));
+    println!("{}", out(&o));
     let sent = load.await.unwrap();
 
     // One report per host, each matching what that host's /handlers says.
@@ -362,6 +363,7 @@ async fn unsigned_and_untrusted_modules_are_refused_by_every_host_with_the_reaso
     ] {
         let o = plane.cli(&["deploy", "--handler", "stamp", module.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+        println!("{}{}", out(&o), err(&o));
         let by_host = reports(&o);
         assert_eq!(by_host.len(), 3, "{}", out(&o));
         for w in &f.warrens {
@@ -503,6 +505,7 @@ async fn a_host_user_cannot_push_a_module_and_a_deployer_can() {
         &["deploy", "--handler", "stamp", b.to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    println!("{}{}", out(&o), err(&o));
     assert!(
         err(&o).contains("ACCESS_REFUSED") || err(&o).contains("access to"),
         "{}",
@@ -523,6 +526,8 @@ async fn a_host_user_cannot_push_a_module_and_a_deployer_can() {
         &["deploy", "--handler", "stamp", b.to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    println!("{}{}", out(&o), err(&o));
+    assert!(err(&o).contains("ACCESS_REFUSED"), "{}", err(&o));
     let conn = lapin::Connection::connect(&url_of(&host_user), Default::default())
         .await
         .unwrap();

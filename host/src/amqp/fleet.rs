@@ -253,7 +253,7 @@ impl FleetLink {
         let ex = replies_exchange(&self.exchange);
         let ch = self.channel().await?;
         let what = || format!("a fleet reply to {reply_to:?}");
-        let r = bounded(what, CALL_TIMEOUT, async {
+        bounded(what, CALL_TIMEOUT, async {
             ch.basic_publish(
                 ex.as_str().into(),
                 reply_to.into(),
@@ -264,8 +264,7 @@ impl FleetLink {
             .await?;
             ch.close(200, "replied".into()).await
         })
-        .await;
-        r
+        .await
     }
 
     async fn publish_to(

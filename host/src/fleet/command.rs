@@ -211,7 +211,12 @@ async fn publish_and_wait(
     action: &str,
     digest: &str,
 ) -> anyhow::Result<()> {
-    link.declare_for(handler).await?;
+    link.declare_for(handler).await.with_context(|| {
+        format!(
+            "cannot set up the fleet's exchanges and the stream of handler {handler:?} as broker user {:?} (a deployer's permissions are in docs/fleet.md)",
+            link.user()
+        )
+    })?;
     println!("finding hosts ({:?})...", args.discover);
     let hosts = discover(link, args).await?;
     let mut waiting: Vec<String> = hosts
