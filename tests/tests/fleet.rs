@@ -183,6 +183,10 @@ async fn a_fleet_deploy_under_load_reaches_every_host_once_and_keeps_their_conne
             r.publish_many(&target, batch).await;
             sent += 200;
         }
+        println!(
+            "load: {sent} messages in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         sent
     });
 
