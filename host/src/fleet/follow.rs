@@ -23,9 +23,12 @@ use crate::config::{Config, Fleet};
 use crate::context::{HandlerCtx, Host};
 use crate::registry;
 
-/// How often a host retries what it could not set up (a stream no
-/// deployer has declared yet), besides on every ping.
+/// How often a host retries what it could not set up (the exchanges, its
+/// ping queue).
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// Every how many retries a host looks again for streams it does not
+/// follow (a minute); it also looks on every ping.
+const FOLLOW_EVERY_TICKS: u32 = 12;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Starts following the fleet in the background until shutdown.
@@ -77,6 +80,7 @@ async fn session(host: &Host, link: Arc<FleetLink>, id: &str) {
     let mut followers: JoinSet<String> = JoinSet::new();
     let mut retry = tokio::time::interval(RETRY_EVERY);
     let mut exchanges = false;
+    let mut ticks: u32 = 0;
     loop {
         // The event first, acted on after the select: a branch body that
         // awaits would hold the shutdown watch's guard across the await.
@@ -104,7 +108,13 @@ async fn session(host: &Host, link: Arc<FleetLink>, id: &str) {
                         Err(e) => tracing::warn!(error = %e, "cannot set up the fleet ping queue"),
                     }
                 }
-                follow_missing(host, &link, id, &mut following, &mut followers).await;
+                // A missing stream costs a 404 the broker and the client
+                // both log, so it is looked for again only now and then;
+                // every deployer pings before it writes, which looks too.
+                if ticks % FOLLOW_EVERY_TICKS == 0 {
+                    follow_missing(host, &link, id, &mut following, &mut followers).await;
+                }
+                ticks += 1;
             }
             Event::Ping(Some(m)) => {
                 follow_missing(host, &link, id, &mut following, &mut followers).await;
