@@ -111,10 +111,10 @@ async fn session(host: &Host, link: Arc<FleetLink>, id: &str) {
                 // A missing stream costs a 404 the broker and the client
                 // both log, so it is looked for again only now and then;
                 // every deployer pings before it writes, which looks too.
-                if ticks % FOLLOW_EVERY_TICKS == 0 {
+                if ticks.is_multiple_of(FOLLOW_EVERY_TICKS) {
                     follow_missing(host, &link, id, &mut following, &mut followers).await;
                 }
-                ticks += 1;
+                ticks = ticks.wrapping_add(1);
             }
             Event::Ping(Some(m)) => {
                 follow_missing(host, &link, id, &mut following, &mut followers).await;
