@@ -13,14 +13,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../host/src"
 # lower one only. Keep in step with ARCHITECTURE.md's layer list.
 declare -A layer=(
     [config]=0 [shutdown]=0 [logging]=0 [client]=0 [scaffold]=0 [recent]=0
-    [retry]=1 [metrics]=1 [telemetry]=1
+    [retry]=1 [metrics]=1 [telemetry]=1 [signing]=1
     [amqp]=2 [dedup]=2 [runtime]=2
     [check]=3 [versions]=3 [dlq]=3 [shadow]=3
     [context]=4
     [liveness]=6
     [pipeline]=5
     [registry]=6
-    [server]=7 [admin]=7 [watch]=7
+    [server]=7 [admin]=7 [watch]=7 [fleet]=7
     [app]=8 [cli]=8
 )
 

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::context::Host;
-use crate::{admin, amqp, dedup, logging, shutdown, watch};
+use crate::{admin, amqp, dedup, fleet, logging, shutdown, watch};
 
 /// Reads `path`, applies the environment overrides and validates every
 /// key, including the URLs, which only the client libraries can check.
@@ -26,6 +26,14 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     amqp::validate_url(&config.amqp.url)
         .map_err(anyhow::Error::msg)
         .with_context(|| at("amqp.url"))?;
+    crate::signing::Trust::new(&config.deploy.trusted_keys, config.deploy.require_signed)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| at("deploy.trusted_keys"))?;
+    if let Some(url) = config.fleet.as_ref().and_then(|f| f.url.as_ref()) {
+        amqp::validate_url(url)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| at("fleet.url"))?;
+    }
     if let Some(r) = &config.redis {
         dedup::validate_url(&r.url)
             .map_err(anyhow::Error::msg)
@@ -52,6 +60,9 @@ pub async fn serve(config: &Config, shutdown: shutdown::Signal) -> anyhow::Resul
         ));
     }
     let _watcher = watch::start(host.shared.clone(), host.handlers.clone())?;
+    if let Some(f) = &config.fleet {
+        fleet::start(host.clone(), config, f);
+    }
     let served = host.serve(config).await;
     if let Some(t) = &host.shared.tracer {
         // The last spans, sent off the runtime's workers.

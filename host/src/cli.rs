@@ -32,6 +32,8 @@ pub enum Command {
     Deploy {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        fleet: FleetFlags,
         /// The handler to deploy to.
         #[arg(long)]
         handler: String,
@@ -42,6 +44,8 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        fleet: FleetFlags,
         #[arg(long)]
         handler: String,
     },
@@ -50,6 +54,8 @@ pub enum Command {
     Status {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        fleet: FleetFlags,
     },
     /// Write a ready-to-build handler project: rust, python, js or c.
     New {
@@ -92,6 +98,26 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqCommand,
+    },
+    /// Write a new ed25519 signing key: PREFIX.key (secret, mode 0600) and
+    /// PREFIX.pub (the public key, for `[deploy] trusted_keys`).
+    Keygen {
+        /// Where to write the two files (PREFIX.key and PREFIX.pub).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a module with a key from `warren keygen`: the signature goes
+    /// into the module as its last custom section (a previous signature is
+    /// replaced).
+    Sign {
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed module (default: over MODULE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The component file (.wasm).
+        module: PathBuf,
     },
 }
 
@@ -257,6 +283,69 @@ impl AdminArgs {
     }
 }
 
+/// `--fleet` and where the fleet is: through the broker instead of one
+/// host's admin endpoint.
+#[derive(clap::Args, Debug)]
+pub struct FleetFlags {
+    /// Act on every host of the fleet, through the broker's control
+    /// exchange, instead of one host's admin endpoint.
+    #[arg(long)]
+    fleet: bool,
+    /// The fleet's broker (default: from --config, `[fleet] url` or
+    /// `amqp.url`).
+    #[arg(long, env = "WARREN_FLEET_URL", hide_env_values = true)]
+    amqp: Option<String>,
+    /// A host's config file, to take the broker URL and the control
+    /// exchange from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The control exchange (default: from --config, or warren.fleet).
+    #[arg(long)]
+    exchange: Option<String>,
+    /// How long every host gets to report, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// How long hosts get to answer the ping that finds them, in ms.
+    #[arg(long, default_value_t = 2000)]
+    discover_ms: u64,
+}
+
+impl FleetFlags {
+    fn args(self) -> anyhow::Result<crate::fleet::FleetArgs> {
+        use anyhow::Context as _;
+        // Only the keys needed here are read: the deployer's machine need
+        // not have the hosts' module files the full validation checks.
+        let (mut url, mut exchange) = (None, None);
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let v: toml::Value = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+            let s = |t: &str, k: &str| v.get(t)?.get(k)?.as_str().map(str::to_string);
+            url = s("fleet", "url").or_else(|| s("amqp", "url"));
+            exchange = s("fleet", "exchange");
+        }
+        let url = self
+            .amqp
+            .or(url)
+            .or_else(|| std::env::var(crate::config::ENV_AMQP_URL).ok())
+            .context("no broker for --fleet: give --amqp URL or --config FILE")?;
+        crate::amqp::validate_url(&url)
+            .map_err(anyhow::Error::msg)
+            .context("--amqp")?;
+        crate::logging::hide(crate::config::secrets_of_url(&url));
+        Ok(crate::fleet::FleetArgs {
+            url,
+            exchange: self
+                .exchange
+                .or(exchange)
+                .unwrap_or_else(|| "warren.fleet".into()),
+            discover: std::time::Duration::from_millis(self.discover_ms),
+            timeout: std::time::Duration::from_secs(self.timeout),
+        })
+    }
+}
+
 /// Runs every subcommand but `run` (which the caller handles).
 pub fn other(command: Command) -> anyhow::Result<()> {
     match command {
@@ -277,18 +366,29 @@ pub fn other(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Deploy {
+            fleet,
+            handler,
+            module,
+            ..
+        } if fleet.fleet => crate::fleet::deploy(&fleet.args()?, &handler, &module),
+        Command::Rollback { fleet, handler, .. } if fleet.fleet => {
+            crate::fleet::rollback(&fleet.args()?, &handler)
+        }
+        Command::Status { fleet, .. } if fleet.fleet => crate::fleet::status(&fleet.args()?),
+        Command::Deploy {
             admin,
             handler,
             module,
+            ..
         } => admin
             .client()
             .deploy(&handler, &module)
             .map(|r| print!("{}", crate::client::describe_report(&r))),
-        Command::Rollback { admin, handler } => admin
+        Command::Rollback { admin, handler, .. } => admin
             .client()
             .rollback(&handler)
             .map(|r| print!("{}", crate::client::describe_report(&r))),
-        Command::Status { admin } => admin
+        Command::Status { admin, .. } => admin
             .client()
             .status()
             .map(|r| print!("{}", crate::client::describe_status(&r))),
@@ -308,6 +408,8 @@ pub fn other(command: Command) -> anyhow::Result<()> {
             messages,
             timeout_s,
         ),
+        Command::Keygen { out } => keygen(&out),
+        Command::Sign { key, out, module } => sign(&key, &module, out.as_deref()),
         Command::Check { module } => Runtime::new(RuntimeConfig {
             max_instances: 1,
             ..Default::default()
@@ -315,4 +417,64 @@ pub fn other(command: Command) -> anyhow::Result<()> {
         .and_then(|rt| crate::check::check(&rt, &module))
         .map(|report| print!("{report}")),
     }
+}
+
+/// `warren keygen --out PREFIX`.
+fn keygen(prefix: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let with = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (secret, public) = (with(".key"), with(".pub"));
+    let key = crate::signing::SecretKey::generate();
+    // create_new: never overwrite a key someone may already trust.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .map_err(|e| anyhow::anyhow!("cannot create key file {}: {e}", secret.display()))?;
+    f.write_all(key.to_text().as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write key file {}: {e}", secret.display()))?;
+    let pubkey = key.public().to_string();
+    std::fs::write(&public, format!("{pubkey}\n"))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", public.display()))?;
+    println!("secret key: {} (keep it off the hosts)", secret.display());
+    println!("public key: {} ", public.display());
+    println!("trust it with, in each host's config:\n  [deploy]\n  trusted_keys = [\"{pubkey}\"]");
+    Ok(())
+}
+
+/// `warren sign --key FILE MODULE`.
+fn sign(
+    key: &std::path::Path,
+    module: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let key = crate::signing::SecretKey::read(key)?;
+    let bytes = std::fs::read(module)
+        .with_context(|| format!("cannot read module {}", module.display()))?;
+    let signed = crate::signing::sign(&bytes, &key)
+        .with_context(|| format!("cannot sign module {}", module.display()))?;
+    let dest = out.unwrap_or(module);
+    // Written next to the destination and renamed over it: a host watching
+    // that path never reads half a module.
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = dest
+        .file_name()
+        .map_or("module".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.signing-{}", std::process::id()));
+    std::fs::write(&tmp, &signed).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    println!("signed:  {}", dest.display());
+    println!("signer:  {}", key.public());
+    println!("digest:  {}", crate::runtime::Digest::of(&signed));
+    Ok(())
 }

@@ -17,6 +17,7 @@ use crate::config::{self, OnUnavailable};
 use crate::dedup::Store;
 use crate::metrics::{HandlerMetrics, Metrics};
 use crate::runtime::{HandlerEnv, Runtime, WarmInstances};
+use crate::signing::Trust;
 use crate::telemetry::Tracer;
 use crate::versions::Versions;
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Hands spans to the OTLP exporter; none when telemetry is off.
     pub tracer: Option<Tracer>,
+    /// Which module signatures a deploy accepts (`[deploy]`).
+    pub trust: Trust,
 }
 
 /// Readiness: connected to RabbitMQ, and the dedup store answering.

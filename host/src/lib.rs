@@ -7,7 +7,8 @@
 //!   [`cli`]: the command line and the subcommands that are not `run`.
 //! - [`server`]: start-up, the connection supervisor, the consumer loops,
 //!   graceful shutdown; [`admin`]: the HTTP admin endpoint; [`watch`]:
-//!   deploy when a module file changes; [`client`]: `warren deploy`,
+//!   deploy when a module file changes; [`fleet`]: deploys to every host
+//!   through the broker; [`client`]: `warren deploy`,
 //!   `rollback`, `status` against a running host.
 //! - [`registry`]: deploy and roll back module versions; [`liveness`]: what
 //!   a host that is not consuming says, and since when.
@@ -23,7 +24,8 @@
 //!   Prometheus registry.
 //! - [`telemetry`]: OpenTelemetry spans over OTLP/HTTP (off by default);
 //!   [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
-//!   out to every task; [`logging`]: structured log set-up; [`check`]:
+//!   out to every task; [`signing`]: module signatures and the trust
+//!   policy; [`logging`]: structured log set-up; [`check`]:
 //!   `warren check`; [`scaffold`]: `warren new`; [`dlq`]: `warren dlq`.
 //! - [`config`]: the TOML config file, defaults, validation; [`recent`]:
 //!   each handler's latest latencies and failures, for the dashboard.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod context;
 pub mod dedup;
 pub mod dlq;
+pub mod fleet;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
@@ -50,6 +53,7 @@ pub mod scaffold;
 pub mod server;
 pub mod shadow;
 pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 pub mod versions;
 pub mod watch;

@@ -1,5 +1,9 @@
 //! Deploying a new module version of a handler, and rolling back.
 //!
+//! Every deploy checks the module's signature against `[deploy]` first
+//! ([`crate::signing::Trust`]): an unsigned, badly signed or untrusted
+//! module is refused before it is compiled. Start-up makes the same check.
+//!
 //! The versions themselves are kept by [`crate::versions::Versions`]: a
 //! redeploy of a digest this process knows is a swap without compiling. A
 //! deploy compiles off the
@@ -32,6 +36,8 @@ pub struct DeployReport {
     pub swap_us: f64,
     /// False when the version was already live: nothing changed.
     pub swapped: bool,
+    /// The key that signed the new version (`ed25519:...`), when signed.
+    pub signer: Option<String>,
 }
 
 /// Where a version's compiled code came from.
@@ -96,6 +102,12 @@ pub async fn deploy(
         handler: name.clone(),
         reason,
     };
+    // The signature first: an untrusted module is not even compiled.
+    let signer = shared
+        .trust
+        .check(&bytes)
+        .map_err(|e| refused(e.to_string()))?
+        .map(|k| k.to_string());
     let digest = crate::runtime::Digest::of(&bytes);
     let live = h.versions.live();
     if live.digest() == &digest {
@@ -107,6 +119,7 @@ pub async fn deploy(
             compiled_by: CompiledBy::Memory,
             swap_us: 0.0,
             swapped: false,
+            signer,
         });
     }
     let (module, compiled_by) = match h.versions.known(digest.hex()) {
@@ -140,7 +153,9 @@ pub async fn deploy(
         module.compile_time().as_secs_f64() * 1e3
     };
     let new_digest = module.digest().to_string();
-    let swapped = h.versions.swap(module, source.clone());
+    let swapped = h
+        .versions
+        .swap_signed(module, source.clone(), signer.clone());
     let (old_digest, took) = (swapped.old_digest.clone(), swapped.took);
     record(shared, &name, &swapped, &new_digest);
     shared
@@ -150,7 +165,7 @@ pub async fn deploy(
             handler: name.clone(),
         })
         .inc();
-    tracing::info!(handler = %name, old = %old_digest, new = %new_digest, source, compiled_by = compiled_by.as_str(), compile_ms, "module deployed");
+    tracing::info!(handler = %name, old = %old_digest, new = %new_digest, source, compiled_by = compiled_by.as_str(), compile_ms, signer = signer.as_deref().unwrap_or("none"), "module deployed");
     Ok(DeployReport {
         handler: name,
         old_digest,
@@ -159,6 +174,7 @@ pub async fn deploy(
         compiled_by,
         swap_us: took.as_secs_f64() * 1e6,
         swapped: true,
+        signer,
     })
 }
 
@@ -181,6 +197,7 @@ pub async fn rollback(shared: &Shared, h: &HandlerCtx) -> Result<DeployReport, D
         compiled_by: CompiledBy::Memory,
         swap_us: took.as_secs_f64() * 1e6,
         swapped: true,
+        signer: h.versions.info().0.signer,
     })
 }
 

@@ -38,6 +38,9 @@ struct History {
     keep: usize,
     /// Every version made live, oldest first, the last [`DEPLOYS_KEPT`].
     deploys: VecDeque<VersionInfo>,
+    /// Who signed each known version, by hex digest (a digest covers its
+    /// signature, so the signer is a property of the digest).
+    signers: HashMap<String, String>,
 }
 
 /// How many deploys [`Versions::deploys`] remembers.
@@ -53,6 +56,8 @@ pub struct VersionInfo {
     /// Seconds since the Unix epoch.
     pub loaded_at: u64,
     pub size: usize,
+    /// The key that signed it (`ed25519:...`), when it is signed.
+    pub signer: Option<String>,
 }
 
 fn now() -> u64 {
@@ -78,9 +83,39 @@ impl Versions {
                 known,
                 order: VecDeque::from([hex]),
                 keep: keep.max(2),
+                signers: HashMap::new(),
             }),
             deploying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Records who signed the live version (the one `new` started with).
+    pub fn signed_by(self, signer: Option<String>) -> Self {
+        if let Some(s) = signer {
+            let mut h = self.state.lock().expect("versions lock");
+            let hex = h.live.digest.trim_start_matches("sha256:").to_string();
+            h.live.signer = Some(s.clone());
+            h.signers.insert(hex, s);
+        }
+        self
+    }
+
+    /// Like [`Versions::swap`], recording who signed `module`.
+    pub fn swap_signed(
+        &self,
+        module: Arc<Module>,
+        source: String,
+        signer: Option<String>,
+    ) -> Swapped {
+        if let Some(s) = signer {
+            let hex = module.digest().hex().to_string();
+            self.state
+                .lock()
+                .expect("versions lock")
+                .signers
+                .insert(hex, s);
+        }
+        self.swap(module, source)
     }
 
     /// The live version: one atomic load, no lock.
@@ -141,13 +176,14 @@ impl Versions {
         let started = Instant::now();
         let old = self.live.swap(module.clone());
         let took = started.elapsed();
-        let new_info = info(&module, source);
+        let mut new_info = info(&module, source);
+        let hex = module.digest().hex().to_string();
+        new_info.signer = h.signers.get(&hex).cloned();
         if h.deploys.len() == DEPLOYS_KEPT {
             h.deploys.pop_front();
         }
         h.deploys.push_back(new_info.clone());
         let old_info = std::mem::replace(&mut h.live, new_info);
-        let hex = module.digest().hex().to_string();
         h.order.retain(|d| *d != hex);
         h.order.push_back(hex.clone());
         h.known.insert(hex, module);
@@ -160,6 +196,7 @@ impl Versions {
         while h.order.len() > h.keep {
             let d = h.order.pop_front().expect("longer than keep");
             h.known.remove(&d);
+            h.signers.remove(&d);
             dropped.push(d);
         }
         Swapped {
@@ -187,5 +224,6 @@ fn info(module: &Module, source: String) -> VersionInfo {
         source,
         loaded_at: now(),
         size: module.size(),
+        signer: None,
     }
 }

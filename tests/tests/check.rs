@@ -30,14 +30,15 @@ fn good_module_prints_its_facts() {
     assert_eq!(lines[1], "world:   warren:handler/handler@0.2.0 (ok)");
     assert_eq!(lines[2], format!("digest:  {}", Digest::of(&bytes)));
     assert_eq!(lines[3], format!("size:    {} bytes", bytes.len()));
-    let ms = lines[4]
+    assert_eq!(lines[4], "signed:  unsigned");
+    let ms = lines[5]
         .strip_prefix("compile: ")
         .and_then(|s| s.strip_suffix(" ms"))
         .unwrap();
-    assert!(ms.parse::<f64>().unwrap() > 0.0, "{}", lines[4]);
-    assert_eq!(lines[5], "imports:");
+    assert!(ms.parse::<f64>().unwrap() > 0.0, "{}", lines[5]);
+    assert_eq!(lines[6], "imports:");
     let exports_at = lines.iter().position(|l| *l == "exports:").unwrap();
-    let imports = &lines[6..exports_at];
+    let imports = &lines[7..exports_at];
     assert!(
         imports.contains(&"  warren:handler/host@0.2.0"),
         "{imports:?}"

@@ -43,6 +43,7 @@ fn setup(file: &str) -> (Runtime, Module, Arc<HandlerEnv>) {
             memory_bytes: 256 << 20,
             ..Limits::default()
         },
+        kv: None,
     });
     (runtime, module, env)
 }

@@ -13,6 +13,8 @@
 //! - [`limits`]: depth, size and length limits against hostile deliveries.
 //! - [`dlq`]: a dead-letter queue read without taking, and messages moved
 //!   back to the work queue (`warren dlq`).
+//! - [`fleet`]: the control exchange, desired-state streams and replies
+//!   of fleet deploys.
 //! - [`quarantine`]: after the client lost the connection to a frame it
 //!   could not parse, a session of its own that dead-letters such
 //!   deliveries so the queue can go on.
@@ -31,6 +33,7 @@ pub mod consumer;
 mod copies;
 pub mod dlq;
 mod exchanges;
+pub mod fleet;
 pub mod limits;
 pub mod publisher;
 pub mod quarantine;
@@ -143,6 +146,9 @@ pub enum Error {
     Url(String),
     #[error("no answer from RabbitMQ within {}s to {what}", .after.as_secs_f32())]
     Timeout { what: String, after: Duration },
+    /// The broker refused or could not route a fleet publish.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Awaits `fut` for at most `after`; on time-out, an error naming `what`.

@@ -87,3 +87,6 @@ pub fn kv_max_writes() -> u32 {
 pub fn kv_max_write_bytes() -> u32 {
     1 << 20
 }
+pub fn fleet_exchange() -> String {
+    "warren.fleet".into()
+}

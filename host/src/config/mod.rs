@@ -90,6 +90,11 @@ pub struct Config {
     /// OpenTelemetry traces; off unless an endpoint is set.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Which module signatures every deploy path accepts.
+    #[serde(default)]
+    pub deploy: DeploySection,
+    /// Fleet deploys through the broker; off without the section.
+    pub fleet: Option<Fleet>,
     /// The file this was read from; set by [`Config::load`].
     #[serde(skip)]
     pub path: PathBuf,
@@ -225,6 +230,9 @@ impl Config {
         // `[handler.config]` values marked `secret = true`.
         for h in &self.handlers {
             out.extend(h.secret_config_values());
+        }
+        if let Some(url) = self.fleet.as_ref().and_then(|f| f.url.as_ref()) {
+            out.extend(secrets_of_url(url));
         }
         out
     }
@@ -528,5 +536,48 @@ impl Handler {
     /// The key-value namespace: `kv.namespace`, or the handler's name.
     pub fn kv_namespace(&self) -> &str {
         self.kv.namespace.as_deref().unwrap_or(&self.name)
+    }
+}
+
+// ---- Signed modules and fleet deploys (`[deploy]`, `[fleet]`) ----
+
+/// `[deploy]`: the signatures a module needs, on every path a module takes
+/// (the config at start, a file change, an admin upload, a fleet deploy).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySection {
+    /// Public keys (`ed25519:<64 hex digits>`, as `warren keygen` prints
+    /// them) whose signatures are accepted. When the list is not empty, a
+    /// module signed by any other key is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Refuse unsigned modules. Needs at least one trusted key.
+    #[serde(default)]
+    pub require_signed: bool,
+}
+
+/// `[fleet]`: this host follows the fleet's desired versions on the broker
+/// and answers `warren deploy --fleet` and `warren status --fleet`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// The broker (and vhost) of the fleet's control exchange and desired
+    /// state; default `amqp.url`. A connection of its own, so a module of
+    /// tens of MiB never queues behind or ahead of message traffic.
+    pub url: Option<String>,
+    /// The control exchange; the desired-state streams are named after it.
+    #[serde(default = "defaults::fleet_exchange")]
+    pub exchange: String,
+    /// This host's name in fleet reports; default `HOSTNAME.PID`.
+    pub host_id: Option<String>,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("exchange", &self.exchange)
+            .field("host_id", &self.host_id)
+            .finish()
     }
 }

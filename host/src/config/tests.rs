@@ -250,3 +250,34 @@ fn a_config_value_table_needs_exactly_one_source() {
         );
     }
 }
+
+#[test]
+fn deploy_and_fleet_sections_parse_and_are_checked() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.deploy.require_signed && c.deploy.trusted_keys.is_empty());
+    assert!(c.fleet.is_none());
+
+    let text = MINIMAL.replace(
+        "[[handler]]",
+        "[deploy]\nrequire_signed = true\n\n[[handler]]",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("key deploy.require_signed"), "{err}");
+
+    let text = MINIMAL.replace(
+        "[[handler]]",
+        "[fleet]\nurl = \"amqp://deployer:s3cret@broker:5672/fleet\"\n\n[[handler]]",
+    );
+    let c = parse(&text).unwrap();
+    let f = c.fleet.as_ref().unwrap();
+    assert_eq!(f.exchange, "warren.fleet");
+    assert!(c.secrets().contains(&"s3cret".to_string()));
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    let text = MINIMAL.replace(
+        "[[handler]]",
+        "[fleet]\nexchange = \"amq.topic\"\n\n[[handler]]",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("key fleet.exchange"), "{err}");
+}

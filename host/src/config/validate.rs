@@ -35,6 +35,19 @@ impl Config {
                 redact_url(url)
             );
         }
+        if self.deploy.require_signed && self.deploy.trusted_keys.is_empty() {
+            bail!(
+                "key deploy.require_signed: no key could sign a module: list at least one in deploy.trusted_keys"
+            );
+        }
+        if let Some(f) = &self.fleet
+            && (f.exchange.is_empty() || f.exchange.starts_with("amq."))
+        {
+            bail!(
+                "key fleet.exchange: {:?} cannot be used: name an exchange that is not empty and does not start with \"amq.\"",
+                f.exchange
+            );
+        }
         if self.handlers.is_empty() {
             bail!("no [[handler]] entries: at least one handler is needed");
         }

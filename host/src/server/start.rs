@@ -15,6 +15,7 @@ use crate::pipeline::KvView;
 use crate::registry::{self, CompiledBy};
 use crate::runtime::{HandlerEnv, KvGrant, KvLimits, Limits, Runtime, RuntimeConfig};
 use crate::shutdown;
+use crate::signing::Trust;
 use crate::versions::Versions;
 
 impl Host {
@@ -65,6 +66,9 @@ impl Host {
             tracing::info!(dir = %dir.display(), "compiled modules are cached on disk");
         }
 
+        let trust = Trust::new(&config.deploy.trusted_keys, config.deploy.require_signed)
+            .map_err(anyhow::Error::msg)
+            .context("key deploy.trusted_keys")?;
         let metrics = Metrics::new();
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
@@ -86,6 +90,13 @@ impl Host {
             let bytes = std::fs::read(&h.module).with_context(|| {
                 format!(
                     "handler {:?}: cannot read module {}",
+                    h.name,
+                    h.module.display()
+                )
+            })?;
+            let signer = trust.check(&bytes).with_context(|| {
+                format!(
+                    "handler {:?}: module {} is refused",
                     h.name,
                     h.module.display()
                 )
@@ -141,6 +152,7 @@ impl Host {
                 path = %h.module.display(),
                 compile_ms = module.compile_time().as_millis() as u64,
                 compiled_by = CompiledBy::of(&module).as_str(),
+                signer = signer.as_ref().map_or("none".to_string(), |s| s.to_string()),
                 "module loaded"
             );
             metrics.set_module(&h.name, None, module.digest().hex());
@@ -164,7 +176,8 @@ impl Host {
                     module,
                     format!("file {}", h.module.display()),
                     config.runtime.keep_versions as usize,
-                ),
+                )
+                .signed_by(signer.map(|s| s.to_string())),
                 env,
                 cfg: h.clone(),
             }));
@@ -200,6 +213,7 @@ impl Host {
             host,
             shutdown,
             tracer,
+            trust,
         });
         Ok(Host { shared, handlers })
     }
