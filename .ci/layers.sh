@@ -15,7 +15,7 @@ declare -A layer=(
     [config]=0 [shutdown]=0 [logging]=0 [client]=0 [scaffold]=0
     [retry]=1 [metrics]=1
     [amqp]=2 [dedup]=2 [runtime]=2
-    [check]=3 [versions]=3
+    [check]=3 [versions]=3 [trial]=3
     [context]=4
     [liveness]=6
     [pipeline]=5

@@ -22,7 +22,8 @@
 //!   Prometheus registry.
 //! - [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
 //!   out to every task; [`logging`]: structured log set-up; [`check`]:
-//!   `warren check`; [`scaffold`]: `warren new`.
+//!   `warren check`; [`scaffold`]: `warren new`; [`trial`]: `warren test`
+//!   (a module on messages from files, no broker).
 //! - [`config`]: the TOML config file, defaults, validation.
 
 pub mod admin;
@@ -44,5 +45,6 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod shutdown;
+pub mod trial;
 pub mod versions;
 pub mod watch;

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use load::default_module_cache_dir;
 pub use redact::{redact_url, secrets_of_url};
 
 /// The environment variable that overrides `amqp.url`.

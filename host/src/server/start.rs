@@ -12,7 +12,7 @@ use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
 use crate::registry::{self, CompiledBy};
-use crate::runtime::{HandlerEnv, Limits, Runtime, RuntimeConfig};
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::shutdown;
 use crate::versions::Versions;
 
@@ -59,16 +59,8 @@ impl Host {
                     h.module.display()
                 )
             })?;
-            let env = HandlerEnv {
-                name: h.name.clone(),
-                config: h.config.clone(),
-                publish_allow: h.publish.allow.clone(),
-                limits: Limits {
-                    timeout: h.timeout(),
-                    memory_bytes: (h.memory_mb as usize) << 20,
-                    ..Limits::default()
-                },
-            };
+            // The same settings `warren test` runs a module under.
+            let env = crate::trial::handler_env(h);
             let env = Arc::new(env);
             let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
             let permit = runtime
