@@ -3,7 +3,8 @@
 //! `handle` on a warm instance), printing median and p99 per message.
 //!
 //! Run with `cargo bench -p warren --bench runtime` after
-//! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
+//! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo),
+//! or paths to .wasm files;
 //! `WARREN_BENCH_ITERS` sets the number of messages (default 20000).
 
 use std::collections::BTreeMap;
@@ -72,7 +73,13 @@ fn main() -> anyhow::Result<()> {
         "guest", "size", "compile", "mode", "median", "p99", "mean"
     );
     for name in &guests {
-        let path = root.join(format!("{name}.wasm"));
+        // A name is a guest in guests/build/; a path to a .wasm file (a
+        // `warren new` project's build, say) is taken as it is.
+        let path = if name.ends_with(".wasm") {
+            PathBuf::from(name)
+        } else {
+            root.join(format!("{name}.wasm"))
+        };
         let bytes = std::fs::read(&path).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read {}: {e} (build the guests: bash guests/rust/build.sh)",
