@@ -63,8 +63,14 @@ fn component(wit: &Path, core: &Path, out: &Path) -> Result<()> {
     let (resolve, world) = load(wit)?;
     let mut module =
         std::fs::read(core).with_context(|| format!("cannot read {}", core.display()))?;
-    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8, false)
-        .context("cannot embed the world's type information")?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        StringEncoding::UTF8,
+        false,
+    )
+    .context("cannot embed the world's type information")?;
     let component = ComponentEncoder::default()
         .module(&module)?
         .adapter(
