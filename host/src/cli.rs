@@ -57,9 +57,9 @@ pub enum Command {
         #[command(flatten)]
         fleet: FleetFlags,
     },
-    /// Write a ready-to-build handler project: rust, python, js or c.
+    /// Write a ready-to-build handler project: rust, python, js, c or go.
     New {
-        /// The language: rust, python, js or c.
+        /// The language: rust, python, js, c or go.
         lang: String,
         /// The handler's name (lowercase letters, digits, '-', '_').
         name: String,
@@ -119,6 +119,11 @@ pub enum Command {
         /// The component file (.wasm).
         module: PathBuf,
     },
+    /// Run a handler module on messages from files, in the same sandbox,
+    /// with the same limits and host imports as `warren run`, without a
+    /// broker or Redis: one message (--body), or every case file of a
+    /// directory (--cases; exits 1 if any case fails).
+    Test(TestArgs),
 }
 
 /// `warren dlq` subcommands.
@@ -261,6 +266,44 @@ fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// The component file (.wasm).
+    pub module: PathBuf,
+    /// The message body: a file, or - for stdin.
+    #[arg(
+        long,
+        value_name = "FILE|-",
+        required_unless_present = "cases",
+        conflicts_with = "cases"
+    )]
+    pub body: Option<PathBuf>,
+    /// A text header on the message (repeatable).
+    #[arg(long = "header", value_name = "K=V", requires = "body")]
+    pub headers: Vec<String>,
+    /// The message's routing key.
+    #[arg(long, default_value = crate::trial::DEFAULT_ROUTING_KEY)]
+    pub routing_key: String,
+    /// The message's content type.
+    #[arg(long, requires = "body")]
+    pub content_type: Option<String>,
+    /// A directory of case files (*.toml), each a message and what is
+    /// expected of it (docs/testing.md).
+    #[arg(long, value_name = "DIR")]
+    pub cases: Option<PathBuf>,
+    /// Write what each case did as its expectation, where it was missing or
+    /// not met.
+    #[arg(long, requires = "cases")]
+    pub update: bool,
+    /// The handler's settings: a host config file, or one handler's table
+    /// on its own (timeout_ms, memory_mb, [config], [publish], ...).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Which [[handler]] of a host config file, when it has several.
+    #[arg(long, requires = "config")]
+    pub handler: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// The host's admin endpoint.
     #[arg(
@@ -360,7 +403,7 @@ pub fn other(command: Command) -> anyhow::Result<()> {
                     println!("  {}", f.display());
                 }
                 println!(
-                    "next: cd {} && bash build.sh, then warren check the .wasm it prints",
+                    "next: cd {} && bash build.sh && warren test {name}.wasm --cases cases --config handler.toml && warren check {name}.wasm && warren deploy --handler {name} {name}.wasm",
                     dest.display()
                 );
             })
@@ -416,6 +459,7 @@ pub fn other(command: Command) -> anyhow::Result<()> {
         })
         .and_then(|rt| crate::check::check(&rt, &module))
         .map(|report| print!("{report}")),
+        Command::Test(args) => test(args),
     }
 }
 
@@ -476,5 +520,60 @@ fn sign(
     println!("signed:  {}", dest.display());
     println!("signer:  {}", key.public());
     println!("digest:  {}", crate::runtime::Digest::of(&signed));
+    Ok(())
+}
+
+/// `warren test`: the settings, the message or cases, the verdict as the
+/// exit status.
+fn test(args: TestArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+
+    use crate::trial::{self, Settings, Style};
+
+    let settings = match &args.config {
+        Some(path) => Settings::load(path, args.handler.as_deref())?,
+        None => Settings::defaults(),
+    };
+    let style = Style::detect();
+    let mut out = std::io::stdout().lock();
+    if let Some(dir) = &args.cases {
+        let s = trial::run_cases(&args.module, &settings, dir, args.update, style, &mut out)?;
+        if s.failed > 0 {
+            anyhow::bail!(
+                "{} of {} cases failed",
+                s.failed,
+                s.passed + s.failed + s.updated
+            );
+        }
+        return Ok(());
+    }
+    let body_path = args
+        .body
+        .as_ref()
+        .expect("clap requires --body without --cases");
+    let body = if body_path.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .context("cannot read the body from stdin")?;
+        b
+    } else {
+        std::fs::read(body_path)
+            .with_context(|| format!("cannot read body file {}", body_path.display()))?
+    };
+    let mut table = std::collections::BTreeMap::new();
+    for kv in &args.headers {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--header {kv:?}: write it as NAME=VALUE"))?;
+        table.insert(k.to_string(), toml::Value::String(v.to_string()));
+    }
+    let mut msg = crate::runtime::Message::synthetic(body, "warren-test", &args.routing_key);
+    msg.content_type = args.content_type.clone();
+    msg.headers = trial::headers_from_toml(&table)?;
+    if !trial::run_one(&args.module, &settings, &msg, style, &mut out)? {
+        anyhow::bail!("the handler did not come to an outcome (see above)");
+    }
     Ok(())
 }

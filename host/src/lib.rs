@@ -26,7 +26,8 @@
 //!   [`retry`]: backoff and wait-queue tiers; [`shutdown`]: signals fanned
 //!   out to every task; [`signing`]: module signatures and the trust
 //!   policy; [`logging`]: structured log set-up; [`check`]:
-//!   `warren check`; [`scaffold`]: `warren new`; [`dlq`]: `warren dlq`.
+//!   `warren check`; [`scaffold`]: `warren new`; [`dlq`]: `warren dlq`;
+//!   [`trial`]: `warren test` (a module on messages from files, no broker).
 //! - [`config`]: the TOML config file, defaults, validation; [`recent`]:
 //!   each handler's latest latencies and failures, for the dashboard.
 
@@ -55,5 +56,6 @@ pub mod shadow;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
+pub mod trial;
 pub mod versions;
 pub mod watch;

@@ -1,12 +1,13 @@
 //! `warren new LANG NAME`: writes a ready-to-build handler project in one of
-//! the languages warren has examples for (Rust, Python, JavaScript, C).
+//! the languages warren has examples for (Rust, Python, JavaScript, C, Go).
 //!
 //! The templates are embedded in the binary, so the command works without
 //! warren's source tree: the files under `host/templates/<lang>/`, the WIT
 //! contract (`wit/handler.wit`, copied into every project as
 //! `wit/handler.wit`), and the pieces the examples already keep pinned (the
-//! JavaScript lockfile of `guests/js/`, the C componentize tool of
-//! `guests/c/componentize/`), so a template cannot drift from the examples
+//! JavaScript lockfile of `guests/js/`, the C and Go componentize tools of
+//! `guests/c/componentize/` and `guests/go/componentize/`, the C JSON
+//! parser of `guests/c/common/`), so a template cannot drift from the examples
 //! that CI builds. `{{name}}` in a template becomes the project's name.
 //!
 //! It does not build anything or touch the network; each project's
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 /// The languages `warren new` knows, in the order the help lists them.
-pub const LANGUAGES: [&str; 4] = ["rust", "python", "js", "c"];
+pub const LANGUAGES: [&str; 5] = ["rust", "python", "js", "c", "go"];
 
 /// The contract, the same file for every language.
 const WIT: &str = include_str!("../../wit/handler.wit");
@@ -31,6 +32,10 @@ const RUST: &[File] = &[
         include_str!("../templates/rust/Cargo.toml.tmpl"),
     ),
     ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    (
+        "src/helpers.rs",
+        include_str!("../templates/rust/src/helpers.rs"),
+    ),
     ("build.sh", include_str!("../templates/rust/build.sh")),
     ("README.md", include_str!("../templates/rust/README.md")),
     (".gitignore", include_str!("../templates/rust/gitignore")),
@@ -38,6 +43,10 @@ const RUST: &[File] = &[
 
 const PYTHON: &[File] = &[
     ("app.py", include_str!("../templates/python/app.py")),
+    (
+        "warren_helpers.py",
+        include_str!("../templates/python/warren_helpers.py"),
+    ),
     ("build.sh", include_str!("../templates/python/build.sh")),
     ("README.md", include_str!("../templates/python/README.md")),
     (".gitignore", include_str!("../templates/python/gitignore")),
@@ -54,6 +63,7 @@ const JS: &[File] = &[
         include_str!("../../guests/js/package-lock.json"),
     ),
     ("handler.js", include_str!("../templates/js/handler.js")),
+    ("warren.js", include_str!("../templates/js/warren.js")),
     ("build.sh", include_str!("../templates/js/build.sh")),
     ("README.md", include_str!("../templates/js/README.md")),
     (".gitignore", include_str!("../templates/js/gitignore")),
@@ -61,6 +71,17 @@ const JS: &[File] = &[
 
 const C: &[File] = &[
     ("handler.c", include_str!("../templates/c/handler.c")),
+    (
+        "warren_helpers.h",
+        include_str!("../templates/c/warren_helpers.h"),
+    ),
+    (
+        "warren_helpers.c",
+        include_str!("../templates/c/warren_helpers.c"),
+    ),
+    // The examples' JSON parser and writer.
+    ("json.h", include_str!("../../guests/c/common/json.h")),
+    ("json.c", include_str!("../../guests/c/common/json.c")),
     ("build.sh", include_str!("../templates/c/build.sh")),
     ("README.md", include_str!("../templates/c/README.md")),
     (".gitignore", include_str!("../templates/c/gitignore")),
@@ -79,6 +100,48 @@ const C: &[File] = &[
     ),
 ];
 
+const GO: &[File] = &[
+    ("handler.go", include_str!("../templates/go/handler.go")),
+    (
+        "warren_helpers.go",
+        include_str!("../templates/go/warren_helpers.go"),
+    ),
+    ("build.sh", include_str!("../templates/go/build.sh")),
+    ("README.md", include_str!("../templates/go/README.md")),
+    (".gitignore", include_str!("../templates/go/gitignore")),
+    // The examples' build tool, lockfile included.
+    (
+        "componentize/Cargo.toml",
+        include_str!("../../guests/go/componentize/Cargo.toml"),
+    ),
+    (
+        "componentize/Cargo.lock",
+        include_str!("../../guests/go/componentize/Cargo.lock"),
+    ),
+    (
+        "componentize/src/main.rs",
+        include_str!("../../guests/go/componentize/src/main.rs"),
+    ),
+];
+
+/// What every project gets besides its language's files: the settings
+/// `warren test --config` reads and the cases it runs, which the template
+/// handler passes.
+const COMMON: &[File] = &[
+    (
+        "handler.toml",
+        include_str!("../templates/common/handler.toml"),
+    ),
+    (
+        "cases/hello.toml",
+        include_str!("../templates/common/cases/hello.toml"),
+    ),
+    (
+        "cases/not-json.toml",
+        include_str!("../templates/common/cases/not-json.toml"),
+    ),
+];
+
 /// The name the JavaScript examples' lockfile carries, replaced by the
 /// project's.
 const JS_LOCK_NAME: &str = "\"name\": \"warren-js-handlers\"";
@@ -93,6 +156,7 @@ pub fn scaffold(lang: &str, name: &str, dest: &Path) -> anyhow::Result<Vec<PathB
         "python" => PYTHON,
         "js" => JS,
         "c" => C,
+        "go" => GO,
         _ => bail!(
             "unknown handler language {lang:?}: warren new knows {}",
             LANGUAGES.join(", ")
@@ -112,7 +176,7 @@ pub fn scaffold(lang: &str, name: &str, dest: &Path) -> anyhow::Result<Vec<PathB
 
     let mut written = Vec::new();
     let wit = [("wit/handler.wit", WIT)];
-    for &(rel, template) in files.iter().chain(&wit) {
+    for &(rel, template) in files.iter().chain(COMMON).chain(&wit) {
         let mut text = template.replace("{{name}}", name);
         if rel == "package-lock.json" {
             text = text.replacen(JS_LOCK_NAME, &format!("\"name\": \"{name}\""), 2);
@@ -166,7 +230,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let dest = dir.path().join("proj");
             let files = scaffold(lang, "my-handler", &dest).unwrap();
-            for want in ["wit/handler.wit", "build.sh", "README.md", ".gitignore"] {
+            for want in [
+                "wit/handler.wit",
+                "build.sh",
+                "README.md",
+                ".gitignore",
+                "handler.toml",
+                "cases/hello.toml",
+            ] {
                 assert!(files.contains(&dest.join(want)), "{lang}: no {want}");
             }
             for f in &files {
@@ -198,7 +269,7 @@ mod tests {
         let err = scaffold("cobol", "x", dir.path()).unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown handler language \"cobol\": warren new knows rust, python, js, c"
+            "unknown handler language \"cobol\": warren new knows rust, python, js, c, go"
         );
     }
 

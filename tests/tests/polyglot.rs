@@ -1,7 +1,7 @@
-//! The enrich handler in Rust, Python, JavaScript and C, held to one
+//! The enrich handler in Rust, Python, JavaScript, C and Go, held to one
 //! behaviour: 1,000 deterministic bodies (objects, JSON that is not an object,
-//! text that is not JSON at all) through all four components in the real
-//! runtime. For each body the four must agree on the outcome, publish the
+//! text that is not JSON at all) through all five components in the real
+//! runtime. For each body the five must agree on the outcome, publish the
 //! same JSON object (compared after sorting keys recursively) and, on a
 //! reject, say why.
 //!
@@ -19,12 +19,13 @@ use warren_tests::enrich_cases::{
 };
 use warren_tests::{guest, message};
 
-/// The four builds of enrich, by language, and their files in guests/build/.
-const LANGUAGES: [(&str, &str); 4] = [
+/// The five builds of enrich, by language, and their files in guests/build/.
+const LANGUAGES: [(&str, &str); 5] = [
     ("rust", "enrich"),
     ("python", "enrich_python"),
     ("js", "enrich_js"),
     ("c", "enrich_c"),
+    ("go", "enrich_go"),
 ];
 
 struct Setup {
@@ -32,7 +33,7 @@ struct Setup {
     modules: Vec<(&'static str, Module)>,
 }
 
-/// One runtime and the four modules, each compiled on its own thread (the
+/// One runtime and the five modules, each compiled on its own thread (the
 /// interpreted ones take seconds).
 fn setup() -> Setup {
     let runtime = Runtime::new(RuntimeConfig {
@@ -118,7 +119,7 @@ fn run_all(setup: &Setup, env: &Arc<HandlerEnv>, cases: &[Case]) -> Vec<Run> {
         .collect()
 }
 
-/// Checks one case's four results against each other and the expectation.
+/// Checks one case's five results against each other and the expectation.
 fn check_case(
     i: usize,
     case: &Case,
@@ -208,7 +209,7 @@ fn summary(times: &[Duration]) -> String {
 }
 
 #[test]
-fn four_languages_agree_on_a_thousand_bodies() {
+fn five_languages_agree_on_a_thousand_bodies() {
     let setup = setup();
     let cases = cases();
     assert_eq!(cases.len(), 1000);

@@ -1,7 +1,7 @@
 //! The `enrich` handler in each language under `warren run`, against the real
 //! broker: the same 1,000 inputs (some not JSON objects) go in; every object
 //! comes out once, enriched, byte-identical (after sorting keys) to what the
-//! test computes itself, and so identical across the four languages; every
+//! test computes itself, and so identical across the five languages; every
 //! other input lands in `<queue>.dead` with the reason.
 
 use std::collections::BTreeMap;
@@ -134,4 +134,9 @@ async fn js_enrich_under_warren_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn c_enrich_under_warren_run() {
     enrich_under_warren_run("enrich_c").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_enrich_under_warren_run() {
+    enrich_under_warren_run("enrich_go").await;
 }

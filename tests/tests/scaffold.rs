@@ -1,112 +1,184 @@
-//! `warren new` end to end, for each language: scaffold a project into a
-//! temporary directory, build it with its own `build.sh` (which installs its
-//! pinned toolchain if missing), check the module with the `warren` binary,
-//! and run one message through it in the real runtime.
+//! From nothing to deployed, for each language, with the `warren` binary
+//! and five commands: `warren new LANG NAME`, `bash build.sh` (which
+//! installs its pinned toolchain if missing), `warren test NAME.wasm
+//! --cases cases --config handler.toml` (the cases the template ships
+//! pass), `warren check NAME.wasm` and `warren deploy --handler NAME
+//! NAME.wasm` to a host already running another version, which then
+//! handles a message with the new one.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use warren::runtime::{HandlerEnv, Limits, Outcome, Runtime, RuntimeConfig};
-use warren::scaffold::scaffold;
-use warren_tests::{message, warren_bin};
+use serde_json::{Value, json};
+use warren::runtime::Digest;
+use warren_tests::fixture::Fixture;
+use warren_tests::process::admin_cli;
+use warren_tests::warren_bin;
 
-fn builds_checks_and_runs(lang: &str) {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `cmd` to the end and fails the test, with its output, unless it
+/// succeeded.
+fn ok(step: &str, cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{step}: cannot run: {e}"));
+    assert!(
+        o.status.success(),
+        "{step} failed ({})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+async fn five_commands_to_a_deployed_handler(lang: &str) {
     let name = format!("hello-{lang}");
-    let dest = dir.path().join(&name);
-    let files = scaffold(lang, &name, &dest).unwrap();
-    assert!(files.contains(&dest.join("wit/handler.wit")), "{files:?}");
+    // A host already serving the handler, on another version (stamp_a
+    // publishes "v-a <body>"); the project's handler.toml says the same
+    // as this [[handler]] table: the default limits and grants.
+    let f = Fixture::new(&format!("five-{lang}"))
+        .guest("stamp_a")
+        .handler(&name)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join(&name);
+    let wasm = format!("{name}.wasm");
 
-    let build = Command::new("bash")
-        .arg("build.sh")
-        .current_dir(&dest)
-        .output()
-        .expect("run bash build.sh");
-    assert!(
-        build.status.success(),
-        "{lang}: build.sh failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&build.stdout),
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let module = dest.join(format!("{name}.wasm"));
-
-    let check = Command::new(warren_bin())
-        .arg("check")
-        .arg(&module)
-        .output()
-        .expect("run warren check");
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "{lang}: warren check failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&check.stderr)
+    // 1. warren new
+    let o = ok(
+        "warren new",
+        Command::new(warren_bin())
+            .args(["new", lang, &name])
+            .current_dir(dir.path()),
     );
     assert!(
-        stdout.contains("world:   warren:handler/handler@0.2.0 (ok)"),
-        "{stdout}"
+        stdout(&o).contains(&format!("warren test {wasm} --cases cases")),
+        "{}",
+        stdout(&o)
     );
+    // 2. its build
+    ok(
+        "bash build.sh",
+        Command::new("bash").arg("build.sh").current_dir(&project),
+    );
+    // 3. warren test: the shipped cases pass.
+    let o = ok(
+        "warren test",
+        Command::new(warren_bin())
+            .args([
+                "test",
+                &wasm,
+                "--cases",
+                "cases",
+                "--config",
+                "handler.toml",
+            ])
+            .env(
+                "XDG_CACHE_HOME",
+                std::env::temp_dir().join("warren-test-xdg-cache"),
+            )
+            .current_dir(&project),
+    );
+    assert!(
+        stdout(&o).contains("ok: 2 cases, 2 passed, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    // 4. warren check
+    let o = ok(
+        "warren check",
+        Command::new(warren_bin())
+            .args(["check", &wasm])
+            .current_dir(&project),
+    );
+    assert!(
+        stdout(&o).contains("world:   warren:handler/handler@0.2.0 (ok)"),
+        "{}",
+        stdout(&o)
+    );
+    // 5. warren deploy, to the running host.
+    let module = project.join(&wasm);
+    let o = admin_cli(
+        f.port(),
+        &["deploy", "--handler", &name, module.to_str().unwrap()],
+    );
+    assert!(
+        o.status.success(),
+        "warren deploy failed:\n{}\n{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let digest = Digest::of(&std::fs::read(&module).unwrap()).to_string();
+    assert!(stdout(&o).contains(&digest), "{}", stdout(&o));
 
-    runs_one_message(lang, &module);
+    // A message now runs on the deployed version: JSON with handled_by,
+    // not the old version's stamp.
+    f.rabbit.publish(&f.queue, "m-1", br#"{"id": 1}"#).await;
+    let got = f.rabbit.collect(&f.out, 1, Duration::from_secs(60)).await;
+    let body: Value = serde_json::from_slice(&got[0].body)
+        .unwrap_or_else(|e| panic!("{lang}: not JSON ({e}): {:?}", got[0].body_str()));
+    assert_eq!(body, json!({"id": 1, "handled_by": name}), "{lang}");
+    // And one the template refuses lands in the dead-letter queue.
+    f.rabbit.publish(&f.queue, "m-2", b"not json").await;
+    let dead = f.rabbit.collect(&f.dead, 1, Duration::from_secs(60)).await;
+    assert!(
+        dead[0]
+            .header("x-warren-reason")
+            .is_some_and(|r| r.starts_with("body is not a JSON object: ")),
+        "{lang}: {:?}",
+        dead[0].header("x-warren-reason")
+    );
+    f.settle(2, Duration::from_secs(30)).await;
+    f.assert_nothing_more().await;
 }
 
-/// The template handler publishes the body to the input routing key + ".out"
-/// and acks, and rejects an empty body.
-fn runs_one_message(lang: &str, module: &Path) {
-    let rt = Runtime::new(RuntimeConfig {
-        max_instances: 1,
-        max_memory_bytes: 256 << 20,
-        cache_dir: Some(warren_tests::module_cache_dir()),
-    })
-    .unwrap();
-    let module = rt.compile(&std::fs::read(module).unwrap()).unwrap();
-    let env = Arc::new(HandlerEnv {
-        name: "hello".into(),
-        config: BTreeMap::new(),
-        publish_allow: vec![String::new()],
-        // The default limits (64 MiB of memory, a 5 s deadline), as a new
-        // handler gets them.
-        limits: Limits::default(),
-        kv: None,
-    });
-    let permit = rt.try_acquire().unwrap();
-    // Guests run as futures; a one-thread runtime is all they need here.
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-
-    let done = tokio
-        .block_on(rt.run(&module, &env, &message("hi there"), &permit))
-        .unwrap();
-    assert_eq!(done.outcome, Outcome::Ack, "{lang}");
-    assert_eq!(done.publishes.len(), 1, "{lang}");
-    assert_eq!(done.publishes[0].routing_key, "test.out", "{lang}");
-    assert_eq!(done.publishes[0].body, b"hi there", "{lang}");
-
-    let done = tokio
-        .block_on(rt.run(&module, &env, &message(""), &permit))
-        .unwrap();
-    assert_eq!(done.outcome, Outcome::Reject("empty body".into()), "{lang}");
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_from_nothing_to_deployed_in_five_commands() {
+    five_commands_to_a_deployed_handler("rust").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn python_from_nothing_to_deployed_in_five_commands() {
+    five_commands_to_a_deployed_handler("python").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn js_from_nothing_to_deployed_in_five_commands() {
+    five_commands_to_a_deployed_handler("js").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn c_from_nothing_to_deployed_in_five_commands() {
+    five_commands_to_a_deployed_handler("c").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_from_nothing_to_deployed_in_five_commands() {
+    five_commands_to_a_deployed_handler("go").await;
+}
+
+/// The README of every project names the five commands.
 #[test]
-fn rust_project_builds_checks_and_runs() {
-    builds_checks_and_runs("rust");
-}
-
-#[test]
-fn python_project_builds_checks_and_runs() {
-    builds_checks_and_runs("python");
-}
-
-#[test]
-fn js_project_builds_checks_and_runs() {
-    builds_checks_and_runs("js");
-}
-
-#[test]
-fn c_project_builds_checks_and_runs() {
-    builds_checks_and_runs("c");
+fn every_readme_names_the_five_commands() {
+    for lang in warren::scaffold::LANGUAGES {
+        let dir = tempfile::tempdir().unwrap();
+        let files = warren::scaffold::scaffold(lang, "x-y", &dir.path().join("p")).unwrap();
+        let readme = files.iter().find(|f| f.ends_with("README.md")).unwrap();
+        let text = std::fs::read_to_string(readme).unwrap();
+        for cmd in [
+            "bash build.sh",
+            "warren test x-y.wasm --cases cases --config handler.toml",
+            "warren check x-y.wasm",
+            "warren deploy --handler x-y x-y.wasm",
+        ] {
+            assert!(text.contains(cmd), "{lang}: {cmd:?} not in README");
+        }
+        assert!(Path::new(readme).exists());
+    }
 }

@@ -8,8 +8,8 @@ let count = 0;
 const heap = [];
 
 /**
- * @param {import('warren:handler/types@0.1.0').Message} msg
- * @returns {import('warren:handler/types@0.1.0').Outcome}
+ * @param {import('warren:handler/types@0.2.0').Message} msg
+ * @returns {import('warren:handler/types@0.2.0').Outcome}
  */
 export function handle(msg) {
   count += 1;

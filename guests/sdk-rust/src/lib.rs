@@ -80,6 +80,11 @@ pub fn error(message: &str) {
 }
 
 impl Outcome {
+    /// Done: buffered publishes go out, then the message is acked.
+    pub fn ack() -> Self {
+        Outcome::Ack
+    }
+
     /// Retry after the handler's backoff for this attempt.
     pub fn retry(reason: impl Into<String>) -> Self {
         Outcome::Retry(Retry {
@@ -130,6 +135,38 @@ impl Headers {
         }
     }
 
+    /// A top-level integer of any width (and a timestamp within `i64`).
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        Some(match *self.get(name)? {
+            FieldValue::I8(i) => i.into(),
+            FieldValue::U8(i) => i.into(),
+            FieldValue::I16(i) => i.into(),
+            FieldValue::U16(i) => i.into(),
+            FieldValue::I32(i) => i.into(),
+            FieldValue::U32(i) => i.into(),
+            FieldValue::I64(i) => i,
+            FieldValue::Timestamp(t) => i64::try_from(t).ok()?,
+            _ => return None,
+        })
+    }
+
+    /// A top-level float (`f32` or `f64`).
+    pub fn get_f64(&self, name: &str) -> Option<f64> {
+        match *self.get(name)? {
+            FieldValue::F32(f) => Some(f.into()),
+            FieldValue::F64(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A top-level boolean.
+    pub fn get_bool(&self, name: &str) -> Option<bool> {
+        match *self.get(name)? {
+            FieldValue::Boolean(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// The array or table a `FieldValue::Array` / `FieldValue::Table` points to.
     pub fn resolve(&self, value: &FieldValue) -> Option<&Nested> {
         match value {
@@ -153,9 +190,54 @@ impl Message {
     pub fn body_str(&self) -> Result<&str, std::str::Utf8Error> {
         std::str::from_utf8(&self.body)
     }
+
+    /// The body parsed as JSON, into any type serde can build (a
+    /// `serde_json::Value`, a map, your own struct).
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    /// The top-level header `name`; see [`Headers::get`].
+    pub fn header(&self, name: &str) -> Option<&FieldValue> {
+        self.headers.get(name)
+    }
+
+    /// A text header; `None` if absent or of another type.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers.get_str(name)
+    }
+
+    /// An integer header of any width; see [`Headers::get_i64`].
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        self.headers.get_i64(name)
+    }
+
+    /// A float header; see [`Headers::get_f64`].
+    pub fn header_f64(&self, name: &str) -> Option<f64> {
+        self.headers.get_f64(name)
+    }
+
+    /// A boolean header; see [`Headers::get_bool`].
+    pub fn header_bool(&self, name: &str) -> Option<bool> {
+        self.headers.get_bool(name)
+    }
 }
 
 impl Outbound {
+    /// `value` as a compact JSON message to `exchange` with `routing_key`,
+    /// content type `application/json`, no headers.
+    #[cfg(feature = "json")]
+    pub fn json(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        value: &impl serde::Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        let mut out = Outbound::new(exchange, routing_key, serde_json::to_vec(value)?);
+        out.content_type = Some("application/json".into());
+        Ok(out)
+    }
+
     /// A message to `exchange` with `routing_key`, no properties and no headers.
     pub fn new(
         exchange: impl Into<String>,
@@ -193,6 +275,23 @@ mod tests {
             Some(&Nested::Array(vec![FieldValue::I32(7)]))
         );
         assert_eq!(h.get_str("arr"), None);
+    }
+
+    #[test]
+    fn typed_headers_and_json() {
+        let mut h = Headers::default();
+        h.insert("n", FieldValue::U16(7));
+        h.insert("t", FieldValue::Timestamp(u64::MAX));
+        h.insert("f", FieldValue::F32(0.5));
+        h.insert("b", FieldValue::Boolean(true));
+        assert_eq!(h.get_i64("n"), Some(7));
+        assert_eq!(h.get_i64("t"), None);
+        assert_eq!(h.get_f64("f"), Some(0.5));
+        assert_eq!(h.get_bool("b"), Some(true));
+        assert_eq!(h.get_bool("n"), None);
+        let out = Outbound::json("", "k", &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(out.body, br#"{"a":1}"#);
+        assert_eq!(out.content_type.as_deref(), Some("application/json"));
     }
 
     #[test]

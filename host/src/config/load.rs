@@ -80,6 +80,13 @@ impl Config {
     }
 }
 
+/// Where compiled modules are cached when the config does not say:
+/// `$XDG_CACHE_HOME/warren/modules`, or `$HOME/.cache/warren/modules`
+/// (`warren test` caches there too).
+pub fn default_module_cache_dir() -> Option<PathBuf> {
+    default_cache_dir(&|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
 /// `$XDG_CACHE_HOME/warren/modules`, or `$HOME/.cache/warren/modules`.
 fn default_cache_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let base = env("XDG_CACHE_HOME")

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use load::default_module_cache_dir;
 pub use redact::{redact_url, secrets_of_url};
 pub use values::{ConfigSource, ConfigValue};
 

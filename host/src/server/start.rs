@@ -13,7 +13,7 @@ use crate::dedup::Store;
 use crate::metrics::Metrics;
 use crate::pipeline::KvView;
 use crate::registry::{self, CompiledBy};
-use crate::runtime::{HandlerEnv, KvGrant, KvLimits, Limits, Runtime, RuntimeConfig};
+use crate::runtime::{Runtime, RuntimeConfig};
 use crate::shutdown;
 use crate::signing::Trust;
 use crate::versions::Versions;
@@ -108,28 +108,13 @@ impl Host {
                     h.module.display()
                 )
             })?;
-            let env = HandlerEnv {
-                name: h.name.clone(),
-                config: h.config_values(),
-                publish_allow: h.publish.allow.clone(),
-                limits: Limits {
-                    timeout: h.timeout(),
-                    memory_bytes: (h.memory_mb as usize) << 20,
-                    ..Limits::default()
-                },
-                kv: Some(KvGrant {
-                    store: Arc::new(KvView {
-                        store: store.clone(),
-                        namespace: h.kv_namespace().to_owned(),
-                    }),
-                    limits: KvLimits {
-                        max_key_bytes: h.kv.max_key_bytes as usize,
-                        max_value_bytes: h.kv.max_value_bytes as usize,
-                        max_writes: h.kv.max_writes as usize,
-                        max_write_bytes: h.kv.max_write_bytes as usize,
-                    },
-                }),
-            };
+            // The same settings `warren test` runs a module under, with
+            // the handler's namespace of the store.
+            let kv: Arc<dyn crate::runtime::KvStore> = Arc::new(KvView {
+                store: store.clone(),
+                namespace: h.kv_namespace().to_owned(),
+            });
+            let env = crate::trial::handler_env(h, Some(kv));
             let env = Arc::new(env);
             let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
             let permit = runtime

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the handler (handler.c) into {{name}}.wasm: clang compiles it with
+# Builds the handler (handler.c, with warren_helpers.c and json.c) into {{name}}.wasm: clang compiles it with
 # the wit-bindgen C bindings for wasm32-wasi against wasi-libc, and the
 # componentize tool (componentize/, Rust) makes the core module a component
 # with the WASI preview-1 adapter. Installs the pinned Debian 12 packages if
@@ -26,7 +26,7 @@ mkdir -p .build
 "$tool" bindings wit .build/bindings
 clang-14 --target=wasm32-wasi -mexec-model=reactor -O2 -std=c11 -Wall -Wextra \
     -fuse-ld=lld -Wl,--strip-all -I .build/bindings \
-    handler.c .build/bindings/handler.c .build/bindings/handler_component_type.o \
+    handler.c warren_helpers.c json.c .build/bindings/handler.c .build/bindings/handler_component_type.o \
     -o .build/{{name}}.core.wasm
 "$tool" component .build/{{name}}.core.wasm {{name}}.wasm
 echo "built {{name}}.wasm ($(stat -c %s {{name}}.wasm) bytes)"

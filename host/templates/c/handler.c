@@ -1,65 +1,55 @@
-// The {{name}} handler: publishes each message's body, with its properties,
-// to the configured destination and acks; rejects an empty body.
+// The {{name}} handler: takes a JSON object, adds `handled_by` (and the
+// `tenant` header, when the message has one), and publishes it as JSON to
+// the configured destination; a body that is not a JSON object is rejected.
 //
-// Config keys (the `[handler.config]` table of the host's config file):
+// Config keys (the `[handler.config]` table of the host's config file, and
+// of handler.toml for `warren test`): `handled_by` (default "{{name}}"),
 // `out_exchange` (default "", the default exchange) and `out_routing_key`
 // (default: the input routing key + ".out").
 //
 // handler.h is generated from wit/handler.wit by `bash build.sh` (in
 // .build/bindings/). Strings are (ptr, len) pairs, not NUL-terminated.
-// Memory need not be freed: an instance lives for one message.
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "handler.h"
-
-// The config value of `key`, or `fallback` if it is not set.
-static handler_string_t config(const char *key, handler_string_t fallback) {
-    handler_string_t k, value;
-    handler_string_set(&k, key);
-    return warren_handler_host_config(&k, &value) ? value : fallback;
-}
+#include "json.h"
+#include "warren_helpers.h"
 
 void exports_handler_handle(handler_message_t *msg, handler_outcome_t *ret) {
-    if (msg->body.len == 0) {
-        // Never try again: the message goes to the dead-letter queue. The
-        // reason is freed by the bindings, so it must be malloc'd (dup).
-        ret->tag = WARREN_HANDLER_TYPES_OUTCOME_REJECT;
-        handler_string_dup(&ret->val.reject, "empty body");
-        return;
-    }
     char line[64];
     snprintf(line, sizeof line, "got %zu bytes", msg->body.len);
     handler_string_t text;
     handler_string_set(&text, line);
     warren_handler_host_log(WARREN_HANDLER_TYPES_LEVEL_INFO, &text);
 
-    size_t key_len = msg->routing_key.len + 4;
-    uint8_t *default_key = malloc(key_len);
-    memcpy(default_key, msg->routing_key.ptr, msg->routing_key.len);
-    memcpy(default_key + msg->routing_key.len, ".out", 4);
-    warren_handler_host_outbound_t out = {
-        .exchange = config("out_exchange", (handler_string_t){NULL, 0}),
-        .routing_key = config("out_routing_key", (handler_string_t){default_key, key_len}),
-        .body = msg->body,
-        .content_type = msg->content_type,
-        .content_encoding = msg->content_encoding,
-        .correlation_id = msg->correlation_id,
-        .type = msg->type,
-    };
-    // Buffered: sent only if we return ack. To try the message again later
-    // instead, set ret->tag = WARREN_HANDLER_TYPES_OUTCOME_RETRY and
-    // ret->val.retry (delay_ms, reason).
-    warren_handler_host_publish_error_t err;
-    if (!warren_handler_host_publish(&out, &err)) {
-        handler_string_t *why = &err.val.not_allowed; // both cases carry a string
-        char reason[512];
-        snprintf(reason, sizeof reason, "cannot publish: %.*s", (int)why->len, (const char *)why->ptr);
-        ret->tag = WARREN_HANDLER_TYPES_OUTCOME_REJECT;
-        handler_string_dup(&ret->val.reject, reason);
+    char why[256], reason[512];
+    json_value *obj = warren_json_body(msg, why, sizeof why);
+    if (!obj || obj->kind != JSON_OBJECT) {
+        // Never try again: the message goes to the dead-letter queue.
+        snprintf(reason, sizeof reason, "body is not a JSON object: %s", obj ? "it is another JSON value" : why);
+        warren_reject(ret, reason);
         return;
     }
-    ret->tag = WARREN_HANDLER_TYPES_OUTCOME_ACK;
+    handler_string_t by = warren_config("handled_by", "{{name}}");
+    json_object_set(obj, "handled_by", 10, json_new_string((const char *)by.ptr, by.len));
+    handler_string_t tenant;
+    if (warren_header_text(msg, "tenant", &tenant)) {
+        json_object_set(obj, "tenant", 6, json_new_string((const char *)tenant.ptr, tenant.len));
+    }
+
+    // The default routing key: the input's + ".out".
+    json_buf key = {0};
+    json_buf_append(&key, (const char *)msg->routing_key.ptr, msg->routing_key.len);
+    json_buf_append(&key, ".out", 5); // with the NUL, for warren_config's fallback
+    // Buffered: sent only if we ack. To try the message again later instead,
+    // warren_retry(ret, 5000, "why") (or -1 for the handler's backoff).
+    if (!warren_publish_json(warren_config("out_exchange", ""), warren_config("out_routing_key", key.ptr),
+                             obj, msg->correlation_id, why, sizeof why)) {
+        snprintf(reason, sizeof reason, "cannot publish: %s", why);
+        warren_reject(ret, reason);
+        return;
+    }
+    warren_ack(ret);
 }

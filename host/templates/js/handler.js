@@ -1,40 +1,49 @@
-// The {{name}} handler: publishes each message's body, with its properties,
-// to the configured destination and acks; rejects an empty body.
+// The {{name}} handler: takes a JSON object, adds `handled_by` (and the
+// `tenant` header, when the message has one), and publishes it as JSON to
+// the configured destination; a body that is not a JSON object is rejected.
 //
-// Config keys (the `[handler.config]` table of the host's config file):
+// Config keys (the `[handler.config]` table of the host's config file, and
+// of handler.toml for `warren test`): `handled_by` (default "{{name}}"),
 // `out_exchange` (default "", the default exchange) and `out_routing_key`
 // (default: the input routing key + ".out").
 //
 // Types: types/ (generated from wit/handler.wit by `bash build.sh`).
 
-import { config, log, publish } from "warren:handler/host@0.2.0";
+import { log } from "warren:handler/host@0.2.0";
+import {
+  NotJson, PublishRefused, ack, config, headerString, jsonBody, publishJson, reject,
+} from "./warren.js";
 
 /**
  * @param {import('warren:handler/types@0.2.0').Message} msg
  * @returns {import('warren:handler/types@0.2.0').Outcome}
  */
 export function handle(msg) {
-  if (msg.body.length === 0) {
-    // Never try again: the message goes to the dead-letter queue.
-    return { tag: "reject", val: "empty body" };
-  }
   log("info", `got ${msg.body.length} bytes`);
-  // Buffered: sent only if we return ack. To try the message again later
-  // instead, return { tag: "retry", val: { delayMs: 5000n, reason } }.
+  let obj;
   try {
-    publish({
-      exchange: config("out_exchange") ?? "",
-      routingKey: config("out_routing_key") ?? msg.routingKey + ".out",
-      body: msg.body,
-      contentType: msg.contentType,
-      contentEncoding: msg.contentEncoding,
+    obj = jsonBody(msg);
+  } catch (e) {
+    if (!(e instanceof NotJson)) throw e;
+    // Never try again: the message goes to the dead-letter queue.
+    return reject(`body is not a JSON object: ${e.message}`);
+  }
+  if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+    return reject(`body is not a JSON object: it is ${Array.isArray(obj) ? "an array" : typeof obj}`);
+  }
+  obj.handled_by = config("handled_by", "{{name}}");
+  const tenant = headerString(msg, "tenant");
+  if (tenant !== undefined) obj.tenant = tenant;
+  // Buffered: sent only if we return ack(). To try the message again later
+  // instead, return retry("why", 5000).
+  try {
+    publishJson(config("out_routing_key", msg.routingKey + ".out"), obj, {
+      exchange: config("out_exchange"),
       correlationId: msg.correlationId,
-      type: msg.type,
-      headers: { entries: [], nested: [] },
     });
   } catch (e) {
-    // e.payload is the publish-error: { tag, val: the host's explanation }.
-    return { tag: "reject", val: `cannot publish: ${e.payload?.val ?? e}` };
+    if (!(e instanceof PublishRefused)) throw e;
+    return reject(`cannot publish: ${e.message}`);
   }
-  return { tag: "ack" };
+  return ack();
 }

@@ -1,44 +1,47 @@
-//! The {{name}} handler: publishes each message's body, with its properties,
-//! to the configured destination and acks; rejects an empty body.
+//! The {{name}} handler: takes a JSON object, adds `handled_by` (and the
+//! `tenant` header, when the message has one), and publishes it as JSON to
+//! the configured destination; a body that is not a JSON object is
+//! rejected.
 //!
-//! Config keys (the `[handler.config]` table of the host's config file):
-//! `out_exchange` (default `""`, the default exchange) and `out_routing_key`
-//! (default: the input routing key + `.out`).
+//! Config keys (the `[handler.config]` table of the host's config file, and
+//! of handler.toml for `warren test`): `handled_by` (default `{{name}}`),
+//! `out_exchange` (default `""`, the default exchange) and
+//! `out_routing_key` (default: the input routing key + `.out`).
 
 wit_bindgen::generate!({ path: "wit", world: "handler" });
 
+mod helpers;
+
+use helpers::{ack, config, header_str, json_body, publish_json, reject};
+use serde_json::{Map, Value};
 use warren::handler::host;
-// `Message` and `Outcome` come from the world itself (its `use types.{..}`).
-use warren::handler::types::{Headers, Level, Outbound};
+use warren::handler::types::Level;
 
 struct Handler;
 
 impl Guest for Handler {
     fn handle(msg: Message) -> Outcome {
-        if msg.body.is_empty() {
-            // Never try again: the message goes to the dead-letter queue.
-            return Outcome::Reject("empty body".into());
-        }
         host::log(Level::Info, &format!("got {} bytes", msg.body.len()));
-        let out = Outbound {
-            exchange: host::config("out_exchange").unwrap_or_default(),
-            routing_key: host::config("out_routing_key")
-                .unwrap_or_else(|| format!("{}.out", msg.routing_key)),
-            body: msg.body,
-            content_type: msg.content_type,
-            content_encoding: msg.content_encoding,
-            correlation_id: msg.correlation_id,
-            type_: msg.type_,
-            headers: Headers {
-                entries: Vec::new(),
-                nested: Vec::new(),
-            },
+        let mut obj: Map<String, Value> = match json_body(&msg) {
+            Ok(obj) => obj,
+            // Never try again: the message goes to the dead-letter queue.
+            Err(e) => return reject(format!("body is not a JSON object: {e}")),
         };
-        // Buffered: sent only if we return Ack. To try the message again
-        // later instead, return Outcome::Retry(Retry { delay_ms, reason }).
-        match host::publish(&out) {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::Reject(format!("cannot publish: {e:?}")),
+        obj.insert("handled_by".into(), config("handled_by", "{{name}}").into());
+        if let Some(tenant) = header_str(&msg, "tenant") {
+            obj.insert("tenant".into(), tenant.into());
+        }
+        // Buffered: sent only if we return ack(). To try the message again
+        // later instead, return helpers::retry("why", Some(5000)).
+        let routing_key = config("out_routing_key", &format!("{}.out", msg.routing_key));
+        match publish_json(
+            &config("out_exchange", ""),
+            &routing_key,
+            &obj,
+            msg.correlation_id.clone(),
+        ) {
+            Ok(()) => ack(),
+            Err(why) => reject(format!("cannot publish: {why}")),
         }
     }
 }
