@@ -23,9 +23,15 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     // it, or its password, in any form.
     logging::hide(config.secrets());
     let at = |key: &str| format!("{}: key {key}", path.display());
-    amqp::validate_url(&config.amqp.url)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| at("amqp.url"))?;
+    let several = config.amqp.endpoints().len() > 1;
+    for (i, url) in config.amqp.endpoints().iter().enumerate() {
+        amqp::validate_url(url)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| match several {
+                true => at(&format!("amqp.urls[{i}]")),
+                false => at("amqp.url"),
+            })?;
+    }
     if let Some(r) = &config.redis {
         dedup::validate_url(&r.url)
             .map_err(anyhow::Error::msg)

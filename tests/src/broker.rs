@@ -96,6 +96,23 @@ impl Rabbit {
             .expect("queue.declare");
     }
 
+    /// Declares a durable quorum queue.
+    pub async fn declare_quorum(&self, queue: &str) {
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        self.ch
+            .queue_declare(queue.into(), opts, args)
+            .await
+            .expect("queue.declare of a quorum queue");
+    }
+
     /// Ready plus unacked messages of `queue`, from the broker's own count.
     pub async fn total(&self, queue: &str) -> u32 {
         let out = rabbitmqctl(&["list_queues", "name", "messages"]);

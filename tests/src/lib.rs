@@ -66,6 +66,7 @@ pub mod fixture;
 pub mod multi_memory;
 pub mod private_broker;
 pub mod process;
+pub mod rabbit_cluster;
 pub mod raw_amqp;
 pub mod redis_server;
 pub mod relay;

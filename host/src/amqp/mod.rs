@@ -31,6 +31,7 @@ mod exchanges;
 pub mod limits;
 pub mod publisher;
 pub mod quarantine;
+pub mod queues;
 
 /// AMQP's data model as this module's callers see it: field tables and
 /// values, short strings, message properties. Re-exported so that the
@@ -52,7 +53,7 @@ use futures_util::stream::BoxStream;
 use lapin::options::{
     BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -60,6 +61,7 @@ use crate::config::ExchangeType;
 
 pub use consumer::{ConsumerChannel, Inbound};
 pub use publisher::{DeadLetter, PublishError, Publisher};
+pub use queues::{Binding, QueueKind, Topology};
 
 /// Every header warren writes for its own bookkeeping starts with this;
 /// guests never see them, and may not write them.
@@ -140,6 +142,35 @@ pub enum Error {
     Url(String),
     #[error("no answer from RabbitMQ within {}s to {what}", .after.as_secs_f32())]
     Timeout { what: String, after: Duration },
+    /// The queue exists with other arguments (type, delivery limit, single
+    /// active consumer...) than warren declares for it. No retry can fix
+    /// that: an operator changes the config or migrates the queue.
+    #[error(
+        "queue {queue:?} exists with other arguments than warren declares for it ({broker}); warren never changes an existing queue: set the handler's queue_type, delivery_limit and ordered to match it, or move its messages to a queue declared anew (docs/semantics.md, \"Queue types\")"
+    )]
+    Mismatch { queue: String, broker: String },
+}
+
+impl Error {
+    /// Whether retrying the same call cannot help (a queue declared with
+    /// other arguments than it has).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Mismatch { .. })
+    }
+}
+
+/// A declaration's error, as [`Error::Mismatch`] when the broker refused it
+/// because `queue` exists with other arguments.
+fn declare_error(queue: &str, e: lapin::Error) -> Error {
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
+        && amqp.get_id() == 406
+    {
+        return Error::Mismatch {
+            queue: queue.to_string(),
+            broker: amqp.get_message().to_string(),
+        };
+    }
+    Error::Amqp(e)
 }
 
 /// Awaits `fut` for at most `after`; on time-out, an error naming `what`.
@@ -178,22 +209,6 @@ impl ConsumerProbe {
             format!("consumer {}: its channel is {state}", self.tag)
         })
     }
-}
-
-/// What to declare for one handler.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub queue: String,
-    pub quorum: bool,
-    pub dead_letter_queue: String,
-    pub bind: Option<Binding>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Binding {
-    pub exchange: String,
-    pub kind: ExchangeType,
-    pub routing_keys: Vec<String>,
 }
 
 /// The process's connection to RabbitMQ.
@@ -270,27 +285,25 @@ impl Broker {
         bounded(what, CALL_TIMEOUT, self.declare_unbounded(t)).await
     }
 
-    async fn declare_unbounded(&self, t: &Topology) -> Result<(), lapin::Error> {
+    async fn declare_unbounded(&self, t: &Topology) -> Result<(), Error> {
         let ch = self.conn.create_channel().await?;
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let mut args = FieldTable::default();
-        if t.quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
-        ch.queue_declare(t.queue.as_str().into(), durable, args)
-            .await?;
+        let dead = &t.dead_letter_queue;
+        // The dead-letter queue first: a quorum work queue dead-letters
+        // into it.
         ch.queue_declare(
-            t.dead_letter_queue.as_str().into(),
+            dead.as_str().into(),
             durable,
-            FieldTable::default(),
+            queues::dead_letter_queue(t.kind),
         )
-        .await?;
+        .await
+        .map_err(|e| declare_error(dead, e))?;
+        ch.queue_declare(t.queue.as_str().into(), durable, queues::work_queue(t))
+            .await
+            .map_err(|e| declare_error(&t.queue, e))?;
         if let Some(b) = &t.bind {
             let kind = match b.kind {
                 ExchangeType::Direct => ExchangeKind::Direct,

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_BOOKKEEPING_KEY, ENV_REDIS_URL};
+use super::{
+    Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_AMQP_URLS, ENV_BOOKKEEPING_KEY, ENV_REDIS_URL,
+};
 
 impl Config {
     /// Reads, parses, applies the environment overrides and validates.
@@ -26,9 +28,9 @@ impl Config {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
         config.path = path.to_path_buf();
-        if let Some(url) = env(ENV_AMQP_URL) {
-            config.amqp.url = url;
-        }
+        config
+            .amqp_endpoints(env(ENV_AMQP_URL), env(ENV_AMQP_URLS))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
             redis.url = url;
         }
@@ -49,11 +51,60 @@ impl Config {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
             }
+            // Ordered: one message at a time, whatever the file says for
+            // the keys that would allow more (docs/semantics.md).
+            if h.ordered {
+                h.consumers = 1;
+                h.channels = 1;
+                h.prefetch = 1;
+                h.max_batch = 1;
+            }
         }
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Settles `amqp.url` and `amqp.urls` into one list of endpoints (in
+    /// `urls`, the first also in `url`), the environment winning over the
+    /// file: `WARREN_AMQP_URL` (one broker), else `WARREN_AMQP_URLS`
+    /// (comma-separated).
+    fn amqp_endpoints(&mut self, one: Option<String>, many: Option<String>) -> anyhow::Result<()> {
+        let amqp = &mut self.amqp;
+        if let Some(url) = one {
+            amqp.urls = vec![url];
+        } else if let Some(list) = many {
+            amqp.urls = list
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+        } else {
+            match (amqp.url.is_empty(), amqp.urls.is_empty()) {
+                (false, false) => anyhow::bail!(
+                    "key amqp.urls: set amqp.url (one broker) or amqp.urls (several nodes), not both"
+                ),
+                (true, true) => anyhow::bail!(
+                    "key amqp.url: missing: set amqp.url (one broker) or amqp.urls (several nodes)"
+                ),
+                (false, true) => amqp.urls = vec![amqp.url.clone()],
+                (true, false) => {}
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in &amqp.urls {
+            if !seen.insert(url) {
+                anyhow::bail!("key amqp.urls: {} is listed twice", super::redact_url(url));
+            }
+        }
+        if amqp.urls.is_empty() {
+            anyhow::bail!("key amqp.urls: the list is empty; name at least one broker");
+        }
+        amqp.url = amqp.urls[0].clone();
+        Ok(())
     }
 }
 
