@@ -32,7 +32,17 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
                 false => at("amqp.url"),
             })?;
     }
+    // Read once here so a missing or unreadable file fails the start; they
+    // are read again at each connection, so renewed ones are picked up.
+    config
+        .amqp
+        .tls
+        .read("amqp.tls")
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     if let Some(r) = &config.redis {
+        r.tls
+            .read("redis.tls")
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         dedup::validate_url(&r.url)
             .map_err(anyhow::Error::msg)
             .with_context(|| at("redis.url"))?;

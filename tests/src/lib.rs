@@ -71,3 +71,4 @@ pub mod raw_amqp;
 pub mod redis_server;
 pub mod relay;
 pub mod tally;
+pub mod tls_certs;

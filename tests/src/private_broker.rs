@@ -183,8 +183,17 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a fresh node and waits until it accepts connections.
     pub fn start() -> PrivateBroker {
+        Self::start_with("")
+    }
+
+    /// [`PrivateBroker::start`] with more lines of `rabbitmq.conf` (a TLS
+    /// listener, say).
+    pub fn start_with(conf: &str) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
         let node = Node::configure("test", dir.path().to_path_buf());
+        let path = node.dir.join("rabbitmq.conf");
+        let base = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{base}{conf}")).unwrap();
         node.boot();
         PrivateBroker {
             port: node.port,

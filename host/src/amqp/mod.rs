@@ -53,11 +53,12 @@ use futures_util::stream::BoxStream;
 use lapin::options::{
     BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionBuilder, ConnectionProperties, ExchangeKind};
 
-use crate::config::ExchangeType;
+use crate::config::{ExchangeType, TlsPem};
 
 pub use consumer::{ConsumerChannel, Inbound};
 pub use publisher::{DeadLetter, PublishError, Publisher};
@@ -142,6 +143,9 @@ pub enum Error {
     Url(String),
     #[error("no answer from RabbitMQ within {}s to {what}", .after.as_secs_f32())]
     Timeout { what: String, after: Duration },
+    /// A TLS file could not be read.
+    #[error("{0}")]
+    Tls(String),
     /// The queue exists with other arguments (type, delivery limit, single
     /// active consumer...) than warren declares for it. No retry can fix
     /// that: an operator changes the config or migrates the queue.
@@ -247,7 +251,15 @@ impl Broker {
     /// [`HEARTBEAT_SECS`] unless the URL asks for another. `key` signs and
     /// verifies the bookkeeping headers; every process of a group must
     /// share it.
-    pub async fn connect(url: &str, name: &str, key: bookkeeping::Key) -> Result<Broker, Error> {
+    ///
+    /// An `amqps://` URL is verified against `tls.ca` (the system's roots
+    /// without one) and presents `tls.identity` when set.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        key: bookkeeping::Key,
+        tls: &TlsPem,
+    ) -> Result<Broker, Error> {
         let mut uri: AMQPUri = url.parse().map_err(Error::Url)?;
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(HEARTBEAT_SECS);
@@ -255,7 +267,28 @@ impl Broker {
         let (host, port) = (uri.authority.host.clone(), uri.authority.port);
         let what = || format!("connecting to {host}:{port}");
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = bounded(what, CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await?;
+        let tls = OwnedTLSConfig {
+            cert_chain: tls
+                .ca
+                .as_ref()
+                .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+            identity: tls
+                .identity
+                .as_ref()
+                .map(|(cert, key)| OwnedIdentity::PKCS8 {
+                    pem: cert.clone(),
+                    key: key.clone(),
+                }),
+        };
+        let connect = async {
+            ConnectionBuilder::new()?
+                .with_uri(uri)
+                .with_properties(props)
+                .with_tls_config(tls)
+                .connect()
+                .await
+        };
+        let conn = bounded(what, CONNECT_TIMEOUT, connect).await?;
         let probe = bounded(
             || "opening the liveness probe channel".into(),
             CALL_TIMEOUT,

@@ -34,6 +34,10 @@ impl Config {
         if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
             redis.url = url;
         }
+        tls_overrides(&mut config.amqp.tls, "WARREN_AMQP_TLS", &env);
+        if let Some(redis) = config.redis.as_mut() {
+            tls_overrides(&mut redis.tls, "WARREN_REDIS_TLS", &env);
+        }
         if let Some(key) = env(ENV_BOOKKEEPING_KEY) {
             config.amqp.bookkeeping_key = Some(key);
         }
@@ -47,6 +51,17 @@ impl Config {
             Some(dir) => Some(dir),
             None => default_cache_dir(&env),
         };
+        let mut tls: Vec<&mut super::Tls> = vec![&mut config.amqp.tls];
+        tls.extend(config.redis.as_mut().map(|r| &mut r.tls));
+        for t in tls {
+            for file in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
+                if let Some(f) = file.as_mut()
+                    && f.is_relative()
+                {
+                    *f = base.join(&*f);
+                }
+            }
+        }
         for h in &mut config.handlers {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
@@ -105,6 +120,20 @@ impl Config {
         }
         amqp.url = amqp.urls[0].clone();
         Ok(())
+    }
+}
+
+/// `<prefix>_CA_FILE`, `<prefix>_CERT_FILE` and `<prefix>_KEY_FILE` over
+/// the file's TLS keys.
+fn tls_overrides(tls: &mut super::Tls, prefix: &str, env: &impl Fn(&str) -> Option<String>) {
+    for (name, file) in [
+        ("CA_FILE", &mut tls.ca_file),
+        ("CERT_FILE", &mut tls.cert_file),
+        ("KEY_FILE", &mut tls.key_file),
+    ] {
+        if let Some(v) = env(&format!("{prefix}_{name}")) {
+            *file = Some(PathBuf::from(v));
+        }
     }
 }
 

@@ -79,6 +79,9 @@ pub struct Amqp {
     /// Longest wait between reconnection attempts.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Certificates for `amqps://` URLs (`[amqp.tls]`).
+    #[serde(default)]
+    pub tls: Tls,
     /// The secret that signs warren's bookkeeping headers (attempt, first
     /// exchange and routing key), shared by every process of a group;
     /// `WARREN_BOOKKEEPING_KEY` wins. Without it the AMQP URL (with its
@@ -115,6 +118,77 @@ pub struct Redis {
     pub prefix: String,
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
+    /// Certificates for a `rediss://` URL (`[redis.tls]`).
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// The certificates of a TLS connection (`amqps://`, `rediss://`), as PEM
+/// files; relative paths are relative to the config file. Each key has an
+/// environment override, `WARREN_AMQP_TLS_*` and `WARREN_REDIS_TLS_*`
+/// (`CA_FILE`, `CERT_FILE`, `KEY_FILE`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The CA certificates the server's certificate must chain to, in
+    /// place of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain), for servers that ask for one; needs
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+/// What [`Tls`] names, read: the PEM texts the client libraries take. The
+/// key never shows in `Debug`.
+#[derive(Clone, Default)]
+pub struct TlsPem {
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("identity", &self.identity.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Reads the files. `section` (`amqp.tls`, `redis.tls`) names the keys
+    /// in errors.
+    pub fn read(&self, section: &str) -> anyhow::Result<TlsPem> {
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("key {section}.{key}: cannot read {}: {e}", path.display())
+            })
+        };
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|p| read("ca_file", p))
+            .transpose()?;
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
+            (None, None) => None,
+            (Some(_), None) => {
+                anyhow::bail!("key {section}.key_file: missing: cert_file needs the key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("key {section}.cert_file: missing: key_file needs the certificate")
+            }
+        };
+        Ok(TlsPem { ca, identity })
+    }
 }
 
 /// What to do with messages while Redis does not answer.

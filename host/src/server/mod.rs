@@ -57,8 +57,17 @@ impl Host {
             let key = amqp::bookkeeping::Key::new(secret.as_bytes());
             let url = endpoints.current();
             let endpoint = redact_url(url);
+            // Read at every attempt, so renewed certificates are picked up.
+            let connect = async {
+                let tls = config
+                    .amqp
+                    .tls
+                    .read("amqp.tls")
+                    .map_err(|e| amqp::Error::Tls(format!("{e:#}")))?;
+                Broker::connect(url, &name, key, &tls).await
+            };
             let connect = tokio::select! {
-                c = Broker::connect(url, &name, key) => c,
+                c = connect => c,
                 _ = shutdown.wait_for(|s| *s) => break Ok(()),
             };
             let broker = match connect {

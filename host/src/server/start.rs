@@ -125,12 +125,15 @@ impl Host {
 
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
-                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
-                    format!(
-                        "cannot connect to Redis at {}",
-                        crate::config::redact_url(&r.url)
-                    )
-                })?;
+                let tls = r.tls.read("redis.tls")?;
+                let store = Store::redis_tls(&r.url, &r.prefix, &tls)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to Redis at {}",
+                            crate::config::redact_url(&r.url)
+                        )
+                    })?;
                 (store, r.on_unavailable)
             }
             None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
