@@ -130,8 +130,9 @@ pub struct Redis {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    /// The CA certificates the server's certificate must chain to, in
-    /// place of the system's roots.
+    /// CA certificates the server's certificate may chain to. For AMQP
+    /// they are trusted besides the system's roots; for Redis, instead of
+    /// them (what each client library does with a CA).
     pub ca_file: Option<PathBuf>,
     /// A client certificate (chain), for servers that ask for one; needs
     /// `key_file`.

@@ -22,13 +22,6 @@ impl Config {
             );
         }
         let amqps = self.amqp.urls.iter().any(|u| u.starts_with("amqps://"));
-        // The AMQP client is built without a system root store (it would
-        // bring a PKCS#12 and X.509 stack along): the CA is named.
-        if amqps && self.amqp.tls.ca_file.is_none() {
-            bail!(
-                "key amqp.tls.ca_file: missing: an amqps:// URL needs the CA that signs the broker's certificate (for a public CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
-            );
-        }
         if self.amqp.tls.is_set() && !amqps {
             bail!("key amqp.tls: certificates are set but no AMQP URL is amqps://");
         }
