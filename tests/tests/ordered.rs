@@ -50,7 +50,7 @@ async fn two_hosts_keep_1000_messages_in_order_and_the_survivor_takes_over_witho
         .await;
 
     // A third of the way, the host doing the work is killed.
-    let mut got = outputs_until(&f, N / 3, Duration::from_secs(120)).await;
+    let mut got = outputs_until(&f, N / 3, Duration::from_secs(600)).await;
     let acks: Vec<u64> = f.warrens.iter().map(|w| w.outcome("ack")).collect();
     let active = usize::from(acks[1] > 0);
     assert_eq!(
@@ -62,7 +62,7 @@ async fn two_hosts_keep_1000_messages_in_order_and_the_survivor_takes_over_witho
     f.warrens[active].wait(Duration::from_secs(10));
     let survivor = 1 - active;
     got.extend(
-        outputs_until(&f, N, Duration::from_secs(240))
+        outputs_until(&f, N, Duration::from_secs(900))
             .await
             .into_iter(),
     );
@@ -104,6 +104,7 @@ async fn a_failing_message_is_retried_in_place_and_nothing_overtakes_it() {
     let f = Fixture::new("ordered-retry")
         .guest("sandbox")
         .handler("sandbox")
+        .quorum()
         .extra("ordered = true\n[handler.retry]\nbackoff_ms = 100\n")
         .start()
         .await;
