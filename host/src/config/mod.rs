@@ -173,6 +173,16 @@ impl Tls {
                 anyhow::anyhow!("key {section}.{key}: cannot read {}: {e}", path.display())
             })
         };
+        // The pairing first: a config mistake before any file is read.
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                anyhow::bail!("key {section}.key_file: missing: cert_file needs the key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("key {section}.cert_file: missing: key_file needs the certificate")
+            }
+            _ => {}
+        }
         let ca = self
             .ca_file
             .as_ref()
@@ -180,13 +190,7 @@ impl Tls {
             .transpose()?;
         let identity = match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
-            (None, None) => None,
-            (Some(_), None) => {
-                anyhow::bail!("key {section}.key_file: missing: cert_file needs the key")
-            }
-            (None, Some(_)) => {
-                anyhow::bail!("key {section}.cert_file: missing: key_file needs the certificate")
-            }
+            _ => None,
         };
         Ok(TlsPem { ca, identity })
     }

@@ -233,3 +233,38 @@ fn ordered_handlers_take_one_message_at_a_time() {
         "{err}"
     );
 }
+
+#[test]
+fn tls_files_need_a_tls_url_and_come_from_the_environment_too() {
+    let with_tls = format!("{MINIMAL}").replace(
+        "[[handler]]",
+        "[amqp.tls]\nca_file = \"ca.pem\"\n\n[[handler]]",
+    );
+    let err = parse(&with_tls).unwrap_err().to_string();
+    assert!(
+        err.contains("key amqp.tls: certificates are set but no AMQP URL is amqps://"),
+        "{err}"
+    );
+    let amqps = with_tls.replace("amqp://guest", "amqps://guest");
+    let c = parse(&amqps).unwrap();
+    assert_eq!(
+        c.amqp.tls.ca_file.as_deref(),
+        Some(Path::new("/etc/warren/ca.pem")),
+        "relative to the config file"
+    );
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = amqps.replace("MODULE", &module.display().to_string());
+    let c = Config::parse(&text, Path::new("/etc/warren/warren.toml"), |k| match k {
+        "WARREN_AMQP_TLS_CERT_FILE" => Some("/run/secrets/client.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        c.amqp.tls.cert_file.as_deref(),
+        Some(Path::new("/run/secrets/client.pem"))
+    );
+    let err = c.amqp.tls.read("amqp.tls").unwrap_err().to_string();
+    assert!(err.contains("key amqp.tls.key_file: missing"), "{err}");
+}
