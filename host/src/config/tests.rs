@@ -236,7 +236,7 @@ fn ordered_handlers_take_one_message_at_a_time() {
 
 #[test]
 fn tls_files_need_a_tls_url_and_come_from_the_environment_too() {
-    let with_tls = format!("{MINIMAL}").replace(
+    let with_tls = MINIMAL.replace(
         "[[handler]]",
         "[amqp.tls]\nca_file = \"ca.pem\"\n\n[[handler]]",
     );
