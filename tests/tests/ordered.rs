@@ -7,12 +7,11 @@ use warren_tests::broker::Got;
 use warren_tests::fixture::{Fixture, Running, SHARED_REDIS};
 use warren_tests::process::eventually;
 
-/// Reads the output queue until `n` distinct bodies arrived; every copy, in
-/// arrival order.
-async fn outputs_until(f: &Running, n: usize, timeout: Duration) -> Vec<Got> {
+/// Reads the output queue into `got` until `n` distinct bodies arrived in
+/// all; every copy, in arrival order.
+async fn outputs_until(f: &Running, got: &mut Vec<Got>, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let mut got: Vec<Got> = Vec::new();
-    let mut distinct = std::collections::HashSet::new();
+    let mut distinct: std::collections::HashSet<String> = got.iter().map(Got::body_str).collect();
     while distinct.len() < n {
         let batch = f.rabbit.drain(&f.out).await;
         if batch.is_empty() {
@@ -28,7 +27,6 @@ async fn outputs_until(f: &Running, n: usize, timeout: Duration) -> Vec<Got> {
             got.push(g);
         }
     }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,7 +48,8 @@ async fn two_hosts_keep_1000_messages_in_order_and_the_survivor_takes_over_witho
         .await;
 
     // A third of the way, the host doing the work is killed.
-    let mut got = outputs_until(&f, N / 3, Duration::from_secs(600)).await;
+    let mut got = Vec::new();
+    outputs_until(&f, &mut got, N / 3, Duration::from_secs(600)).await;
     let acks: Vec<u64> = f.warrens.iter().map(|w| w.outcome("ack")).collect();
     let active = usize::from(acks[1] > 0);
     assert_eq!(
@@ -61,11 +60,7 @@ async fn two_hosts_keep_1000_messages_in_order_and_the_survivor_takes_over_witho
     f.warrens[active].signal("KILL");
     f.warrens[active].wait(Duration::from_secs(10));
     let survivor = 1 - active;
-    got.extend(
-        outputs_until(&f, N, Duration::from_secs(900))
-            .await
-            .into_iter(),
-    );
+    outputs_until(&f, &mut got, N, Duration::from_secs(900)).await;
     // Whatever the dead host had in flight is back and handled by now.
     eventually(Duration::from_secs(30), "work queue empty", || async {
         f.rabbit.ready(std::slice::from_ref(&f.queue)).await == [0]
