@@ -64,6 +64,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-v
 # The dashboard's browser test: Debian's headless chromium and its
 # WebDriver (tests/src/browser.rs drives them).
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
+# The TLS tests make their certificates with openssl; the cluster tests
+# start nodes in sessions of their own with setsid (util-linux).
+command -v openssl >/dev/null || apt_install openssl
+command -v setsid >/dev/null || apt_install util-linux
 
 # Rust: the guest target and the test runner.
 if ! command -v cargo >/dev/null; then

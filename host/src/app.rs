@@ -23,9 +23,22 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     // it, or its password, in any form.
     logging::hide(config.secrets());
     let at = |key: &str| format!("{}: key {key}", path.display());
-    amqp::validate_url(&config.amqp.url)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| at("amqp.url"))?;
+    let several = config.amqp.endpoints().len() > 1;
+    for (i, url) in config.amqp.endpoints().iter().enumerate() {
+        amqp::validate_url(url)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| match several {
+                true => at(&format!("amqp.urls[{i}]")),
+                false => at("amqp.url"),
+            })?;
+    }
+    // Read once here so a missing or unreadable file fails the start; they
+    // are read again at each connection, so renewed ones are picked up.
+    config
+        .amqp
+        .tls
+        .read("amqp.tls")
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     crate::signing::Trust::new(&config.deploy.trusted_keys, config.deploy.require_signed)
         .map_err(anyhow::Error::msg)
         .with_context(|| at("deploy.trusted_keys"))?;
@@ -35,6 +48,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
             .with_context(|| at("fleet.url"))?;
     }
     if let Some(r) = &config.redis {
+        r.tls
+            .read("redis.tls")
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         dedup::validate_url(&r.url)
             .map_err(anyhow::Error::msg)
             .with_context(|| at("redis.url"))?;

@@ -54,9 +54,18 @@ pub fn tier(delay: Duration) -> Duration {
     Duration::from_millis(best).min(MAX_DELAY)
 }
 
-/// The name of the wait queue for `queue` and a tier.
-pub fn wait_queue(queue: &str, tier: Duration) -> String {
-    format!("{queue}.retry.{}ms", tier.as_millis())
+/// The name of the wait queue for `queue` and a tier. A quorum work
+/// queue's wait queues are quorum queues too, under names of their own
+/// (`orders.retry.quorum.1500ms`): a queue's type is fixed when it is
+/// created, so a handler moved from classic to quorum declares new wait
+/// queues rather than clash with the old ones, which still drain into the
+/// work queue.
+pub fn wait_queue(queue: &str, tier: Duration, quorum: bool) -> String {
+    let ms = tier.as_millis();
+    match quorum {
+        false => format!("{queue}.retry.{ms}ms"),
+        true => format!("{queue}.retry.quorum.{ms}ms"),
+    }
 }
 
 #[cfg(test)]
@@ -110,8 +119,12 @@ mod tests {
         }
         assert!(seen.len() <= 11 * 5 + 1, "{} tiers", seen.len());
         assert_eq!(
-            wait_queue("orders", Duration::from_millis(1500)),
+            wait_queue("orders", Duration::from_millis(1500), false),
             "orders.retry.1500ms"
+        );
+        assert_eq!(
+            wait_queue("orders", Duration::from_millis(1500), true),
+            "orders.retry.quorum.1500ms"
         );
     }
 }

@@ -38,6 +38,8 @@ pub struct Fixture {
     warren_amqp: Option<String>,
     broker: String,
     processes: usize,
+    /// The work queue is a quorum queue, declared by warren.
+    quorum: bool,
 }
 
 impl Fixture {
@@ -55,6 +57,7 @@ impl Fixture {
             warren_amqp: None,
             broker: AMQP_URL.into(),
             processes: 1,
+            quorum: false,
         }
     }
 
@@ -116,6 +119,15 @@ impl Fixture {
         self
     }
 
+    /// A quorum work queue (`queue_type = "quorum"`), which warren
+    /// declares (the fixture does not: it could not match its arguments),
+    /// and a quorum output queue: both survive a node of a cluster.
+    pub fn quorum(mut self) -> Fixture {
+        self.extra = format!("queue_type = \"quorum\"\n{}", self.extra);
+        self.quorum = true;
+        self
+    }
+
     /// How many `warren run` processes share the queue.
     pub fn processes(mut self, n: usize) -> Fixture {
         self.processes = n;
@@ -151,8 +163,12 @@ impl Fixture {
             tracked: Vec::new(),
             setup: self,
         };
-        f.rabbit.declare(&f.queue).await;
-        f.rabbit.declare(&f.out).await;
+        if f.setup.quorum {
+            f.rabbit.declare_quorum(&f.out).await;
+        } else {
+            f.rabbit.declare(&f.queue).await;
+            f.rabbit.declare(&f.out).await;
+        }
         f
     }
 }
@@ -221,6 +237,24 @@ impl Running {
         let admin = free_port();
         self.warrens
             .push(Warren::start(&self.config(admin), Some(admin)));
+        let w = self.warrens.last_mut().unwrap();
+        w.wait_log("consuming", Duration::from_secs(30));
+        w
+    }
+
+    /// Starts one more process connecting to `urls` (`[amqp] urls`) and
+    /// waits until it consumes.
+    pub fn launch_urls(&mut self, urls: &[String]) -> &mut Warren {
+        let admin = free_port();
+        let s = &self.setup;
+        let one = s.warren_amqp.as_deref().unwrap_or(&s.broker);
+        let list: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+        let config = self.config(admin).replacen(
+            &format!("url = \"{one}\""),
+            &format!("urls = [{}]", list.join(", ")),
+            1,
+        );
+        self.warrens.push(Warren::start(&config, Some(admin)));
         let w = self.warrens.last_mut().unwrap();
         w.wait_log("consuming", Duration::from_secs(30));
         w

@@ -79,7 +79,10 @@ impl ConsumerChannel {
         })
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(ack_batcher(rx, tag.to_string()));
+        // With a prefetch of one the broker sends the next delivery only
+        // after this one's ack: holding it back would only add the delay.
+        let batch = if prefetch == 1 { 1 } else { ACK_BATCH };
+        tokio::spawn(ack_batcher(rx, tag.to_string(), batch));
         Ok(Self {
             channel,
             consumer,
@@ -275,6 +278,20 @@ impl Inbound {
         self.bookkeeping.as_ref().map_or(1, |b| b.attempt)
     }
 
+    /// Ordered mode: the delivery stays with this host, unacked, for another
+    /// attempt in place; from now on it counts as attempt `attempt`. Kept
+    /// in memory only: if the host dies, the broker's redelivery starts
+    /// again from the attempt its headers say.
+    pub fn retry_in_place(&mut self, attempt: u32) {
+        let d = &self.delivery;
+        let b = self.bookkeeping.get_or_insert_with(|| Bookkeeping {
+            attempt: 1,
+            exchange: d.exchange.to_string(),
+            routing_key: d.routing_key.to_string(),
+        });
+        b.attempt = attempt;
+    }
+
     /// The exchange the message was first published to: the signed
     /// `x-warren-exchange` of a retry, or the delivery's own.
     pub fn original_exchange(&self) -> String {
@@ -349,7 +366,7 @@ enum AckEvent {
 /// acks; ends when every sender (the consumer and its deliveries) is gone.
 /// Every flush is bounded, so a dead connection whose ack futures never
 /// resolve cannot wedge the batcher, nor [`ConsumerChannel::close`] behind it.
-async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
+async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String, batch: usize) {
     let mut outstanding: BTreeMap<u64, Option<(Acker, Disposition)>> = BTreeMap::new();
     let mut ready = 0usize;
     let mut deadline: Option<Instant> = None;
@@ -373,7 +390,7 @@ async fn ack_batcher(mut rx: mpsc::UnboundedReceiver<AckEvent>, tag: String) {
             Some(AckEvent::Settled(t, acker, how)) => {
                 outstanding.insert(t, Some((acker, how)));
                 ready += 1;
-                if how == Disposition::Requeue || ready >= ACK_BATCH {
+                if how == Disposition::Requeue || ready >= batch {
                     flush(&mut outstanding, &tag).await;
                     (ready, deadline) = (0, None);
                 } else if deadline.is_none() {

@@ -37,6 +37,7 @@ pub mod fleet;
 pub mod limits;
 pub mod publisher;
 pub mod quarantine;
+pub mod queues;
 
 /// AMQP's data model as this module's callers see it: field tables and
 /// values, short strings, message properties. Re-exported so that the
@@ -58,14 +59,16 @@ use futures_util::stream::BoxStream;
 use lapin::options::{
     BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionBuilder, ConnectionProperties, ExchangeKind};
 
-use crate::config::ExchangeType;
+use crate::config::{ExchangeType, TlsPem};
 
 pub use consumer::{ConsumerChannel, Inbound};
 pub use publisher::{DeadLetter, PublishError, Publisher};
+pub use queues::{Binding, QueueKind, Topology};
 
 /// Every header warren writes for its own bookkeeping starts with this;
 /// guests never see them, and may not write them.
@@ -149,6 +152,38 @@ pub enum Error {
     /// The broker refused or could not route a fleet publish.
     #[error("{0}")]
     Refused(String),
+    /// A TLS file could not be read.
+    #[error("{0}")]
+    Tls(String),
+    /// The queue exists with other arguments (type, delivery limit, single
+    /// active consumer...) than warren declares for it. No retry can fix
+    /// that: an operator changes the config or migrates the queue.
+    #[error(
+        "queue {queue:?} exists with other arguments than warren declares for it ({broker}); warren never changes an existing queue: set the handler's queue_type, delivery_limit and ordered to match it, or move its messages to a queue declared anew (docs/semantics.md, \"Queue types\")"
+    )]
+    Mismatch { queue: String, broker: String },
+}
+
+impl Error {
+    /// Whether retrying the same call cannot help (a queue declared with
+    /// other arguments than it has).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Mismatch { .. })
+    }
+}
+
+/// A declaration's error, as [`Error::Mismatch`] when the broker refused it
+/// because `queue` exists with other arguments.
+fn declare_error(queue: &str, e: lapin::Error) -> Error {
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
+        && amqp.get_id() == 406
+    {
+        return Error::Mismatch {
+            queue: queue.to_string(),
+            broker: amqp.get_message().to_string(),
+        };
+    }
+    Error::Amqp(e)
 }
 
 /// Awaits `fut` for at most `after`; on time-out, an error naming `what`.
@@ -189,22 +224,6 @@ impl ConsumerProbe {
     }
 }
 
-/// What to declare for one handler.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub queue: String,
-    pub quorum: bool,
-    pub dead_letter_queue: String,
-    pub bind: Option<Binding>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Binding {
-    pub exchange: String,
-    pub kind: ExchangeType,
-    pub routing_keys: Vec<String>,
-}
-
 /// The process's connection to RabbitMQ.
 pub struct Broker {
     /// Shared with the publisher, which opens throwaway channels on it.
@@ -241,7 +260,15 @@ impl Broker {
     /// [`HEARTBEAT_SECS`] unless the URL asks for another. `key` signs and
     /// verifies the bookkeeping headers; every process of a group must
     /// share it.
-    pub async fn connect(url: &str, name: &str, key: bookkeeping::Key) -> Result<Broker, Error> {
+    ///
+    /// An `amqps://` URL is verified against `tls.ca` (the system's roots
+    /// without one) and presents `tls.identity` when set.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        key: bookkeeping::Key,
+        tls: &TlsPem,
+    ) -> Result<Broker, Error> {
         let mut uri: AMQPUri = url.parse().map_err(Error::Url)?;
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(HEARTBEAT_SECS);
@@ -249,7 +276,28 @@ impl Broker {
         let (host, port) = (uri.authority.host.clone(), uri.authority.port);
         let what = || format!("connecting to {host}:{port}");
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = bounded(what, CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await?;
+        let tls = OwnedTLSConfig {
+            cert_chain: tls
+                .ca
+                .as_ref()
+                .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+            identity: tls
+                .identity
+                .as_ref()
+                .map(|(cert, key)| OwnedIdentity::PKCS8 {
+                    pem: cert.clone(),
+                    key: key.clone(),
+                }),
+        };
+        let connect = async {
+            ConnectionBuilder::new()?
+                .with_uri(uri)
+                .with_properties(props)
+                .with_tls_config(tls)
+                .connect()
+                .await
+        };
+        let conn = bounded(what, CONNECT_TIMEOUT, connect).await?;
         let probe = bounded(
             || "opening the liveness probe channel".into(),
             CALL_TIMEOUT,
@@ -279,27 +327,25 @@ impl Broker {
         bounded(what, CALL_TIMEOUT, self.declare_unbounded(t)).await
     }
 
-    async fn declare_unbounded(&self, t: &Topology) -> Result<(), lapin::Error> {
+    async fn declare_unbounded(&self, t: &Topology) -> Result<(), Error> {
         let ch = self.conn.create_channel().await?;
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        let mut args = FieldTable::default();
-        if t.quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
-        ch.queue_declare(t.queue.as_str().into(), durable, args)
-            .await?;
+        let dead = &t.dead_letter_queue;
+        // The dead-letter queue first: a quorum work queue dead-letters
+        // into it.
         ch.queue_declare(
-            t.dead_letter_queue.as_str().into(),
+            dead.as_str().into(),
             durable,
-            FieldTable::default(),
+            queues::dead_letter_queue(t.kind),
         )
-        .await?;
+        .await
+        .map_err(|e| declare_error(dead, e))?;
+        ch.queue_declare(t.queue.as_str().into(), durable, queues::work_queue(t))
+            .await
+            .map_err(|e| declare_error(&t.queue, e))?;
         if let Some(b) = &t.bind {
             let kind = match b.kind {
                 ExchangeType::Direct => ExchangeKind::Direct,

@@ -27,6 +27,7 @@ use super::copies::{carried_headers, other_properties_size, without_headers};
 use super::limits::{
     BROKER_HEADER_RESERVE, cap_reason, cap_text, entry_size, header_budget, table_size,
 };
+use super::queues::QueueKind;
 use super::{
     CALL_TIMEOUT, CONFIRM_TIMEOUT, Error, H_ATTEMPT, H_DROPPED_HEADERS, H_ERROR_KIND, H_EXCHANGE,
     H_FAILED_AT, H_HANDLER, H_HOST, H_MODULE, H_REASON, H_ROUTING_KEY, Probed, bounded,
@@ -219,13 +220,14 @@ impl Publisher {
         self.publish(exchange, routing_key, body, props, true).await
     }
 
-    /// Sends `msg` to wait `delay` in `wait_queue`, after which the broker
-    /// dead-letters it back to `work_queue` as attempt `attempt`.
+    /// Sends `msg` to wait `delay` in `wait_queue` (a queue of `kind`),
+    /// after which the broker dead-letters it back to `work_queue` as
+    /// attempt `attempt`.
     pub async fn retry(
         &self,
         msg: &Inbound,
         work_queue: &str,
-        wait_queue: &str,
+        (wait_queue, kind): (&str, QueueKind),
         delay: Duration,
         attempt: u32,
     ) -> Result<(), PublishError> {
@@ -255,7 +257,7 @@ impl Publisher {
                 "a retry copy needs {size} bytes of headers; at most {budget} fit in a frame with room for the broker's own"
             )));
         }
-        self.declare_wait_queue(work_queue, wait_queue, delay)
+        self.declare_wait_queue(work_queue, wait_queue, kind, delay)
             .await?;
         let props = props.with_headers(headers);
         self.publish("", wait_queue, msg.body(), props, true).await
@@ -340,6 +342,7 @@ impl Publisher {
         &self,
         work_queue: &str,
         wait_queue: &str,
+        kind: QueueKind,
         delay: Duration,
     ) -> Result<(), PublishError> {
         if self
@@ -350,19 +353,7 @@ impl Publisher {
         {
             return Ok(());
         }
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(work_queue.into()),
-        );
+        let args = super::queues::wait_queue(kind, work_queue, delay);
         let opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::{
-    Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_BOOKKEEPING_KEY, ENV_OTLP_ENDPOINT,
+    Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_AMQP_URLS, ENV_BOOKKEEPING_KEY, ENV_OTLP_ENDPOINT,
     ENV_OTLP_TRACES_ENDPOINT, ENV_REDIS_URL, ENV_SERVICE_NAME,
 };
 
@@ -29,11 +29,15 @@ impl Config {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
         config.path = path.to_path_buf();
-        if let Some(url) = env(ENV_AMQP_URL) {
-            config.amqp.url = url;
-        }
+        config
+            .amqp_endpoints(env(ENV_AMQP_URL), env(ENV_AMQP_URLS))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
             redis.url = url;
+        }
+        tls_overrides(&mut config.amqp.tls, "WARREN_AMQP_TLS", &env);
+        if let Some(redis) = config.redis.as_mut() {
+            tls_overrides(&mut redis.tls, "WARREN_REDIS_TLS", &env);
         }
         if let Some(key) = env(ENV_BOOKKEEPING_KEY) {
             config.amqp.bookkeeping_key = Some(key);
@@ -57,6 +61,17 @@ impl Config {
             Some(dir) => Some(dir),
             None => default_cache_dir(&env),
         };
+        let mut tls: Vec<&mut super::Tls> = vec![&mut config.amqp.tls];
+        tls.extend(config.redis.as_mut().map(|r| &mut r.tls));
+        for t in tls {
+            for file in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
+                if let Some(f) = file.as_mut()
+                    && f.is_relative()
+                {
+                    *f = base.join(&*f);
+                }
+            }
+        }
         for h in &mut config.handlers {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
@@ -72,6 +87,14 @@ impl Config {
                     )
                 })?;
             }
+            // Ordered: one message at a time, whatever the file says for
+            // the keys that would allow more (docs/semantics.md).
+            if h.ordered {
+                h.consumers = 1;
+                h.channels = 1;
+                h.prefetch = 1;
+                h.max_batch = 1;
+            }
         }
         config
             .validate()
@@ -85,6 +108,61 @@ impl Config {
 /// (`warren test` caches there too).
 pub fn default_module_cache_dir() -> Option<PathBuf> {
     default_cache_dir(&|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+impl Config {
+    /// Settles `amqp.url` and `amqp.urls` into one list of endpoints (in
+    /// `urls`, the first also in `url`), the environment winning over the
+    /// file: `WARREN_AMQP_URL` (one broker), else `WARREN_AMQP_URLS`
+    /// (comma-separated).
+    fn amqp_endpoints(&mut self, one: Option<String>, many: Option<String>) -> anyhow::Result<()> {
+        let amqp = &mut self.amqp;
+        if let Some(url) = one {
+            amqp.urls = vec![url];
+        } else if let Some(list) = many {
+            amqp.urls = list
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+        } else {
+            match (amqp.url.is_empty(), amqp.urls.is_empty()) {
+                (false, false) => anyhow::bail!(
+                    "key amqp.urls: set amqp.url (one broker) or amqp.urls (several nodes), not both"
+                ),
+                (true, true) => anyhow::bail!(
+                    "key amqp.url: missing: set amqp.url (one broker) or amqp.urls (several nodes)"
+                ),
+                (false, true) => amqp.urls = vec![amqp.url.clone()],
+                (true, false) => {}
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in &amqp.urls {
+            if !seen.insert(url) {
+                anyhow::bail!("key amqp.urls: {} is listed twice", super::redact_url(url));
+            }
+        }
+        if amqp.urls.is_empty() {
+            anyhow::bail!("key amqp.urls: the list is empty; name at least one broker");
+        }
+        amqp.url = amqp.urls[0].clone();
+        Ok(())
+    }
+}
+
+/// `<prefix>_CA_FILE`, `<prefix>_CERT_FILE` and `<prefix>_KEY_FILE` over
+/// the file's TLS keys.
+fn tls_overrides(tls: &mut super::Tls, prefix: &str, env: &impl Fn(&str) -> Option<String>) {
+    for (name, file) in [
+        ("CA_FILE", &mut tls.ca_file),
+        ("CERT_FILE", &mut tls.cert_file),
+        ("KEY_FILE", &mut tls.key_file),
+    ] {
+        if let Some(v) = env(&format!("{prefix}_{name}")) {
+            *file = Some(PathBuf::from(v));
+        }
+    }
 }
 
 /// `$XDG_CACHE_HOME/warren/modules`, or `$HOME/.cache/warren/modules`.

@@ -38,6 +38,9 @@ pub use values::{ConfigSource, ConfigValue};
 
 /// The environment variable that overrides `amqp.url`.
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
+/// The environment variable that overrides `amqp.urls`: URLs separated by
+/// commas. `WARREN_AMQP_URL` wins over it.
+pub const ENV_AMQP_URLS: &str = "WARREN_AMQP_URLS";
 /// The environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
 /// The environment variable that sets `amqp.bookkeeping_key`.
@@ -104,10 +107,23 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
+    /// One broker. After [`Config::load`]: the first of [`Amqp::urls`],
+    /// whichever of the two keys the file set.
+    #[serde(default)]
     pub url: String,
+    /// Several nodes of one cluster: a host connects to one of them,
+    /// starting at a random one so that hosts spread over the nodes, and
+    /// moves to the next when it cannot connect or loses its connection.
+    /// After [`Config::load`] it holds every endpoint, also when the file
+    /// set only `url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Longest wait between reconnection attempts.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Certificates for `amqps://` URLs (`[amqp.tls]`).
+    #[serde(default)]
+    pub tls: Tls,
     /// The secret that signs warren's bookkeeping headers (attempt, first
     /// exchange and routing key), shared by every process of a group;
     /// `WARREN_BOOKKEEPING_KEY` wins. Without it the AMQP URL (with its
@@ -117,9 +133,21 @@ pub struct Amqp {
 }
 
 impl Amqp {
-    /// The secret that signs the bookkeeping headers.
-    pub fn bookkeeping_secret(&self) -> &str {
-        self.bookkeeping_key.as_deref().unwrap_or(&self.url)
+    /// The secret that signs the bookkeeping headers: the key, or else the
+    /// broker URLs (sorted, so hosts that list the same nodes in another
+    /// order agree; one URL alone is the secret it always was).
+    pub fn bookkeeping_secret(&self) -> String {
+        if let Some(key) = &self.bookkeeping_key {
+            return key.clone();
+        }
+        let mut urls = self.endpoints().to_vec();
+        urls.sort();
+        urls.join("\n")
+    }
+
+    /// The broker endpoints, at least one after [`Config::load`].
+    pub fn endpoints(&self) -> &[String] {
+        &self.urls
     }
 }
 
@@ -132,6 +160,82 @@ pub struct Redis {
     pub prefix: String,
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
+    /// Certificates for a `rediss://` URL (`[redis.tls]`).
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// The certificates of a TLS connection (`amqps://`, `rediss://`), as PEM
+/// files; relative paths are relative to the config file. Each key has an
+/// environment override, `WARREN_AMQP_TLS_*` and `WARREN_REDIS_TLS_*`
+/// (`CA_FILE`, `CERT_FILE`, `KEY_FILE`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// CA certificates the server's certificate may chain to. For AMQP
+    /// they are trusted besides the system's roots; for Redis, instead of
+    /// them (what each client library does with a CA).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain), for servers that ask for one; needs
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+/// What [`Tls`] names, read: the PEM texts the client libraries take. The
+/// key never shows in `Debug`.
+#[derive(Clone, Default)]
+pub struct TlsPem {
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("identity", &self.identity.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Reads the files. `section` (`amqp.tls`, `redis.tls`) names the keys
+    /// in errors.
+    pub fn read(&self, section: &str) -> anyhow::Result<TlsPem> {
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("key {section}.{key}: cannot read {}: {e}", path.display())
+            })
+        };
+        // The pairing first: a config mistake before any file is read.
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                anyhow::bail!("key {section}.key_file: missing: cert_file needs the key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("key {section}.cert_file: missing: key_file needs the certificate")
+            }
+            _ => {}
+        }
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|p| read("ca_file", p))
+            .transpose()?;
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
+            _ => None,
+        };
+        Ok(TlsPem { ca, identity })
+    }
 }
 
 /// What to do with messages while Redis does not answer.
@@ -190,8 +294,9 @@ impl Admin {
 // config in a log line or a panic leaks nothing.
 impl fmt::Debug for Amqp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
         f.debug_struct("Amqp")
-            .field("url", &redact_url(&self.url))
+            .field("urls", &urls)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .finish()
     }
@@ -224,6 +329,9 @@ impl Config {
     /// library's error text.
     pub fn secrets(&self) -> Vec<String> {
         let mut out = secrets_of_url(&self.amqp.url);
+        for url in &self.amqp.urls {
+            out.extend(secrets_of_url(url));
+        }
         if let Some(r) = &self.redis {
             out.extend(secrets_of_url(&r.url));
         }
@@ -275,6 +383,19 @@ pub struct Handler {
     pub queue: String,
     #[serde(default)]
     pub queue_type: QueueType,
+    /// Quorum queues only: how many times the broker may hand out a
+    /// delivery that comes back unsettled (its consumer's connection or
+    /// process died with it) before it dead-letters the message to the
+    /// dead-letter queue (`x-delivery-limit`); default
+    /// [`DEFAULT_DELIVERY_LIMIT`]. Failures the handler reports go through
+    /// `retry` and do not count (docs/semantics.md, "Quorum queues").
+    pub delivery_limit: Option<u32>,
+    /// One message at a time, in queue order, across every host: a single
+    /// active consumer on the queue, and a failed message retried in place
+    /// (docs/semantics.md, "Ordered mode"). `consumers`, `channels`,
+    /// `prefetch` and `max_batch` are then 1.
+    #[serde(default)]
+    pub ordered: bool,
     /// Messages in flight at once in this process.
     #[serde(default = "defaults::consumers")]
     pub consumers: u32,
@@ -473,6 +594,10 @@ impl Default for Publish {
     }
 }
 
+/// The `x-delivery-limit` of a quorum work queue when the handler sets none:
+/// RabbitMQ 4's own default for quorum queues.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
 /// The largest memory cap a handler may ask for.
 pub const MAX_MEMORY_MB: u32 = 4096;
 
@@ -481,6 +606,12 @@ impl Handler {
         self.dead_letter_queue
             .clone()
             .unwrap_or_else(|| format!("{}.dead", self.queue))
+    }
+
+    /// The quorum work queue's `x-delivery-limit`; none for a classic queue.
+    pub fn delivery_limit(&self) -> Option<u32> {
+        (self.queue_type == QueueType::Quorum)
+            .then(|| self.delivery_limit.unwrap_or(DEFAULT_DELIVERY_LIMIT))
     }
 
     pub fn timeout(&self) -> Duration {

@@ -281,3 +281,156 @@ fn deploy_and_fleet_sections_parse_and_are_checked() {
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("key fleet.exchange"), "{err}");
 }
+
+#[test]
+fn urls_list_the_endpoints_and_url_is_the_first() {
+    let c = parse(TWO_NODES).unwrap();
+    assert_eq!(c.amqp.endpoints().len(), 2);
+    assert_eq!(c.amqp.url, "amqp://u:secret1@node-a:5672/%2f");
+    let debug = format!("{:?}", c.amqp);
+    assert!(!debug.contains("secret"), "{debug}");
+    let secrets = c.secrets();
+    assert!(secrets.contains(&"secret1".to_string()), "{secrets:?}");
+    assert!(secrets.contains(&"secret2".to_string()), "{secrets:?}");
+    // One URL alone keeps the secret it always had.
+    let one = parse(MINIMAL).unwrap();
+    assert_eq!(one.amqp.endpoints(), std::slice::from_ref(&one.amqp.url));
+    assert_eq!(one.amqp.bookkeeping_secret(), one.amqp.url);
+}
+
+#[test]
+fn the_bookkeeping_secret_does_not_depend_on_the_order_of_the_urls() {
+    let a = parse(TWO_NODES).unwrap();
+    let swapped = TWO_NODES.replace(
+        r#"["amqp://u:secret1@node-a:5672/%2f", "amqp://u:secret2@node-b:5672/%2f"]"#,
+        r#"["amqp://u:secret2@node-b:5672/%2f", "amqp://u:secret1@node-a:5672/%2f"]"#,
+    );
+    let b = parse(&swapped).unwrap();
+    assert_eq!(a.amqp.bookkeeping_secret(), b.amqp.bookkeeping_secret());
+}
+
+#[test]
+fn url_and_urls_together_or_neither_are_errors() {
+    let both = TWO_NODES.replace("[amqp]\n", "[amqp]\nurl = \"amqp://x\"\n");
+    let err = parse(&both).unwrap_err().to_string();
+    assert!(err.contains("key amqp.urls: set amqp.url"), "{err}");
+    let neither = MINIMAL.replace("url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"", "");
+    let err = parse(&neither).unwrap_err().to_string();
+    assert!(err.contains("key amqp.url: missing"), "{err}");
+    let twice = TWO_NODES.replace("secret2@node-b", "secret1@node-a");
+    let err = parse(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("listed twice") && !err.contains("secret1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_overrides_the_endpoints() {
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = TWO_NODES.replace("MODULE", &module.display().to_string());
+    let c = Config::parse(&text, Path::new("x.toml"), |k| match k {
+        ENV_AMQP_URLS => Some("amqp://a:1/v, amqp://b:2/v,amqp://c:3/v".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        c.amqp.endpoints(),
+        ["amqp://a:1/v", "amqp://b:2/v", "amqp://c:3/v"]
+    );
+    let c = Config::parse(&text, Path::new("x.toml"), |k| match k {
+        ENV_AMQP_URL => Some("amqp://one:1/v".into()),
+        ENV_AMQP_URLS => Some("amqp://a:1/v,amqp://b:2/v".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.amqp.endpoints(), ["amqp://one:1/v"]);
+}
+
+#[test]
+fn a_delivery_limit_needs_a_quorum_queue_and_defaults_to_20() {
+    let err = parse(&format!("{MINIMAL}delivery_limit = 3\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("key delivery_limit: only quorum queues"),
+        "{err}"
+    );
+    let c = parse(&format!("{MINIMAL}queue_type = \"quorum\"\n")).unwrap();
+    assert_eq!(c.handlers[0].delivery_limit(), Some(DEFAULT_DELIVERY_LIMIT));
+    let c = parse(&format!(
+        "{MINIMAL}queue_type = \"quorum\"\ndelivery_limit = 3\n"
+    ))
+    .unwrap();
+    assert_eq!(c.handlers[0].delivery_limit(), Some(3));
+    assert_eq!(parse(MINIMAL).unwrap().handlers[0].delivery_limit(), None);
+}
+
+#[test]
+fn ordered_handlers_take_one_message_at_a_time() {
+    let c = parse(&format!(
+        "{MINIMAL}ordered = true\nconsumers = 16\nprefetch = 100\n"
+    ))
+    .unwrap();
+    let h = &c.handlers[0];
+    assert_eq!(
+        (h.consumers, h.channels, h.prefetch, h.max_batch),
+        (1, 1, 1, 1)
+    );
+    let err = parse(&format!(
+        "{MINIMAL}ordered = true\n[handler.retry]\nmax_attempts = 50\nmax_backoff_ms = 60000\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("key ordered: an ordered handler holds"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tls_files_need_a_tls_url_and_come_from_the_environment_too() {
+    let with_tls = MINIMAL.replace(
+        "[[handler]]",
+        "[amqp.tls]\nca_file = \"ca.pem\"\n\n[[handler]]",
+    );
+    let err = parse(&with_tls).unwrap_err().to_string();
+    assert!(
+        err.contains("key amqp.tls: certificates are set but no AMQP URL is amqps://"),
+        "{err}"
+    );
+    let amqps = with_tls.replace("amqp://guest", "amqps://guest");
+    let c = parse(&amqps).unwrap();
+    assert_eq!(
+        c.amqp.tls.ca_file.as_deref(),
+        Some(Path::new("/etc/warren/ca.pem")),
+        "relative to the config file"
+    );
+    let dir = std::env::temp_dir();
+    let module = dir.join("warren-config-test-module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let text = amqps.replace("MODULE", &module.display().to_string());
+    let c = Config::parse(&text, Path::new("/etc/warren/warren.toml"), |k| match k {
+        "WARREN_AMQP_TLS_CERT_FILE" => Some("/run/secrets/client.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        c.amqp.tls.cert_file.as_deref(),
+        Some(Path::new("/run/secrets/client.pem"))
+    );
+    let err = c.amqp.tls.read("amqp.tls").unwrap_err().to_string();
+    assert!(err.contains("key amqp.tls.key_file: missing"), "{err}");
+}
+
+const TWO_NODES: &str = r#"
+[amqp]
+urls = ["amqp://u:secret1@node-a:5672/%2f", "amqp://u:secret2@node-b:5672/%2f"]
+
+[[handler]]
+name = "echo"
+module = "MODULE"
+queue = "orders"
+"#;

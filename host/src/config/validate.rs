@@ -5,7 +5,11 @@ use std::collections::HashSet;
 
 use anyhow::bail;
 
-use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB, redact_url};
+use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB, QueueType, redact_url};
+
+/// The longest an ordered handler may hold one delivery unacked through
+/// its retries in place: well inside RabbitMQ's default consumer_timeout.
+const ORDERED_HOLD_MAX_MS: u64 = 20 * 60 * 1000;
 
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
@@ -16,6 +20,16 @@ impl Config {
             bail!(
                 "key admin.listen: {addr} is not a loopback address, so admin.token (or {ENV_ADMIN_TOKEN}) must be set"
             );
+        }
+        let amqps = self.amqp.urls.iter().any(|u| u.starts_with("amqps://"));
+        if self.amqp.tls.is_set() && !amqps {
+            bail!("key amqp.tls: certificates are set but no AMQP URL is amqps://");
+        }
+        if let Some(r) = &self.redis
+            && r.tls.is_set()
+            && !r.url.starts_with("rediss://")
+        {
+            bail!("key redis.tls: certificates are set but redis.url is not rediss://");
         }
         if self.admin.max_upload_mb == 0 {
             bail!("key admin.max_upload_mb: must be at least 1");
@@ -146,6 +160,27 @@ impl Config {
                 if v == 0 {
                     bail!("{}: must be at least 1", at(key));
                 }
+            }
+            match (h.delivery_limit, h.queue_type) {
+                (Some(_), QueueType::Classic) => bail!(
+                    "{}: only quorum queues have a delivery limit; set queue_type = \"quorum\" or remove the key",
+                    at("delivery_limit")
+                ),
+                (Some(0), _) => bail!("{}: must be at least 1", at("delivery_limit")),
+                _ => {}
+            }
+            // An ordered retry holds the delivery unacked through every
+            // attempt and backoff; RabbitMQ closes the channel of a delivery
+            // unacked past its consumer_timeout (30 min by default).
+            let held = u64::from(h.retry.max_attempts)
+                .saturating_mul(h.timeout_ms.saturating_add(h.retry.max_backoff_ms));
+            if h.ordered && held > ORDERED_HOLD_MAX_MS {
+                bail!(
+                    "{}: an ordered handler holds a failing message unacked for up to max_attempts x (timeout_ms + retry.max_backoff_ms) = {} s, over {} s (RabbitMQ's consumer_timeout is 30 min by default): lower retry.max_attempts or retry.max_backoff_ms",
+                    at("ordered"),
+                    held / 1000,
+                    ORDERED_HOLD_MAX_MS / 1000
+                );
             }
             if let Some(b) = &h.bind
                 && b.exchange.is_empty()

@@ -35,6 +35,7 @@ use std::time::Duration;
 pub use self::kv::{Commit, KvOp, KvWrites};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+use crate::config::TlsPem;
 
 /// The value a completed key holds. Owner tokens are uuid v4 strings, so an
 /// owner token can never equal it.
@@ -135,7 +136,16 @@ impl Store {
     /// single multiplexed, auto-reconnecting connection on which concurrent
     /// calls are pipelined.
     pub async fn redis(url: &str, prefix: &str) -> Result<Store, DedupError> {
-        RedisStore::connect(url, prefix).await.map(Store::Redis)
+        Self::redis_tls(url, prefix, &TlsPem::default()).await
+    }
+
+    /// [`Store::redis`] with certificates for a `rediss://` URL: the
+    /// server's must chain to `tls.ca` (the system's roots without one),
+    /// and `tls.identity` is presented when the server asks.
+    pub async fn redis_tls(url: &str, prefix: &str, tls: &TlsPem) -> Result<Store, DedupError> {
+        RedisStore::connect(url, prefix, tls)
+            .await
+            .map(Store::Redis)
     }
 
     /// The in-process store with the same semantics, valid for one process

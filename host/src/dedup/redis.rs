@@ -14,10 +14,14 @@ use std::time::Duration;
 
 use ::redis::aio::ConnectionLike as _;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script, Value};
+use ::redis::{
+    Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script,
+    TlsCertificates, Value,
+};
 
 use super::kv::{self, Commit, KvOp, KvWrites};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
+use crate::config::TlsPem;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,8 +67,21 @@ impl fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects to `url` and loads the scripts, all within a few seconds.
-    pub(super) async fn connect(url: &str, prefix: &str) -> Result<Self, DedupError> {
-        let client = Client::open(url).map_err(|err| DedupError::InvalidUrl {
+    pub(super) async fn connect(url: &str, prefix: &str, tls: &TlsPem) -> Result<Self, DedupError> {
+        let client = match (&tls.ca, &tls.identity) {
+            (None, None) => Client::open(url),
+            (ca, identity) => Client::build_with_tls(
+                url,
+                TlsCertificates {
+                    client_tls: identity.as_ref().map(|(cert, key)| ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                    root_cert: ca.clone(),
+                },
+            ),
+        };
+        let client = client.map_err(|err| DedupError::InvalidUrl {
             url: mask_credentials(url),
             reason: err.to_string(),
         })?;

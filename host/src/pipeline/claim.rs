@@ -7,17 +7,18 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::settle::Settle;
+use super::settle::{InPlace, Settle};
 use super::{Job, Pipeline};
 use crate::config::OnUnavailable;
 use crate::dedup::{Claim, DedupError, Lease};
 
 impl Pipeline<'_> {
     /// Step 2: claims every key of the batch in one round trip and settles
-    /// the messages that must not run now; returns those that run.
-    pub(super) async fn claim(&self, jobs: Vec<Job>) -> Vec<Job> {
+    /// the messages that must not run now; returns those that run, and
+    /// those an ordered handler defers in place.
+    pub(super) async fn claim(&self, jobs: Vec<Job>) -> (Vec<Job>, Vec<InPlace>) {
         if !self.h.cfg.dedup.enabled {
-            return jobs;
+            return (jobs, Vec::new());
         }
         let store = &self.shared.store;
         let keys: Vec<Option<String>> = jobs
@@ -77,8 +78,8 @@ impl Pipeline<'_> {
             );
             self.h.metrics.dedup_bypassed.inc_by(bypassed);
         }
-        self.settle_all(settles, None).await;
-        run
+        let kept = self.settle_all(settles, None).await;
+        (run, kept)
     }
 
     /// Asks the store for every key, pausing (`on_unavailable = "pause"`)

@@ -44,27 +44,45 @@ use crate::context::{HandlerCtx, Shared};
 use crate::dedup::{Commit, KvWrites, Lease};
 use crate::runtime::{Completed, Outbound, Outcome};
 use crate::telemetry;
-use settle::Settle;
+use settle::{InPlace, Settle};
 
 /// Handles a batch of deliveries from one consumer channel to the end.
 /// Never fails: every path settles each delivery one way or another, and a
 /// delivery dropped without settling is requeued by `Inbound`'s destructor.
+///
+/// In ordered mode, a message to be retried stays with this task,
+/// unacked, and runs again after its backoff (docs/semantics.md, "Ordered
+/// mode"); the handler takes no other message meanwhile, since it holds
+/// the handler's only permit.
 pub async fn process(shared: &Shared, h: &HandlerCtx, publisher: &Publisher, batch: Vec<Inbound>) {
-    h.metrics.batch.observe(batch.len() as f64);
-    let span = tracing::debug_span!("batch", handler = %h.cfg.name, messages = batch.len());
-    let trace = shared
-        .tracer
-        .clone()
-        .map(|t| trace::BatchTrace::new(t, &h.cfg.name, &h.cfg.queue));
-    Pipeline {
-        shared,
-        h,
-        publisher,
-        trace,
+    let mut batch = batch;
+    loop {
+        h.metrics.batch.observe(batch.len() as f64);
+        let span = tracing::debug_span!("batch", handler = %h.cfg.name, messages = batch.len());
+        let trace = shared
+            .tracer
+            .clone()
+            .map(|t| trace::BatchTrace::new(t, &h.cfg.name, &h.cfg.queue));
+        let again = Pipeline {
+            shared,
+            h,
+            publisher,
+            trace,
+        }
+        .run(batch)
+        .instrument(span)
+        .await;
+        let Some(longest) = again.iter().map(|k| k.delay).max() else {
+            return;
+        };
+        let mut shutdown = shared.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(longest) => {}
+            // Dropped unsettled, they go back to the queue, at its head.
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        batch = again.into_iter().map(|k| k.msg).collect();
     }
-    .run(batch)
-    .instrument(span)
-    .await
 }
 
 struct Pipeline<'a> {
@@ -103,16 +121,17 @@ impl Pipeline<'_> {
         &self.h.cfg.name
     }
 
-    async fn run(self, batch: Vec<Inbound>) {
+    /// Returns what an ordered handler keeps to run again in place.
+    async fn run(self, batch: Vec<Inbound>) -> Vec<InPlace> {
         // 1. The idempotency keys.
         let jobs = self.keys(batch).await;
 
         // 2. Claim them, in one round trip. Duplicates are acked and keys
         //    held elsewhere deferred here; the rest hold a lease (or run
         //    without dedup).
-        let jobs = self.claim(jobs).await;
+        let (jobs, mut kept) = self.claim(jobs).await;
         if jobs.is_empty() {
-            return;
+            return kept;
         }
 
         // 3-4. Run and publish under lease renewal, in case the batch runs
@@ -143,7 +162,8 @@ impl Pipeline<'_> {
             .into_iter()
             .map(|(job, how)| (job.msg, how))
             .collect();
-        self.settle_all(settles, Some(&digest)).await;
+        kept.extend(self.settle_all(settles, Some(&digest)).await);
+        kept
     }
 
     /// Steps 3 and 4: runs the handler on each message, on the live version
@@ -374,7 +394,9 @@ impl Pipeline<'_> {
                 writes: None,
             });
         }
-        self.settle_all(keyless, None).await;
+        // Dead-letters only: nothing is kept in place.
+        let kept = self.settle_all(keyless, None).await;
+        debug_assert!(kept.is_empty());
         jobs
     }
 

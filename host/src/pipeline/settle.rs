@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use super::Pipeline;
 use super::trace::Fate;
 use crate::amqp::limits::cap_reason;
-use crate::amqp::{DeadLetter, Inbound, PublishError};
+use crate::amqp::{DeadLetter, Inbound, PublishError, QueueKind};
 use crate::retry;
 
 /// How one message settles without an ack of its run.
@@ -38,16 +38,81 @@ pub(super) enum Settle {
     Requeue,
 }
 
+/// Ordered mode: a message kept, unacked, to be run again by the same
+/// host after `delay`, so that no later message overtakes it.
+#[derive(Debug)]
+pub(super) struct InPlace {
+    pub msg: Inbound,
+    pub delay: Duration,
+}
+
 impl Pipeline<'_> {
     /// Settles every message of `items`, concurrently. `module` is the
-    /// digest of the version that ran them, if one did.
-    pub(super) async fn settle_all(&self, items: Vec<(Inbound, Settle)>, module: Option<&str>) {
+    /// digest of the version that ran them, if one did. Returns what an
+    /// ordered handler retries in place instead.
+    pub(super) async fn settle_all(
+        &self,
+        items: Vec<(Inbound, Settle)>,
+        module: Option<&str>,
+    ) -> Vec<InPlace> {
         join_all(
             items
                 .into_iter()
-                .map(|(msg, how)| self.settle(msg, how, module)),
+                .map(|(msg, how)| self.settle_or_keep(msg, how, module)),
         )
-        .await;
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// In ordered mode, a retry or a deferral waits in place: through a
+    /// wait queue the message would come back behind the ones published
+    /// after it.
+    async fn settle_or_keep(
+        &self,
+        mut msg: Inbound,
+        how: Settle,
+        module: Option<&str>,
+    ) -> Option<InPlace> {
+        if !self.h.cfg.ordered {
+            self.settle(msg, how, module).await;
+            return None;
+        }
+        let attempt = msg.attempt();
+        match how {
+            Settle::Defer(remaining) => {
+                let floor = Duration::from_millis(self.h.cfg.retry.backoff_ms);
+                let delay = remaining.min(self.lease_ttl()).max(floor);
+                self.h.metrics.deferred.inc();
+                Some(InPlace { msg, delay })
+            }
+            Settle::Retry {
+                delay,
+                kind,
+                reason,
+            } if attempt < self.h.cfg.retry.max_attempts => {
+                let delay = delay.unwrap_or_else(|| {
+                    retry::backoff(&self.h.cfg.retry, attempt, rand::random::<f64>())
+                });
+                tracing::info!(
+                    handler = self.name(),
+                    message_id = msg.message_id().unwrap_or("-"),
+                    attempt,
+                    kind,
+                    reason = &*cap_reason(&reason),
+                    delay_ms = delay.as_millis() as u64,
+                    "retry in place scheduled (ordered)"
+                );
+                self.h.metrics.retry.inc();
+                msg.retry_in_place(attempt + 1);
+                Some(InPlace { msg, delay })
+            }
+            how => {
+                self.settle(msg, how, module).await;
+                None
+            }
+        }
     }
 
     async fn settle(&self, msg: Inbound, how: Settle, module: Option<&str>) {
@@ -138,10 +203,11 @@ impl Pipeline<'_> {
         deferred: bool,
     ) {
         let queue = &self.h.cfg.queue;
-        let wait = retry::wait_queue(queue, delay);
+        let kind = self.h.topology.kind;
+        let wait = retry::wait_queue(queue, delay, kind != QueueKind::Classic);
         match self
             .publisher
-            .retry(&msg, queue, &wait, delay, next_attempt)
+            .retry(&msg, queue, (&wait, kind), delay, next_attempt)
             .await
         {
             Ok(()) => {

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::amqp::{self, Broker, ConsumerProbe};
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::context::Host;
 use crate::liveness::{Down, report_not_consuming};
 use consume::consume_loop;
@@ -46,77 +46,114 @@ impl Host {
         let mut shutdown = self.shared.shutdown.clone();
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
+        let mut endpoints = Endpoints::new(config.amqp.endpoints(), rand::random::<u32>() as usize);
         let down = Down::new("not connected yet");
         let reporter = tokio::spawn(report_not_consuming(self.shared.clone(), down.clone()));
-        loop {
+        let secret = config.amqp.bookkeeping_secret();
+        let result = loop {
             if *shutdown.borrow() {
-                break;
+                break Ok(());
             }
-            let key = amqp::bookkeeping::Key::new(config.amqp.bookkeeping_secret().as_bytes());
+            let key = amqp::bookkeeping::Key::new(secret.as_bytes());
+            let url = endpoints.current();
+            let endpoint = redact_url(url);
+            // Read at every attempt, so renewed certificates are picked up.
+            let connect = async {
+                let tls = config
+                    .amqp
+                    .tls
+                    .read("amqp.tls")
+                    .map_err(|e| amqp::Error::Tls(format!("{e:#}")))?;
+                Broker::connect(url, &name, key, &tls).await
+            };
             let connect = tokio::select! {
-                c = Broker::connect(&config.amqp.url, &name, key) => c,
-                _ = shutdown.wait_for(|s| *s) => break,
+                c = connect => c,
+                _ = shutdown.wait_for(|s| *s) => break Ok(()),
             };
             let broker = match connect {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
-                    down.set(format!("cannot connect: {e}"));
+                    // The next node at once; the backoff only once every
+                    // node was tried in a row.
+                    let pause = match endpoints.advance() {
+                        true => backoff,
+                        false => Duration::ZERO,
+                    };
+                    tracing::warn!(endpoint = %endpoint, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot connect to RabbitMQ");
+                    down.set(format!("cannot connect to {endpoint}: {e}"));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.wait_for(|s| *s) => break Ok(()),
                     }
-                    backoff = (backoff * 2).min(max_backoff);
+                    if !pause.is_zero() {
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
                     continue;
                 }
             };
+            endpoints.connected();
             if connected_before {
                 self.shared.metrics.reconnects.inc();
             }
             connected_before = true;
             let started = Instant::now();
-            let end = self.session(&broker, grace, &down).await;
+            let end = self.session(&broker, &endpoint, grace, &down).await;
             match end {
                 SessionEnd::Shutdown { close_by } => {
                     let left = close_by.saturating_duration_since(Instant::now());
                     broker.close(left.max(Duration::from_millis(50))).await;
                     tracing::info!("connection closed");
-                    break;
+                    break Ok(());
+                }
+                SessionEnd::Refused(e) => {
+                    tracing::error!(endpoint = %endpoint, error = %e, "RabbitMQ refuses the topology; stopping");
+                    broker.close(LOST_CLOSE).await;
+                    break Err(anyhow::Error::new(e)
+                        .context(format!("cannot declare the handlers' queues on {endpoint}")));
                 }
                 SessionEnd::Lost(reason) => {
                     if started.elapsed() > BACKOFF_RESET_AFTER {
                         backoff = Duration::from_millis(100);
                     }
                     let unparseable = broker.lost_to_unparseable_frame().await;
-                    tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "connection to RabbitMQ lost; reconnecting");
+                    // A lost node is likely still gone: the next attempt
+                    // goes to the next one (the same, with one URL).
+                    endpoints.advance();
+                    tracing::warn!(endpoint = %endpoint, reason = %reason, retry_in_ms = backoff.as_millis() as u64, next_endpoint = %redact_url(endpoints.current()), "connection to RabbitMQ lost; reconnecting");
                     down.set(reason);
                     tokio::select! {
                         _ = broker.close(LOST_CLOSE) => {}
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = shutdown.wait_for(|s| *s) => break Ok(()),
                     }
                     if unparseable {
                         tokio::select! {
-                            _ = self.quarantine(config) => {}
-                            _ = shutdown.wait_for(|s| *s) => break,
+                            _ = self.quarantine(url) => {}
+                            _ = shutdown.wait_for(|s| *s) => break Ok(()),
                         }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = shutdown.wait_for(|s| *s) => break Ok(()),
                     }
                     backoff = (backoff * 2).min(max_backoff);
                 }
             }
-        }
+        };
         reporter.abort();
-        Ok(())
+        result
     }
 
     /// One connection's life: declare, consume, and wait for its end. Every
     /// step is bounded: the set-up by the broker calls' own time-outs, the
     /// end of the consumer loops by [`LOST_END`] after a loss and by the
     /// grace period plus [`CLOSE_BUDGET`] on shutdown.
-    async fn session(&self, broker: &Broker, grace: Duration, down: &Down) -> SessionEnd {
+    async fn session(
+        &self,
+        broker: &Broker,
+        endpoint: &str,
+        grace: Duration,
+        down: &Down,
+    ) -> SessionEnd {
         let setup = async {
             for h in &self.handlers {
                 broker.declare(&h.topology).await?;
@@ -144,6 +181,7 @@ impl Host {
         let (publisher, consumers) = tokio::select! {
             r = setup => match r {
                 Ok(x) => x,
+                Err(e) if e.is_permanent() => return SessionEnd::Refused(e),
                 Err(e) => return SessionEnd::Lost(format!("set-up failed: {e}")),
             },
             _ = shutdown.wait_for(|s| *s) => return SessionEnd::Shutdown { close_by: Instant::now() + CLOSE_BUDGET },
@@ -154,6 +192,7 @@ impl Host {
         self.shared.metrics.amqp_connected.set(1);
         tracing::info!(
             connection = broker.name(),
+            endpoint,
             consumers = consumers.len(),
             handlers = self.handlers.len(),
             "connected to RabbitMQ; consuming"
@@ -186,7 +225,7 @@ impl Host {
                 },
                 *close_by,
             ),
-            SessionEnd::Lost(_) => (Stop::Lost, Instant::now() + LOST_END),
+            SessionEnd::Lost(_) | SessionEnd::Refused(_) => (Stop::Lost, Instant::now() + LOST_END),
         };
         let _ = stop_tx.send(stop);
         let join =
@@ -195,7 +234,7 @@ impl Host {
         // channels are dead and their deliveries come back anyway.
         let ended = match end {
             SessionEnd::Shutdown { .. } => join.await.is_ok(),
-            SessionEnd::Lost(_) => tokio::select! {
+            SessionEnd::Lost(_) | SessionEnd::Refused(_) => tokio::select! {
                 r = join => r.is_ok(),
                 _ = shutdown.wait_for(|s| *s) => false,
             },
@@ -260,6 +299,70 @@ enum SessionEnd {
         close_by: Instant,
     },
     Lost(String),
+    /// The broker refuses what warren must declare, and will until an
+    /// operator changes something: the host stops.
+    Refused(amqp::Error),
+}
+
+/// The broker endpoints and which one is next: a host starts at a random
+/// one, so the hosts of a group spread over a cluster's nodes, and moves
+/// on in list order.
+#[derive(Debug)]
+struct Endpoints<'a> {
+    urls: &'a [String],
+    at: usize,
+    /// Failed attempts since the last connection.
+    failed: usize,
+}
+
+impl<'a> Endpoints<'a> {
+    fn new(urls: &'a [String], random: usize) -> Self {
+        assert!(!urls.is_empty(), "the config holds at least one AMQP URL");
+        Self {
+            urls,
+            at: random % urls.len(),
+            failed: 0,
+        }
+    }
+
+    fn current(&self) -> &'a str {
+        &self.urls[self.at]
+    }
+
+    /// Moves to the next endpoint after a failure. True when every endpoint
+    /// failed since the last connection (time to back off).
+    fn advance(&mut self) -> bool {
+        self.at = (self.at + 1) % self.urls.len();
+        self.failed += 1;
+        self.failed >= self.urls.len()
+    }
+
+    fn connected(&mut self) {
+        self.failed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoints;
+
+    #[test]
+    fn endpoints_start_at_random_and_back_off_after_a_full_round() {
+        let urls: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut e = Endpoints::new(&urls, 4);
+        assert_eq!(e.current(), "b");
+        assert!(!e.advance());
+        assert_eq!(e.current(), "c");
+        assert!(!e.advance());
+        assert_eq!(e.current(), "a");
+        assert!(e.advance(), "every node failed once: back off");
+        e.connected();
+        assert!(!e.advance());
+        let one = vec!["only".to_string()];
+        let mut e = Endpoints::new(&one, 7);
+        assert!(e.advance(), "one URL: back off after each failure");
+        assert_eq!(e.current(), "only");
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

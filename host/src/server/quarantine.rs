@@ -3,17 +3,17 @@
 //! and counted of it.
 
 use crate::amqp;
-use crate::config::Config;
 use crate::context::Host;
 
 impl Host {
     /// After the client lost the connection to a frame it could not parse:
     /// moves such messages from the head of each handler's queue to its
     /// dead-letter queue before consuming again, so one of them cannot
-    /// stop the queue. Looks at up to `channels × prefetch` messages per
+    /// stop the queue, on `url`, the node the lost connection was to.
+    /// Looks at up to `channels × prefetch` messages per
     /// queue (what the client could have been sent when it failed) plus
     /// [`amqp::quarantine::EXTRA`]. A failure is logged; consuming goes on.
-    pub(super) async fn quarantine(&self, config: &Config) {
+    pub(super) async fn quarantine(&self, url: &str) {
         let targets = self
             .handlers
             .iter()
@@ -28,7 +28,7 @@ impl Host {
                     .saturating_add(amqp::quarantine::EXTRA),
             })
             .collect();
-        let summary = amqp::quarantine::sweep(&config.amqp.url, &self.shared.host, targets).await;
+        let summary = amqp::quarantine::sweep(url, &self.shared.host, targets).await;
         for q in &summary.quarantined {
             tracing::warn!(
                 handler = %q.handler,

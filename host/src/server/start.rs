@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
 
-use crate::amqp::{Binding, Topology};
-use crate::config::{Config, QueueType};
+use crate::amqp::{Binding, QueueKind, Topology};
+use crate::config::Config;
 use crate::context::{HandlerCtx, Health, Host, Shared};
 use crate::dedup::Store;
 use crate::metrics::Metrics;
@@ -72,12 +72,15 @@ impl Host {
         let metrics = Metrics::new();
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
-                let store = Store::redis(&r.url, &r.prefix).await.with_context(|| {
-                    format!(
-                        "cannot connect to Redis at {}",
-                        crate::config::redact_url(&r.url)
-                    )
-                })?;
+                let tls = r.tls.read("redis.tls")?;
+                let store = Store::redis_tls(&r.url, &r.prefix, &tls)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to Redis at {}",
+                            crate::config::redact_url(&r.url)
+                        )
+                    })?;
                 (store, r.on_unavailable)
             }
             None => (Store::memory("warren"), crate::config::OnUnavailable::Pause),
@@ -144,7 +147,11 @@ impl Host {
             handlers.push(Arc::new(HandlerCtx {
                 topology: Topology {
                     queue: h.queue.clone(),
-                    quorum: h.queue_type == QueueType::Quorum,
+                    kind: match h.delivery_limit() {
+                        Some(delivery_limit) => QueueKind::Quorum { delivery_limit },
+                        None => QueueKind::Classic,
+                    },
+                    single_active_consumer: h.ordered,
                     dead_letter_queue: h.dead_letter_queue(),
                     bind: h.bind.as_ref().map(|b| Binding {
                         exchange: b.exchange.clone(),
