@@ -52,8 +52,9 @@ impl Handler for Counter {
                     Some(v) => format!("{}={}", arg(1), String::from_utf8_lossy(&v)),
                     None => format!("{}=nil", arg(1)),
                 }),
-                Some("set") => kv::set(arg(1), arg(2).as_bytes(), arg(3).parse().ok())
-                    .map(|()| "set".into()),
+                Some("set") => {
+                    kv::set(arg(1), arg(2).as_bytes(), arg(3).parse().ok()).map(|()| "set".into())
+                }
                 Some("del") => kv::delete(arg(1)).map(|()| "del".into()),
                 Some("cas") => kv::compare_and_swap(arg(1), opt(arg(2)), opt(arg(3)))
                     .map(|ok| format!("cas={ok}")),

@@ -13,8 +13,8 @@ struct Echo;
 
 impl Guest for Echo {
     fn handle(msg: Message) -> Outcome {
-        let routing_key = host::config("out_routing_key")
-            .unwrap_or_else(|| format!("{}.out", msg.routing_key));
+        let routing_key =
+            host::config("out_routing_key").unwrap_or_else(|| format!("{}.out", msg.routing_key));
         let out = Outbound {
             exchange: String::new(),
             routing_key,
