@@ -379,13 +379,15 @@ impl Broker {
         Ok(())
     }
 
-    /// How many messages each of `queues` holds ready, on a channel of its
-    /// own. Each is declared as [`Broker::declare`] declares a dead-letter
-    /// queue (durable, no arguments), not passively: a passive declare of a
-    /// queue an operator deleted would close the channel with a 404 that
-    /// reads like a lost connection, and declaring it again is what every
-    /// reconnect does anyway.
-    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<u32>, Error> {
+    /// How many messages each of the dead-letter `queues` (with its
+    /// handler's queue kind) holds ready, on a channel of its own. Each is
+    /// declared as [`Broker::declare`] declares a dead-letter queue (durable,
+    /// with its kind's arguments: a declare without a quorum queue's
+    /// arguments is refused as inequivalent), not passively: a passive
+    /// declare of a queue an operator deleted would close the channel with
+    /// a 404 that reads like a lost connection, and declaring it again is
+    /// what every reconnect does anyway.
+    pub async fn queue_depths(&self, queues: &[(String, QueueKind)]) -> Result<Vec<u32>, Error> {
         let what = || format!("counting the messages of {queues:?}");
         bounded(what, CALL_TIMEOUT, async {
             let ch = self.conn.create_channel().await?;
@@ -394,9 +396,9 @@ impl Broker {
                 ..QueueDeclareOptions::default()
             };
             let mut out = Vec::with_capacity(queues.len());
-            for q in queues {
+            for (q, kind) in queues {
                 let declared = ch
-                    .queue_declare(q.as_str().into(), durable, FieldTable::default())
+                    .queue_declare(q.as_str().into(), durable, queues::dead_letter_queue(*kind))
                     .await?;
                 out.push(declared.message_count());
             }

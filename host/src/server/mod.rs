@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::amqp::{self, Broker, ConsumerProbe};
+use crate::amqp::{self, Broker, ConsumerProbe, QueueKind};
 use crate::config::{Config, redact_url};
 use crate::context::Host;
 use crate::liveness::{Down, report_not_consuming};
@@ -260,10 +260,10 @@ impl Host {
     /// shows it). A failed count is logged at debug and tried again: the
     /// connection's own watch decides whether it is lost.
     async fn poll_dead_letter_depths(&self, broker: &Broker) -> std::convert::Infallible {
-        let queues: Vec<String> = self
+        let queues: Vec<(String, QueueKind)> = self
             .handlers
             .iter()
-            .map(|h| h.cfg.dead_letter_queue())
+            .map(|h| (h.topology.dead_letter_queue.clone(), h.topology.kind))
             .collect();
         loop {
             match broker.queue_depths(&queues).await {
