@@ -233,6 +233,12 @@ pub async fn start_shadow(
         handler: h.cfg.name.clone(),
         reason,
     };
+    // The candidate runs guest code on this host like any version: the
+    // same signature policy as a deploy, before it is compiled.
+    shared
+        .trust
+        .check(&bytes)
+        .map_err(|e| refused(e.to_string()))?;
     let digest = crate::runtime::Digest::of(&bytes);
     let module = match h.versions.known(digest.hex()) {
         Some(m) => m,
