@@ -60,6 +60,34 @@ pub fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// The kind of the queues a line runs on: its input queue and its output
+/// queue (and warren's own queues, which warren declares alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queues {
+    /// Classic, version 1 (declared without `x-queue-version`).
+    ClassicV1,
+    /// Classic, version 2: what warren declares by default.
+    ClassicV2,
+    /// Quorum (warren's `queue_type = "quorum"`).
+    Quorum,
+}
+
+/// The memory the broker reports for `queue` (its process and the
+/// messages it holds in memory), in MiB, from `rabbitmqctl list_queues`.
+pub fn queue_memory_mib(queue: &str) -> Option<f64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "memory"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == queue).then(|| f.next()?.parse::<f64>().ok())?
+        })
+        .map(|bytes| bytes / (1024.0 * 1024.0))
+}
+
 /// One connection with a confirm-mode channel, for declaring, filling and
 /// publishing.
 #[derive(Debug)]
@@ -79,21 +107,40 @@ impl Rabbit {
         Ok(Rabbit { conn, ch })
     }
 
-    /// Declares a durable classic queue, as warren declares its input queue.
-    pub async fn declare(&self, queue: &str) -> anyhow::Result<()> {
-        self.declare_with(queue, None).await
+    /// Declares a durable queue of the `kind` a line runs on.
+    pub async fn declare(&self, queue: &str, kind: Queues) -> anyhow::Result<()> {
+        self.declare_with(queue, kind, None).await
     }
 
-    /// Declares a durable classic queue, in RabbitMQ's `x-queue-mode`
-    /// `mode` if given (`lazy`: messages go to disk at once instead of
-    /// staying in the queue process's memory).
-    pub async fn declare_with(&self, queue: &str, mode: Option<&str>) -> anyhow::Result<()> {
+    /// Declares a durable queue of `kind`, for a classic one in RabbitMQ's
+    /// `x-queue-mode` `mode` if given (`lazy`: messages go to disk at once
+    /// instead of staying in the queue process's memory).
+    pub async fn declare_with(
+        &self,
+        queue: &str,
+        kind: Queues,
+        mode: Option<&str>,
+    ) -> anyhow::Result<()> {
         let opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
         let mut args = FieldTable::default();
-        if let Some(mode) = mode {
+        match kind {
+            // Declared without a version, as warren did before version 2:
+            // warren keeps such a queue as it is.
+            Queues::ClassicV1 => {}
+            Queues::ClassicV2 => {
+                args.insert("x-queue-version".into(), AMQPValue::LongInt(2));
+            }
+            Queues::Quorum => {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+        }
+        if let (Some(mode), false) = (mode, kind == Queues::Quorum) {
             args.insert("x-queue-mode".into(), AMQPValue::LongString(mode.into()));
         }
         self.ch

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
-use crate::amqp::Rabbit;
+use crate::amqp::{self, Queues, Rabbit};
 use crate::child::Consumer;
 use crate::machine::{self, Snapshot};
 use crate::profile::Perf;
@@ -87,6 +87,8 @@ pub struct Line {
     pub id: &'static str,
     pub what: &'static str,
     pub kind: Kind,
+    /// The kind of its input and output queues (and of warren's own).
+    pub queues: Queues,
 }
 
 /// Every line, in the issue's order.
@@ -98,36 +100,42 @@ pub fn all() -> Vec<Line> {
         output: true,
         tuned: true,
     };
-    vec![
+    let mut lines = vec![
         Line {
             id: "1",
             what: "bare lapin, ack each message",
             kind: Kind::Bare { ack: true },
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "2",
             what: "bare lapin, no ack (ceiling)",
             kind: Kind::Bare { ack: false },
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "2e",
             what: "(not in the issue) bare lapin echo: publish each message with confirms, then ack",
             kind: Kind::BareEcho,
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "3",
             what: "Python pika, 5 threads, Redis SET NX, manual ack",
             kind: Kind::Seed,
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "4",
             what: "warren, Rust echo, dedup off",
             kind: warren("echo.wasm", false, 1),
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "5",
             what: "warren, Rust echo, dedup on Redis",
             kind: warren("echo.wasm", true, 1),
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "5n",
@@ -139,6 +147,7 @@ pub fn all() -> Vec<Line> {
                 output: false,
                 tuned: true,
             },
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "5d",
@@ -150,6 +159,7 @@ pub fn all() -> Vec<Line> {
                 output: true,
                 tuned: false,
             },
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "5k",
@@ -157,23 +167,63 @@ pub fn all() -> Vec<Line> {
             kind: Kind::WarrenKv {
                 script: "quiet;get bench;set bench v",
             },
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "6",
             what: "warren, Rust echo, dedup on Redis, 2 processes",
             kind: warren("echo.wasm", true, 2),
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "7a",
             what: "warren, Python enrich, dedup on Redis",
             kind: warren("enrich_python.wasm", true, 1),
+            queues: Queues::ClassicV2,
         },
         Line {
             id: "7b",
             what: "warren, JavaScript enrich, dedup on Redis",
             kind: warren("enrich_js.wasm", true, 1),
+            queues: Queues::ClassicV2,
         },
-    ]
+    ];
+    // Lines 2e and 5 again on other queue kinds (issue 13: which queue kind
+    // warren declares; issue 15: quorum queues), each to be read against
+    // the 2e of its own kind.
+    let again = |of: &str, id, what, queues| Line {
+        id,
+        what,
+        queues,
+        ..lines
+            .iter()
+            .find(|l| l.id == of)
+            .expect("line exists")
+            .clone()
+    };
+    let variants = [
+        again(
+            "2e",
+            "2e1",
+            "line 2e on version 1 classic queues",
+            Queues::ClassicV1,
+        ),
+        again(
+            "5",
+            "51",
+            "line 5 on version 1 classic queues",
+            Queues::ClassicV1,
+        ),
+        again("2e", "2eq", "line 2e on quorum queues", Queues::Quorum),
+        again(
+            "5",
+            "5q",
+            "line 5 on quorum queues (queue_type = \"quorum\")",
+            Queues::Quorum,
+        ),
+    ];
+    lines.extend(variants);
+    lines
 }
 
 /// What consumes the queue in one line.
@@ -246,7 +296,7 @@ async fn measure(
             ""
         }
     ));
-    rabbit.declare(&names.queue).await?;
+    rabbit.declare(&names.queue, line.queues).await?;
     let output = !matches!(
         line.kind,
         Kind::Warren { output: false, .. } | Kind::WarrenKv { .. }
@@ -254,10 +304,17 @@ async fn measure(
     if matches!(line.kind, Kind::Warren { .. } | Kind::BareEcho) {
         // Echo's outputs are mandatory publishes: their queue must exist.
         rabbit
-            .declare_with(&names.out, opts.out_queue_mode.as_deref())
+            .declare_with(&names.out, line.queues, opts.out_queue_mode.as_deref())
             .await?;
     }
     rabbit.fill(&names.queue, n, &names.queue).await?;
+    // What the broker holds in memory for the full queue (read before the
+    // consumer starts, off the clock).
+    let queue_mib = amqp::queue_memory_mib(&names.queue);
+    progress::say(format_args!(
+        "    the full queue: {} MiB in the broker's memory",
+        queue_mib.map_or("unknown".into(), |m| format!("{m:.1}"))
+    ));
 
     // Start the consumer; the clock starts when it begins to consume.
     let mut subject = start(opts, line, names).await?;
@@ -329,6 +386,7 @@ async fn measure(
             p99_ms: f64::NAN,
             rss_idle_mib,
             rss_drain_mib,
+            queue_mib,
         });
     }
     let rate = drain_rate / 2.0;
@@ -378,6 +436,7 @@ async fn measure(
         p99_ms,
         rss_idle_mib,
         rss_drain_mib,
+        queue_mib,
     })
 }
 
@@ -438,6 +497,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 name: module.trim_end_matches(".wasm").replace('_', "-"),
                 module: std::path::absolute(opts.guests.join(module))?,
                 queue: names.queue.clone(),
+                quorum: line.queues == Queues::Quorum,
                 config: if *output {
                     vec![("out_routing_key", names.out.clone())]
                 } else {
@@ -458,6 +518,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 name: "counter".into(),
                 module: std::path::absolute(opts.guests.join("counter.wasm"))?,
                 queue: names.queue.clone(),
+                quorum: line.queues == Queues::Quorum,
                 config: vec![("script", script.to_string())],
                 tuning: Some(Tuning {
                     consumers: opts.consumers,

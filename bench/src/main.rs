@@ -71,7 +71,7 @@ struct RunArgs {
     /// Seconds of publishing at half the drain rate, for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,6,7a,7b); all by default.
+    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,6,7a,7b,2e1,51,2eq,5q); all by default.
     #[arg(long, value_delimiter = ',')]
     lines: Vec<String>,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -280,14 +280,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if baseline.is_some() {
         targets.push_str(&report::against_baseline(&rows));
     }
+    targets.push_str(&report::queue_kinds(&rows));
     let doc = format!(
         "# warren end-to-end benchmark: results\n\n\
          Written by `bench/run` (see BENCHMARKS.md for what each line is and how \
          it is measured).\n\n\
-         - N = {} persistent 256-byte messages per line, in one durable classic queue\n\
+         - N = {} persistent 256-byte messages per line, in one durable queue (classic version 2 unless the line says otherwise)\n\
          - latency: {} s of publishing at half each line's drain rate\n\
          - warren: consumers = {}, max_batch = {}, prefetch = {}, channels = {} per process, instances = {}\n\
-         - output queue (lines 2e, 4 to 7): durable classic{}\n\
+         - output queue (lines 2e, 4 to 7): durable, of the line's queue kind{}\n\
          - machine: {} cores, Linux {}, RabbitMQ {}, Redis {}\n\n\
          {table}\n\
          Targets:\n\n{targets}",

@@ -32,6 +32,9 @@ pub struct Measured {
     pub rss_idle_mib: f64,
     /// The highest resident memory seen while it drained (every 20 ms).
     pub rss_drain_mib: f64,
+    /// The broker's memory for the input queue once filled with N
+    /// messages, in MiB.
+    pub queue_mib: Option<f64>,
 }
 
 /// One line of the table.
@@ -82,8 +85,8 @@ fn ratio(x: f64, base: Option<f64>) -> String {
 pub fn table(rows: &[Row]) -> String {
     let base = find(rows, "2");
     let mut t = String::new();
-    t += "| # | consumer | drain (msg/s) | vs 2 | CPU/msg (µs) | vs 2 | broker CPU/msg (µs) | p50 (ms) | vs 2 | p99 (ms) | vs 2 | latency at (msg/s) | RSS idle (MiB) | RSS draining (MiB) | notes |\n";
-    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    t += "| # | consumer | drain (msg/s) | vs 2 | CPU/msg (µs) | vs 2 | broker CPU/msg (µs) | p50 (ms) | vs 2 | p99 (ms) | vs 2 | latency at (msg/s) | RSS idle (MiB) | RSS draining (MiB) | full queue in broker memory (MiB) | notes |\n";
+    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for r in rows {
         match &r.result {
             Ok(m) => {
@@ -108,7 +111,7 @@ pub fn table(rows: &[Row]) -> String {
                 }
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.id,
                     r.what,
                     m.drain_rate,
@@ -123,13 +126,14 @@ pub fn table(rows: &[Row]) -> String {
                     fig(m.latency_rate, 0),
                     fig(m.rss_idle_mib, 0),
                     fig(m.rss_drain_mib, 0),
+                    m.queue_mib.map_or("-".into(), |q| format!("{q:.1}")),
                     notes.join("; "),
                 );
             }
             Err(why) => {
                 let _ = writeln!(
                     t,
-                    "| {} | {} | | | | | | | | | | | | | {} |",
+                    "| {} | {} | | | | | | | | | | | | | | {} |",
                     r.id,
                     r.what,
                     why.replace('\n', " ").replace('|', "/")
@@ -163,6 +167,40 @@ pub fn against_baseline(rows: &[Row]) -> String {
             )),
             _ => t.push_str(&format!("- line {id}: not measured for both binaries\n")),
         }
+    }
+    t
+}
+
+/// Lines 2e and 5 on each queue kind (classic version 2, warren's
+/// default; version 1; quorum): warren against the bare echo on the same
+/// kind, and what the broker holds in memory for a full input queue.
+pub fn queue_kinds(rows: &[Row]) -> String {
+    let kinds = [
+        ("classic version 2", "2e", "5"),
+        ("classic version 1", "2e1", "51"),
+        ("quorum", "2eq", "5q"),
+    ];
+    let mut t = String::new();
+    for (kind, bare, ours) in kinds {
+        let (Some(b), Some(w)) = (find(rows, bare), find(rows, ours)) else {
+            continue;
+        };
+        let mib = |m: &Measured| m.queue_mib.map_or("-".into(), |q| format!("{q:.1}"));
+        t.push_str(&format!(
+            "- {kind}: line {ours} {:.0} msg/s vs line {bare} {:.0} msg/s: drain {:.2}x, consumer CPU per message {:.2}x; full input queue in broker memory {} / {} MiB\n",
+            w.drain_rate,
+            b.drain_rate,
+            w.drain_rate / b.drain_rate,
+            w.cpu_us / b.cpu_us,
+            mib(w),
+            mib(b),
+        ));
+    }
+    if !t.is_empty() {
+        t.insert_str(
+            0,
+            "\nQueue kinds (warren against the bare echo on the same kind, same run):\n\n",
+        );
     }
     t
 }
@@ -257,6 +295,7 @@ mod tests {
             p99_ms: 2.0,
             rss_idle_mib: 10.0,
             rss_drain_mib: 20.0,
+            queue_mib: Some(1.5),
         }
     }
 
@@ -284,7 +323,7 @@ mod tests {
         );
         assert!(t.contains("| 3 | line 3 | 1000 | 0.025x |"), "{t}");
         assert!(
-            t.contains("| 7a | line 7a | | | | | | | | | | | | | skipped: no module |"),
+            t.contains("| 7a | line 7a | | | | | | | | | | | | | | skipped: no module |"),
             "{t}"
         );
         let busy = Measured {
@@ -302,13 +341,13 @@ mod tests {
         let t = table(&[row("2", Ok(m(2000.0, 5.0))), row("5n", Ok(no_output))]);
         assert!(
             t.contains(
-                "| 5n | line 5n | 1000 | 0.50x | 10.0 | 2.00x | 5.0 | - | - | - | - | - | 10 | 20 |  |"
+                "| 5n | line 5n | 1000 | 0.50x | 10.0 | 2.00x | 5.0 | - | - | - | - | - | 10 | 20 | 1.5 |  |"
             ),
             "{t}"
         );
         let t = table(&[row("4", Ok(busy))]);
         assert!(
-            t.contains("| 500 | 10 | 20 | the broker took only 100 msg/s of the latency load; other programs used 30% of the machine while it drained |"),
+            t.contains("| 500 | 10 | 20 | 1.5 | the broker took only 100 msg/s of the latency load; other programs used 30% of the machine while it drained |"),
             "{t}"
         );
         let g = targets(&[
@@ -334,6 +373,16 @@ mod tests {
             ),
             "{g}"
         );
+        let kinds = queue_kinds(&[
+            row("2e", Ok(m(10_000.0, 20.0))),
+            row("5", Ok(m(9_000.0, 30.0))),
+            row("2eq", Ok(m(5_000.0, 20.0))),
+        ]);
+        assert!(
+            kinds.contains("- classic version 2: line 5 9000 msg/s vs line 2e 10000 msg/s: drain 0.90x, consumer CPU per message 1.50x; full input queue in broker memory 1.5 / 1.5 MiB\n"),
+            "{kinds}"
+        );
+        assert!(!kinds.contains("quorum"), "5q was not measured: {kinds}");
         let missing = targets(&[row("5", Ok(m(25_000.0, 30.0)))]);
         assert!(
             missing.contains("- line 5d vs line 5 (drain): not measured (want >= 0.9x)"),

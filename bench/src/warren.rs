@@ -20,6 +20,8 @@ pub struct Spec {
     pub name: String,
     pub module: PathBuf,
     pub queue: String,
+    /// `queue_type = "quorum"`: warren declares quorum queues.
+    pub quorum: bool,
     /// `[handler.config]`: e.g. echo's `out_routing_key`.
     pub config: Vec<(&'static str, String)>,
     /// The handler's settings; `None` leaves them all at warren's defaults.
@@ -51,6 +53,9 @@ impl Spec {
             self.module.display().to_string(),
             self.queue,
         );
+        if self.quorum {
+            c += "queue_type = \"quorum\"\n";
+        }
         if let Some(t) = &self.tuning {
             c += &format!(
                 "consumers = {}\nmax_batch = {}\nprefetch = {}\nchannels = {}\ninstances = {:?}\n",
@@ -253,6 +258,7 @@ mod tests {
             name: "echo".into(),
             module: module.path().to_path_buf(),
             queue: "q".into(),
+            quorum: false,
             config: vec![("out_routing_key", "q.out".into())],
             tuning: Some(Tuning {
                 consumers: 32,

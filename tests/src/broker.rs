@@ -84,14 +84,22 @@ impl Rabbit {
         Rabbit { conn, ch }
     }
 
-    /// Declares a durable queue (as warren would).
+    /// Declares a durable classic queue as warren would: version 2.
     pub async fn declare(&self, queue: &str) {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-version".into(), AMQPValue::LongInt(2));
+        self.declare_args(queue, args).await;
+    }
+
+    /// Declares a durable queue with `args`, as it is (a version 1 classic
+    /// queue with none, as warren declared them before version 2).
+    pub async fn declare_args(&self, queue: &str, args: FieldTable) {
         let opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
         self.ch
-            .queue_declare(queue.into(), opts, FieldTable::default())
+            .queue_declare(queue.into(), opts, args)
             .await
             .expect("queue.declare");
     }

@@ -206,6 +206,26 @@ async fn uploads_and_file_changes_are_refused_unless_signed_by_a_trusted_key() {
             "{err}"
         );
         assert_eq!(live_digest(), first);
+        // A shadow candidate runs guest code on the host like any version:
+        // the same check refuses it before it is compiled.
+        let admin = format!("http://127.0.0.1:{port}");
+        let o = warren(&[
+            "shadow",
+            "--handler",
+            "stamp",
+            "--messages",
+            "1",
+            "--timeout-s",
+            "10",
+            "--admin",
+            &admin,
+            m.to_str().unwrap(),
+        ]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "shadow of {} ran: {out}", m.display());
+        assert!(err.contains(reason), "{err}");
+        let (status, body) = f.w().admin_get("/handlers/stamp/shadow");
+        assert_eq!(status, 404, "a refused candidate is running: {body}");
     }
 
     // Signed by the trusted key: deployed, and the report names the signer.

@@ -56,9 +56,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use lapin::options::{
-    BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -328,24 +326,13 @@ impl Broker {
     }
 
     async fn declare_unbounded(&self, t: &Topology) -> Result<(), Error> {
-        let ch = self.conn.create_channel().await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let dead = &t.dead_letter_queue;
         // The dead-letter queue first: a quorum work queue dead-letters
         // into it.
-        ch.queue_declare(
-            dead.as_str().into(),
-            durable,
-            queues::dead_letter_queue(t.kind),
-        )
-        .await
-        .map_err(|e| declare_error(dead, e))?;
-        ch.queue_declare(t.queue.as_str().into(), durable, queues::work_queue(t))
-            .await
-            .map_err(|e| declare_error(&t.queue, e))?;
+        let dead = &t.dead_letter_queue;
+        self.declare_queue(dead, queues::dead_letter_queue(t.kind))
+            .await?;
+        self.declare_queue(&t.queue, queues::work_queue(t)).await?;
+        let ch = self.conn.create_channel().await?;
         if let Some(b) = &t.bind {
             let kind = match b.kind {
                 ExchangeType::Direct => ExchangeKind::Direct,
@@ -379,6 +366,20 @@ impl Broker {
         Ok(())
     }
 
+    /// Declares one queue (see [`queues::declare`]), saying so when it is
+    /// kept at another classic queue version than warren declares.
+    async fn declare_queue(&self, queue: &str, args: FieldTable) -> Result<lapin::Queue, Error> {
+        let (q, found) = queues::declare(&self.conn, queue, args).await?;
+        if let Some(version) = found {
+            tracing::warn!(
+                queue,
+                version,
+                "queue kept at its classic queue version: warren declares version 2, which holds less in memory; a policy with queue-version 2 converts it in place (docs/semantics.md, \"Queue types\")"
+            );
+        }
+        Ok(q)
+    }
+
     /// How many messages each of the dead-letter `queues` (with its
     /// handler's queue kind) holds ready, on a channel of its own. Each is
     /// declared as [`Broker::declare`] declares a dead-letter queue (durable,
@@ -390,20 +391,13 @@ impl Broker {
     pub async fn queue_depths(&self, queues: &[(String, QueueKind)]) -> Result<Vec<u32>, Error> {
         let what = || format!("counting the messages of {queues:?}");
         bounded(what, CALL_TIMEOUT, async {
-            let ch = self.conn.create_channel().await?;
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
             let mut out = Vec::with_capacity(queues.len());
             for (q, kind) in queues {
-                let declared = ch
-                    .queue_declare(q.as_str().into(), durable, queues::dead_letter_queue(*kind))
-                    .await?;
+                let (declared, _) =
+                    queues::declare(&self.conn, q, queues::dead_letter_queue(*kind)).await?;
                 out.push(declared.message_count());
             }
-            ch.close(200, "counted".into()).await?;
-            Ok::<_, lapin::Error>(out)
+            Ok::<_, Error>(out)
         })
         .await
     }
@@ -466,12 +460,22 @@ impl Broker {
         }
     }
 
-    /// Whether `e` is only a throwaway probe channel closed by the broker
-    /// because the exchange it checked does not exist.
+    /// Whether `e` is only a throwaway channel closed by the broker: a
+    /// probe of an exchange that does not exist, or a queue declaration
+    /// refused over its classic queue version (which [`queues::declare`]
+    /// tries again as the queue is).
     fn probe_closed(&self, e: &lapin::Error) -> bool {
         let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
             return false;
         };
+        if amqp.get_id() == 406
+            && amqp
+                .get_message()
+                .as_str()
+                .contains(queues::VERSION_MISMATCH)
+        {
+            return true;
+        }
         if amqp.get_id() != 404 {
             return false;
         }

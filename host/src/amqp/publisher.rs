@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
@@ -353,13 +353,12 @@ impl Publisher {
         {
             return Ok(());
         }
+        // On a channel of its own, not the publishing one: a wait queue
+        // that an earlier warren declared as a version 1 classic queue is
+        // refused once (closing the channel it was declared on) and kept.
         let args = super::queues::wait_queue(kind, work_queue, delay);
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         let what = || format!("declaring wait queue {wait_queue:?}");
-        let declare = self.channel.queue_declare(wait_queue.into(), opts, args);
+        let declare = super::queues::declare(&self.conn, wait_queue, args);
         bounded(what, CALL_TIMEOUT, declare).await?;
         self.declared
             .lock()

@@ -5,6 +5,15 @@
 //! is declared here is part of the deployed state: a change is a migration
 //! (docs/semantics.md, "Queue types").
 //!
+//! Classic queues are declared as version 2 (`x-queue-version: 2`, RabbitMQ
+//! 3.10 or later), which keeps a message's body on disk and only a small
+//! index entry in memory where version 1 keeps every queued message in
+//! memory up to a limit (BENCHMARKS.md, "Queue types"). A classic queue that
+//! already exists as version 1 is kept as it is ([`declare`]): the version
+//! is the one argument warren gives way on, because the broker can convert
+//! a queue in place (a `queue-version` policy), which no other argument
+//! allows.
+//!
 //! Quorum queues throughout: a work queue that survives a node loses
 //! nothing if its wait and dead-letter queues survive it too. Their
 //! dead-lettering is `at-least-once` (which needs `x-overflow:
@@ -14,7 +23,11 @@
 
 use std::time::Duration;
 
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, Queue};
+
+use super::{Error, declare_error};
 
 /// What kind of queue a handler's queues are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +64,74 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
-/// `x-queue-type` and what every quorum queue of warren's carries.
+/// The argument that makes a classic queue version 2.
+pub(super) const VERSION: &str = "x-queue-version";
+
+/// The broker's text for a declaration refused only over [`VERSION`].
+pub(super) const VERSION_MISMATCH: &str = "inequivalent arg 'x-queue-version'";
+
+/// `x-queue-type` for a quorum queue, `x-queue-version: 2` for a classic
+/// one.
 fn base(kind: QueueKind) -> FieldTable {
     let mut args = FieldTable::default();
-    if let QueueKind::Quorum { .. } = kind {
-        args.insert("x-queue-type".into(), text("quorum"));
-    }
+    match kind {
+        QueueKind::Quorum { .. } => args.insert("x-queue-type".into(), text("quorum")),
+        QueueKind::Classic => args.insert(VERSION.into(), AMQPValue::LongInt(2)),
+    };
     args
+}
+
+/// Declares the durable `queue` with `args`, each try on a channel of its
+/// own (a refused declaration closes its channel). When the queue exists
+/// with another classic queue version than `args` asks for (a queue created
+/// by an earlier warren, or by hand, as version 1), it is declared again as
+/// it is: without the version, then as version 1 if it says so
+/// explicitly. Any other difference is [`Error::Mismatch`]. Returns the
+/// queue (its message count) and the version it was found with, when that
+/// was not the one asked for.
+pub(super) async fn declare(
+    conn: &Connection,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(Queue, Option<&'static str>), Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut tries: Vec<(FieldTable, Option<&'static str>)> = vec![(args.clone(), None)];
+    if args.inner().contains_key(VERSION) {
+        let without: FieldTable = args
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != VERSION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
+        let mut one = without.clone();
+        one.insert(VERSION.into(), AMQPValue::LongInt(1));
+        tries.push((without, Some("1 (no x-queue-version)")));
+        tries.push((one, Some("1")));
+    }
+    let mut last = None;
+    for (args, found) in tries {
+        let ch = conn.create_channel().await?;
+        match ch.queue_declare(queue.into(), durable, args).await {
+            Ok(q) => {
+                let _ = ch.close(200, "declared".into()).await;
+                return Ok((q, found));
+            }
+            Err(e) => match declare_error(queue, e) {
+                Error::Mismatch { broker, .. } if broker.contains(VERSION_MISMATCH) => {
+                    last = Some(broker);
+                }
+                other => return Err(other),
+            },
+        }
+    }
+    Err(Error::Mismatch {
+        queue: queue.to_string(),
+        broker: last.unwrap_or_default(),
+    })
 }
 
 /// Dead-letters from a quorum queue into `target` (on the default
@@ -126,9 +200,14 @@ mod tests {
     }
 
     #[test]
-    fn a_classic_work_queue_has_no_arguments() {
+    fn a_classic_work_queue_is_version_2() {
         let args = work_queue(&topology(QueueKind::Classic, false));
-        assert!(args.inner().is_empty(), "{args:?}");
+        assert_eq!(args.inner().len(), 1, "{args:?}");
+        assert_eq!(get(&args, VERSION), Some(&AMQPValue::LongInt(2)));
+        let dead = dead_letter_queue(QueueKind::Classic);
+        assert_eq!(get(&dead, VERSION), Some(&AMQPValue::LongInt(2)));
+        let quorum = dead_letter_queue(QueueKind::Quorum { delivery_limit: 1 });
+        assert_eq!(get(&quorum, VERSION), None);
     }
 
     #[test]
