@@ -111,7 +111,11 @@ impl Fixture {
     /// A `[redis]` section at `url`, under a key prefix of the test's own
     /// (deleted on drop), with `on_unavailable` (`pause` or `process`).
     pub fn redis(self, url: &str, on_unavailable: &str) -> Fixture {
-        self.redis_with(&format!("url = \"{url}\"\n"), on_unavailable, &[url.to_string()])
+        self.redis_with(
+            &format!("url = \"{url}\"\n"),
+            on_unavailable,
+            &[url.to_string()],
+        )
     }
 
     /// A `[redis]` section with `keys` (Sentinel's or Cluster's, say), under

@@ -119,8 +119,8 @@ impl RedisSentinel {
     }
 
     fn replica_online(&self) -> bool {
-        let info: String = query(self.master.port, redis::cmd("INFO").arg("replication"))
-            .unwrap_or_default();
+        let info: String =
+            query(self.master.port, redis::cmd("INFO").arg("replication")).unwrap_or_default();
         info.contains("connected_slaves:1") && info.contains("state=online")
     }
 
@@ -181,7 +181,9 @@ fn spawn_sentinel(master_port: u16) -> SentinelProcess {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start redis-server --sentinel (is redis-server installed? .ci/setup.sh installs it)");
+        .expect(
+            "start redis-server --sentinel (is redis-server installed? .ci/setup.sh installs it)",
+        );
     let p = SentinelProcess { child, port, dir };
     let deadline = Instant::now() + Duration::from_secs(10);
     while query::<String>(port, &redis::cmd("PING")).is_err() {

@@ -65,9 +65,11 @@ async fn sentinel_failover_mid_run_loses_nothing_and_the_host_follows_the_new_ma
     .await;
     ha.master.stop();
     // Claims fail from here until a replica is promoted: not ready.
-    eventually(Duration::from_secs(10), "not ready without a master", || async {
-        w.admin_get("/readyz").1.contains("\"dedup\":false")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "not ready without a master",
+        || async { w.admin_get("/readyz").1.contains("\"dedup\":false") },
+    )
     .await;
     ha.wait_master(new_master, Duration::from_secs(60));
     publisher.await.unwrap();
@@ -76,8 +78,16 @@ async fn sentinel_failover_mid_run_loses_nothing_and_the_host_follows_the_new_ma
     f.settle(N as u64, Duration::from_secs(120)).await;
     got.extend(r.drain(out).await);
     let counts = count_bodies(&got);
-    let lost: Vec<&String> = bodies.iter().filter(|b| !counts.contains_key(*b)).take(20).collect();
-    assert!(lost.is_empty(), "lost (first 20): {lost:?}\n{}", table(&[w]));
+    let lost: Vec<&String> = bodies
+        .iter()
+        .filter(|b| !counts.contains_key(*b))
+        .take(20)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost (first 20): {lost:?}\n{}",
+        table(&[w])
+    );
     let duplicates = got.len() - N;
     let t = table(&[w]);
     eprintln!("sentinel failover: {N} messages, {duplicates} duplicate outputs\n{t}");
@@ -176,7 +186,10 @@ async fn cluster_duplicates_published_twice_to_two_processes_take_effect_once() 
     // namespace (here the handler's name), all in one slot.
     let prefix = f.prefix.clone().unwrap();
     let mut con = cluster.connection().await;
-    let done: Option<String> = con.get(format!("{prefix}:{{dd}}:dd:m-00000")).await.unwrap();
+    let done: Option<String> = con
+        .get(format!("{prefix}:{{dd}}:dd:m-00000"))
+        .await
+        .unwrap();
     assert_eq!(done.as_deref(), Some("done"));
 }
 
@@ -209,9 +222,11 @@ async fn cluster_kill_9_mid_flight_the_other_process_runs_each_message_once() {
             .map(|(i, b)| (Some(format!("c-{i}")), b.clone().into_bytes())),
     )
     .await;
-    eventually(Duration::from_secs(15), "8 handlers running in A", || async {
-        a.in_flight() == 8
-    })
+    eventually(
+        Duration::from_secs(15),
+        "8 handlers running in A",
+        || async { a.in_flight() == 8 },
+    )
     .await;
     assert_eq!(a.outcome("ack"), 0, "A finished a message before the kill");
     a.signal("KILL");
@@ -224,7 +239,10 @@ async fn cluster_kill_9_mid_flight_the_other_process_runs_each_message_once() {
     let t = table(&[b]);
     assert_eq!(b.outcome("ack"), all.len() as u64, "{t}");
     assert_eq!(b.runs(), all.len() as u64, "{t}");
-    assert!(b.outcome("deferred") >= 8, "A's messages were not deferred:\n{t}");
+    assert!(
+        b.outcome("deferred") >= 8,
+        "A's messages were not deferred:\n{t}"
+    );
     for o in ["retry", "dead_letter"] {
         assert_eq!(b.outcome(o), 0, "{o}:\n{t}");
     }
@@ -279,11 +297,15 @@ async fn cluster_key_value_increments_with_duplicates_and_a_kill_9_count_exactly
     f.warrens[0].wait(Duration::from_secs(10));
     let a = f.warrens.remove(0);
     let b = f.w();
-    eventually(Duration::from_secs(300), "the work queue drained", || async {
-        let mut qs = f.wait_queues();
-        qs.push(f.queue.clone());
-        b.in_flight() == 0 && f.rabbit.ready(&qs).await.iter().all(|n| *n == 0)
-    })
+    eventually(
+        Duration::from_secs(300),
+        "the work queue drained",
+        || async {
+            let mut qs = f.wait_queues();
+            qs.push(f.queue.clone());
+            b.in_flight() == 0 && f.rabbit.ready(&qs).await.iter().all(|n| *n == 0)
+        },
+    )
     .await;
     let prefix = f.prefix.clone().unwrap();
     let con = cluster.connection().await;
@@ -434,7 +456,10 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
         store.renew_many(&[&lease], lease_ttl).await[..],
         [Ok(true)]
     ));
-    assert!(matches!(store.release_many(&[&lease]).await[..], [Ok(true)]));
+    assert!(matches!(
+        store.release_many(&[&lease]).await[..],
+        [Ok(true)]
+    ));
     assert!(matches!(claim(other.clone()).await, Claim::Acquired(_)));
     assert!(store.ping().await.is_ok());
 

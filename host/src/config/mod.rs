@@ -230,7 +230,11 @@ impl Redis {
         if !self.url.is_empty() {
             out.push(("redis.url", self.url.as_str()));
         }
-        out.extend(self.sentinels.iter().map(|u| ("redis.sentinels", u.as_str())));
+        out.extend(
+            self.sentinels
+                .iter()
+                .map(|u| ("redis.sentinels", u.as_str())),
+        );
         out.extend(self.cluster.iter().map(|u| ("redis.cluster", u.as_str())));
         out
     }

@@ -471,7 +471,10 @@ fn redis_sentinel_and_cluster_sections() {
             "sentinels = [\"redis://s1:26379\"]",
             "key redis.master_name: missing",
         ),
-        ("master_name = \"main\"", "key redis.sentinels: redis.master_name is set"),
+        (
+            "master_name = \"main\"",
+            "key redis.sentinels: redis.master_name is set",
+        ),
         ("prefix = \"w\"", "key redis.url: missing"),
         (
             "cluster = [\"redis://b\", \"redis://b\"]",
@@ -499,11 +502,14 @@ fn environment_overrides_the_redis_deployment() {
     .unwrap_err();
     assert!(err.to_string().contains("not several"), "{err}");
 
-    let c = parse_env(&format!("{MINIMAL}\n[redis]\nprefix = \"w\"\n"), |k| match k {
-        ENV_REDIS_SENTINELS => Some("redis://s1:26379,redis://s2:26379".into()),
-        ENV_REDIS_MASTER_NAME => Some("main".into()),
-        _ => None,
-    })
+    let c = parse_env(
+        &format!("{MINIMAL}\n[redis]\nprefix = \"w\"\n"),
+        |k| match k {
+            ENV_REDIS_SENTINELS => Some("redis://s1:26379,redis://s2:26379".into()),
+            ENV_REDIS_MASTER_NAME => Some("main".into()),
+            _ => None,
+        },
+    )
     .unwrap();
     let r = c.redis.unwrap();
     assert_eq!(r.sentinels, ["redis://s1:26379", "redis://s2:26379"]);

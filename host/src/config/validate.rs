@@ -34,7 +34,9 @@ impl super::Redis {
             bail!("key redis.sentinels: redis.master_name is set, so list the sentinels too");
         }
         if sentinel && self.master_name.is_empty() {
-            bail!("key redis.master_name: missing: the name the sentinels monitor the master under");
+            bail!(
+                "key redis.master_name: missing: the name the sentinels monitor the master under"
+            );
         }
         let mut seen = HashSet::new();
         for (key, url) in self.urls() {

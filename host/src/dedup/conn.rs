@@ -24,14 +24,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike as _, ConnectionManager, ConnectionManagerConfig};
 use ::redis::aio::MultiplexedConnection;
+use ::redis::aio::{ConnectionLike as _, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
-    ErrorKind, FromRedisValue, IntoConnectionInfo as _, Pipeline, RedisConnectionInfo,
-    RedisError, RedisResult, Script, TlsCertificates, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind,
+    FromRedisValue, IntoConnectionInfo as _, Pipeline, RedisConnectionInfo, RedisError,
+    RedisResult, Script, TlsCertificates, Value,
 };
 
 use super::DedupError;
@@ -134,7 +134,11 @@ impl Conn {
     /// Sends the pipeline's `n` commands and returns one reply per command,
     /// an error reply as an `Err` of its own; `Err` as a whole when the
     /// exchange failed.
-    pub(super) async fn send(&self, pipe: &Pipeline, n: usize) -> RedisResult<Vec<RedisResult<Value>>> {
+    pub(super) async fn send(
+        &self,
+        pipe: &Pipeline,
+        n: usize,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
         match self {
             Conn::Single(conn) => {
                 let mut conn = conn.clone();
@@ -147,7 +151,10 @@ impl Conn {
                     Ok(replies) => {
                         let replies: Vec<RedisResult<Value>> =
                             replies.into_iter().map(reply).collect();
-                        if replies.iter().any(|r| r.as_ref().is_err_and(not_the_master)) {
+                        if replies
+                            .iter()
+                            .any(|r| r.as_ref().is_err_and(not_the_master))
+                        {
                             sentinel.forget(generation, "it answered as no longer the master");
                         }
                         Ok(replies)

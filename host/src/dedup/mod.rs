@@ -206,7 +206,11 @@ impl Store {
             Store::Memory(store) => (store.prefix(), false),
         };
         let mut out = String::with_capacity(
-            prefix.len() + handler.len() + key.len() + 4 + if tagged { namespace.len() + 3 } else { 0 },
+            prefix.len()
+                + handler.len()
+                + key.len()
+                + 4
+                + if tagged { namespace.len() + 3 } else { 0 },
         );
         out.push_str(prefix);
         out.push(':');

@@ -24,7 +24,11 @@ impl Pipeline<'_> {
         let namespace = self.h.cfg.kv_namespace();
         let keys: Vec<Option<String>> = jobs
             .iter()
-            .map(|j| j.key.as_deref().map(|k| store.key_in(self.name(), namespace, k)))
+            .map(|j| {
+                j.key
+                    .as_deref()
+                    .map(|k| store.key_in(self.name(), namespace, k))
+            })
             .collect();
         let started = crate::telemetry::now_ns();
         let claims = self.claim_keys(&keys).await;

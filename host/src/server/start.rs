@@ -81,7 +81,9 @@ impl Host {
                             crate::config::redact_url(url)
                         ),
                         crate::config::RedisServers::Sentinel { master_name, .. } => {
-                            format!("cannot reach Redis master {master_name:?} through the sentinels")
+                            format!(
+                                "cannot reach Redis master {master_name:?} through the sentinels"
+                            )
                         }
                         crate::config::RedisServers::Cluster(_) => {
                             "cannot connect to the Redis Cluster".to_owned()
