@@ -34,6 +34,9 @@ wait_port() {
 
 # Redis, keeping nothing on disk.
 command -v redis-server >/dev/null || apt_install redis-server
+# redis-cli makes the test Cluster (--cluster create); sentinels are
+# redis-server --sentinel.
+command -v redis-cli >/dev/null || apt_install redis-tools
 if port_open 6379; then
     say "redis is up on 127.0.0.1:6379"
 else

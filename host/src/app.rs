@@ -51,9 +51,11 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
         r.tls
             .read("redis.tls")
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-        dedup::validate_url(&r.url)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| at("redis.url"))?;
+        for (key, url) in r.urls() {
+            dedup::validate_url(url)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| at(key))?;
+        }
     }
     Ok(config)
 }

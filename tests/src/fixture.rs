@@ -23,6 +23,15 @@ use crate::tally::table;
 /// The Redis every test shares; a test's keys live under a prefix of its own.
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
 
+/// A `[redis]` section: its keys (but `prefix` and `on_unavailable`), and
+/// the servers whose keys under the test's prefix are deleted on drop.
+#[derive(Debug, Clone)]
+struct RedisSetup {
+    keys: String,
+    on_unavailable: String,
+    nodes: Vec<String>,
+}
+
 /// What a test's warren runs and how: built with the methods below, then
 /// [`Fixture::start`] (or [`Fixture::prepare`] to publish before warren
 /// starts).
@@ -34,7 +43,7 @@ pub struct Fixture {
     extra: String,
     sections: String,
     admin: String,
-    redis: Option<(String, String)>,
+    redis: Option<RedisSetup>,
     warren_amqp: Option<String>,
     broker: String,
     processes: usize,
@@ -101,8 +110,23 @@ impl Fixture {
 
     /// A `[redis]` section at `url`, under a key prefix of the test's own
     /// (deleted on drop), with `on_unavailable` (`pause` or `process`).
-    pub fn redis(mut self, url: &str, on_unavailable: &str) -> Fixture {
-        self.redis = Some((url.into(), on_unavailable.into()));
+    pub fn redis(self, url: &str, on_unavailable: &str) -> Fixture {
+        self.redis_with(
+            &format!("url = \"{url}\"\n"),
+            on_unavailable,
+            &[url.to_string()],
+        )
+    }
+
+    /// A `[redis]` section with `keys` (Sentinel's or Cluster's, say), under
+    /// a key prefix of the test's own, which is deleted on drop from every
+    /// server of `nodes` (each scanned on its own: a Cluster's nodes).
+    pub fn redis_with(mut self, keys: &str, on_unavailable: &str, nodes: &[String]) -> Fixture {
+        self.redis = Some(RedisSetup {
+            keys: keys.into(),
+            on_unavailable: on_unavailable.into(),
+            nodes: nodes.to_vec(),
+        });
         self
     }
 
@@ -223,9 +247,10 @@ impl Running {
         // sections go: the admin keys come first, inside that table.
         let mut sections = s.admin.clone();
         sections.push_str(&s.sections);
-        if let (Some((url, on_unavailable)), Some(prefix)) = (&s.redis, &self.prefix) {
+        if let (Some(r), Some(prefix)) = (&s.redis, &self.prefix) {
             sections.push_str(&format!(
-                "[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_unavailable = \"{on_unavailable}\"\n\n"
+                "[redis]\n{}prefix = \"{prefix}\"\non_unavailable = \"{}\"\n\n",
+                r.keys, r.on_unavailable
             ));
         }
         text.replacen("[[handler]]", &format!("{sections}[[handler]]"), 1)
@@ -325,8 +350,10 @@ impl Drop for Running {
             queues.extend(wait_queues_of(&self.queue));
         }
         delete_queues(&self.setup.broker, queues);
-        if let (Some((url, _)), Some(prefix)) = (&self.setup.redis, &self.prefix) {
-            forget(url, prefix);
+        if let (Some(r), Some(prefix)) = (&self.setup.redis, &self.prefix) {
+            for url in &r.nodes {
+                forget(url, prefix);
+            }
         }
     }
 }
@@ -406,8 +433,14 @@ fn forget(url: &str, prefix: &str) {
         else {
             return;
         };
+        // One UNLINK per key: a Cluster node refuses one over keys of
+        // several slots.
         if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(keys).query(&mut con);
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query(&mut con);
         }
         if next == 0 {
             return;

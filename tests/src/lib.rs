@@ -70,6 +70,8 @@ pub mod private_broker;
 pub mod process;
 pub mod rabbit_cluster;
 pub mod raw_amqp;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod relay;
 pub mod tally;

@@ -101,10 +101,14 @@ impl Drop for Killed<'_> {
 /// The cluster directory's lock: a `lock` directory holding the pid of
 /// its holder (creating a directory is atomic; a holder that died is seen
 /// by its pid and its lock taken over). The reaper takes it the same way.
-struct Lock(PathBuf);
+/// `redis_cluster` locks its own directory with it too.
+#[derive(Debug)]
+pub struct Lock(PathBuf);
 
 impl Lock {
-    fn take(base: &Path) -> Lock {
+    /// Takes the lock of the directory `base`, waiting while a live
+    /// process holds it.
+    pub fn take(base: &Path) -> Lock {
         let dir = base.join("lock");
         loop {
             match std::fs::create_dir(&dir) {

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 
 use super::{
     Config, ENV_ADMIN_TOKEN, ENV_AMQP_URL, ENV_AMQP_URLS, ENV_BOOKKEEPING_KEY, ENV_OTLP_ENDPOINT,
-    ENV_OTLP_TRACES_ENDPOINT, ENV_REDIS_URL, ENV_SERVICE_NAME,
+    ENV_OTLP_TRACES_ENDPOINT, ENV_REDIS_CLUSTER, ENV_REDIS_MASTER_NAME, ENV_REDIS_SENTINELS,
+    ENV_REDIS_URL, ENV_SERVICE_NAME,
 };
 
 impl Config {
@@ -32,8 +33,25 @@ impl Config {
         config
             .amqp_endpoints(env(ENV_AMQP_URL), env(ENV_AMQP_URLS))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if let (Some(redis), Some(url)) = (config.redis.as_mut(), env(ENV_REDIS_URL)) {
-            redis.url = url;
+        if let Some(redis) = config.redis.as_mut() {
+            let list = |v: String| -> Vec<String> {
+                v.split(',')
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect()
+            };
+            if let Some(url) = env(ENV_REDIS_URL) {
+                redis.url = url;
+            }
+            if let Some(urls) = env(ENV_REDIS_SENTINELS) {
+                redis.sentinels = list(urls);
+            }
+            if let Some(name) = env(ENV_REDIS_MASTER_NAME) {
+                redis.master_name = name;
+            }
+            if let Some(urls) = env(ENV_REDIS_CLUSTER) {
+                redis.cluster = list(urls);
+            }
         }
         tls_overrides(&mut config.amqp.tls, "WARREN_AMQP_TLS", &env);
         if let Some(redis) = config.redis.as_mut() {

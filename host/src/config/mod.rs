@@ -43,6 +43,14 @@ pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
 pub const ENV_AMQP_URLS: &str = "WARREN_AMQP_URLS";
 /// The environment variable that overrides `redis.url`.
 pub const ENV_REDIS_URL: &str = "WARREN_REDIS_URL";
+/// The environment variable that overrides `redis.sentinels` (URLs separated
+/// by commas).
+pub const ENV_REDIS_SENTINELS: &str = "WARREN_REDIS_SENTINELS";
+/// The environment variable that overrides `redis.master_name`.
+pub const ENV_REDIS_MASTER_NAME: &str = "WARREN_REDIS_MASTER_NAME";
+/// The environment variable that overrides `redis.cluster` (URLs separated
+/// by commas).
+pub const ENV_REDIS_CLUSTER: &str = "WARREN_REDIS_CLUSTER";
 /// The environment variable that sets `amqp.bookkeeping_key`.
 pub const ENV_BOOKKEEPING_KEY: &str = "WARREN_BOOKKEEPING_KEY";
 /// The environment variable that sets `admin.token`.
@@ -154,7 +162,23 @@ impl Amqp {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
+    /// One Redis server. With `sentinels`, only its user, password,
+    /// database and scheme are used, for the master the sentinels name.
+    /// Empty when not set.
+    #[serde(default)]
     pub url: String,
+    /// Redis Sentinel: the sentinels' URLs (each with its own user and
+    /// password, if the sentinels want one). The store follows the master
+    /// they name for `master_name`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    #[serde(default)]
+    pub master_name: String,
+    /// Redis Cluster: the URLs of some of its nodes (the rest are found
+    /// from them).
+    #[serde(default)]
+    pub cluster: Vec<String>,
     /// Every dedup key starts with this, then the handler name.
     #[serde(default = "defaults::redis_prefix")]
     pub prefix: String,
@@ -163,6 +187,57 @@ pub struct Redis {
     /// Certificates for a `rediss://` URL (`[redis.tls]`).
     #[serde(default)]
     pub tls: Tls,
+}
+
+/// Which Redis deployment `[redis]` names: one server, a master followed
+/// through Sentinel, or a Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisServers<'a> {
+    /// `url`.
+    Single(&'a str),
+    /// `sentinels` and `master_name`; `url`, when set, gives the user,
+    /// password, database and scheme for the master.
+    Sentinel {
+        sentinels: &'a [String],
+        master_name: &'a str,
+        node_url: Option<&'a str>,
+    },
+    /// `cluster`.
+    Cluster(&'a [String]),
+}
+
+impl Redis {
+    /// The deployment this section names (checked by [`Config::load`]:
+    /// exactly one of them).
+    pub fn servers(&self) -> RedisServers<'_> {
+        if !self.cluster.is_empty() {
+            RedisServers::Cluster(&self.cluster)
+        } else if !self.sentinels.is_empty() {
+            RedisServers::Sentinel {
+                sentinels: &self.sentinels,
+                master_name: &self.master_name,
+                node_url: (!self.url.is_empty()).then_some(self.url.as_str()),
+            }
+        } else {
+            RedisServers::Single(&self.url)
+        }
+    }
+
+    /// Every URL of the section, with the key that names it, for checks
+    /// and error messages.
+    pub fn urls(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if !self.url.is_empty() {
+            out.push(("redis.url", self.url.as_str()));
+        }
+        out.extend(
+            self.sentinels
+                .iter()
+                .map(|u| ("redis.sentinels", u.as_str())),
+        );
+        out.extend(self.cluster.iter().map(|u| ("redis.cluster", u.as_str())));
+        out
+    }
 }
 
 /// The certificates of a TLS connection (`amqps://`, `rediss://`), as PEM
@@ -304,8 +379,12 @@ impl fmt::Debug for Amqp {
 
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |urls: &[String]| urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
         f.debug_struct("Redis")
             .field("url", &redact_url(&self.url))
+            .field("sentinels", &redacted(&self.sentinels))
+            .field("master_name", &self.master_name)
+            .field("cluster", &redacted(&self.cluster))
             .field("prefix", &self.prefix)
             .field("on_unavailable", &self.on_unavailable)
             .finish()
@@ -334,6 +413,9 @@ impl Config {
         }
         if let Some(r) = &self.redis {
             out.extend(secrets_of_url(&r.url));
+            for url in r.sentinels.iter().chain(&r.cluster) {
+                out.extend(secrets_of_url(url));
+            }
         }
         out.extend(self.admin.token().map(str::to_string));
         // `[handler.config]` values marked `secret = true`.

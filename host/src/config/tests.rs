@@ -434,3 +434,84 @@ name = "echo"
 module = "MODULE"
 queue = "orders"
 "#;
+
+#[test]
+fn redis_sentinel_and_cluster_sections() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[redis]\nsentinels = [\"redis://s1:26379\", \"redis://:pw@s2:26379\"]\nmaster_name = \"main\"\n"
+    ))
+    .unwrap();
+    let r = c.redis.as_ref().unwrap();
+    assert_eq!(
+        r.servers(),
+        RedisServers::Sentinel {
+            sentinels: &["redis://s1:26379".into(), "redis://:pw@s2:26379".into()],
+            master_name: "main",
+            node_url: None,
+        }
+    );
+    assert!(c.secrets().contains(&"pw".to_string()));
+    assert!(!format!("{r:?}").contains("pw"));
+
+    let c = parse(&format!(
+        "{MINIMAL}\n[redis]\ncluster = [\"redis://n1:7000\", \"redis://n2:7000\"]\n"
+    ))
+    .unwrap();
+    assert!(matches!(
+        c.redis.unwrap().servers(),
+        RedisServers::Cluster(urls) if urls.len() == 2
+    ));
+
+    for (keys, error) in [
+        (
+            "url = \"redis://a\"\ncluster = [\"redis://b\"]",
+            "key redis.cluster: set redis.url (one server), redis.sentinels (Sentinel) or redis.cluster (Cluster), not several",
+        ),
+        (
+            "sentinels = [\"redis://s1:26379\"]",
+            "key redis.master_name: missing",
+        ),
+        (
+            "master_name = \"main\"",
+            "key redis.sentinels: redis.master_name is set",
+        ),
+        ("prefix = \"w\"", "key redis.url: missing"),
+        (
+            "cluster = [\"redis://b\", \"redis://b\"]",
+            "key redis.cluster: redis://b is listed twice",
+        ),
+        (
+            "cluster = [\"redis://b\"]\nprefix = \"{w}\"",
+            "key redis.prefix: \"{w}\" holds a brace",
+        ),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n[redis]\n{keys}\n")).unwrap_err();
+        assert!(err.to_string().contains(error), "{keys}: {err}");
+    }
+}
+
+#[test]
+fn environment_overrides_the_redis_deployment() {
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n");
+    // Each variable overrides its own key: a cluster over a file's url is
+    // two deployments.
+    let err = parse_env(&text, |k| match k {
+        ENV_REDIS_CLUSTER => Some("redis://n1:7000, redis://n2:7000".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("not several"), "{err}");
+
+    let c = parse_env(
+        &format!("{MINIMAL}\n[redis]\nprefix = \"w\"\n"),
+        |k| match k {
+            ENV_REDIS_SENTINELS => Some("redis://s1:26379,redis://s2:26379".into()),
+            ENV_REDIS_MASTER_NAME => Some("main".into()),
+            _ => None,
+        },
+    )
+    .unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!(r.sentinels, ["redis://s1:26379", "redis://s2:26379"]);
+    assert_eq!(r.master_name, "main");
+}

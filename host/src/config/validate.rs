@@ -11,6 +11,54 @@ use super::{Config, ENV_ADMIN_TOKEN, MAX_MEMORY_MB, QueueType, redact_url};
 /// its retries in place: well inside RabbitMQ's default consumer_timeout.
 const ORDERED_HOLD_MAX_MS: u64 = 20 * 60 * 1000;
 
+impl super::Redis {
+    /// One deployment named, its keys complete, TLS only with `rediss://`,
+    /// and a prefix that cannot break Cluster's hash tags.
+    fn validate(&self) -> anyhow::Result<()> {
+        let (single, sentinel, cluster) = (
+            !self.url.is_empty(),
+            !self.sentinels.is_empty() || !self.master_name.is_empty(),
+            !self.cluster.is_empty(),
+        );
+        if cluster && (single || sentinel) {
+            bail!(
+                "key redis.cluster: set redis.url (one server), redis.sentinels (Sentinel) or redis.cluster (Cluster), not several"
+            );
+        }
+        if !single && !sentinel && !cluster {
+            bail!(
+                "key redis.url: missing: set redis.url (one server), redis.sentinels with redis.master_name (Sentinel) or redis.cluster (Cluster)"
+            );
+        }
+        if sentinel && self.sentinels.is_empty() {
+            bail!("key redis.sentinels: redis.master_name is set, so list the sentinels too");
+        }
+        if sentinel && self.master_name.is_empty() {
+            bail!(
+                "key redis.master_name: missing: the name the sentinels monitor the master under"
+            );
+        }
+        let mut seen = HashSet::new();
+        for (key, url) in self.urls() {
+            if !seen.insert(url) {
+                bail!("key {key}: {} is listed twice", redact_url(url));
+            }
+        }
+        if self.tls.is_set() && !self.urls().iter().any(|(_, u)| u.starts_with("rediss://")) {
+            bail!("key redis.tls: certificates are set but no Redis URL is rediss://");
+        }
+        // Cluster hash tags are the first `{...}` of a key name: the
+        // prefix comes first, so a brace in it would decide the slot.
+        if cluster && self.prefix.contains(['{', '}']) {
+            bail!(
+                "key redis.prefix: {:?} holds a brace, which would decide the Cluster slot of every key (docs/semantics.md, \"Redis Cluster\")",
+                self.prefix
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
         if let Some(addr) = self.admin.listen
@@ -25,11 +73,8 @@ impl Config {
         if self.amqp.tls.is_set() && !amqps {
             bail!("key amqp.tls: certificates are set but no AMQP URL is amqps://");
         }
-        if let Some(r) = &self.redis
-            && r.tls.is_set()
-            && !r.url.starts_with("rediss://")
-        {
-            bail!("key redis.tls: certificates are set but redis.url is not rediss://");
+        if let Some(r) = &self.redis {
+            r.validate()?;
         }
         if self.admin.max_upload_mb == 0 {
             bail!("key admin.max_upload_mb: must be at least 1");

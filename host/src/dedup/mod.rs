@@ -17,6 +17,8 @@
 //! - `redis`: the shared store, four Lua scripts (`*.lua`) on one
 //!   multiplexed, auto-reconnecting connection; a batch of messages makes
 //!   each step one pipeline, so a batch costs one round trip per step;
+//! - `conn`: that connection, to one server, to the master Sentinel names
+//!   (followed through failovers) or to a Cluster;
 //! - `memory`: the same semantics in-process, for a host without `[redis]`.
 //!
 //! Architecture Invariant: this is the only module that knows Redis. It does
@@ -24,6 +26,7 @@
 //! claim or what to do when the store is unavailable (pause or fail open);
 //! the consumer pipeline does.
 
+mod conn;
 pub mod kv;
 mod memory;
 mod redis;
@@ -35,7 +38,7 @@ use std::time::Duration;
 pub use self::kv::{Commit, KvOp, KvWrites};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-use crate::config::TlsPem;
+use crate::config::{RedisServers, TlsPem};
 
 /// The value a completed key holds. Owner tokens are uuid v4 strings, so an
 /// owner token can never equal it.
@@ -143,7 +146,18 @@ impl Store {
     /// server's must chain to `tls.ca` (the system's roots without one),
     /// and `tls.identity` is presented when the server asks.
     pub async fn redis_tls(url: &str, prefix: &str, tls: &TlsPem) -> Result<Store, DedupError> {
-        RedisStore::connect(url, prefix, tls)
+        Self::connect(RedisServers::Single(url), prefix, tls).await
+    }
+
+    /// Connects to the deployment `[redis]` names (one server, a master
+    /// through Sentinel, or a Cluster) and loads the scripts. Keys live
+    /// under `prefix`.
+    pub async fn connect(
+        servers: RedisServers<'_>,
+        prefix: &str,
+        tls: &TlsPem,
+    ) -> Result<Store, DedupError> {
+        RedisStore::connect(servers, prefix, tls)
             .await
             .map(Store::Redis)
     }
@@ -164,22 +178,47 @@ impl Store {
         }
     }
 
+    /// [`Store::key_in`] for a handler whose key-value namespace is its
+    /// own name.
+    pub fn key(&self, handler: &str, key: &str) -> String {
+        self.key_in(handler, handler, key)
+    }
+
     /// The namespaced key `{prefix}:{handler}:{key}`, so two handlers
     /// consuming the same message do not collide.
+    ///
+    /// In Redis Cluster it is `{prefix}:{<namespace>}:{handler}:{key}`
+    /// instead: `{<namespace>}` is the hash tag the handler's key-value
+    /// keys carry (`kv::data_key`), so a message's dedup key, its fencing
+    /// counter and the keys its commit writes share one slot, as one
+    /// script's keys must (docs/semantics.md, "Redis Cluster"). One server
+    /// and Sentinel keep the form without a tag, so an existing deployment
+    /// keeps its keys.
     ///
     /// `%` and `:` inside `handler` and `key` are escaped as `%25` and `%3A`:
     /// that keeps the mapping one-to-one (handler `a:b` with key `c` differs
     /// from handler `a` with key `b:c`) and means no message key can name
     /// another key's fencing counter (`…:fence`). Ordinary names and ids
     /// (uuids, hex digests) appear unchanged.
-    pub fn key(&self, handler: &str, key: &str) -> String {
-        let prefix = match self {
-            Store::Redis(store) => store.prefix(),
-            Store::Memory(store) => store.prefix(),
+    pub fn key_in(&self, handler: &str, namespace: &str, key: &str) -> String {
+        let (prefix, tagged) = match self {
+            Store::Redis(store) => (store.prefix(), store.cluster()),
+            Store::Memory(store) => (store.prefix(), false),
         };
-        let mut out = String::with_capacity(prefix.len() + handler.len() + key.len() + 2);
+        let mut out = String::with_capacity(
+            prefix.len()
+                + handler.len()
+                + key.len()
+                + 4
+                + if tagged { namespace.len() + 3 } else { 0 },
+        );
         out.push_str(prefix);
         out.push(':');
+        if tagged {
+            out.push('{');
+            out.push_str(namespace);
+            out.push_str("}:");
+        }
         escape_into(handler, &mut out);
         out.push(':');
         escape_into(key, &mut out);

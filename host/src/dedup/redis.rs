@@ -1,6 +1,6 @@
-//! The Redis dedup store: one `ConnectionManager` (a multiplexed,
-//! auto-reconnecting connection) shared by every caller in the process, and
-//! the four protocol steps as Lua scripts called by SHA. Every step takes a
+//! The Redis dedup store: one connection (`conn`: to one server, to the
+//! master Sentinel names, or to a Cluster) shared by every caller in the
+//! process, and the four protocol steps as Lua scripts called by SHA. Every step takes a
 //! batch: one EVALSHA per key, sent as one pipeline, so the per-message cost
 //! is the script's work in Redis, not a round trip.
 //!
@@ -12,41 +12,32 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionLike as _;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{
-    Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, RedisError, Script,
-    TlsCertificates, Value,
-};
+use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script};
 
+use super::conn::{Conn, mask_credentials};
 use super::kv::{self, Commit, KvOp, KvWrites};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
-use crate::config::TlsPem;
+use crate::config::{RedisServers, TlsPem};
 
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one command may wait for its reply.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The bound on one whole store call, including waiting for a reconnect and
-/// reloading a script after NOSCRIPT: a dead Redis never holds a message
-/// longer than this.
+/// The bound on one whole store call, including waiting for a reconnect
+/// (asking the sentinels again, after a failover) and reloading a script
+/// after NOSCRIPT: a dead Redis never holds a message longer than this.
 const CALL_DEADLINE: Duration = Duration::from_secs(4);
 
 /// The Redis store. Cheap to clone: the connection and the scripts are
 /// shared.
 #[derive(Clone)]
 pub struct RedisStore {
-    /// Cloning a `ConnectionManager` shares its one connection; every call
-    /// clones it because sending needs `&mut`.
-    conn: ConnectionManager,
+    /// Cloning the connection shares it; every call clones it because
+    /// sending needs `&mut`.
+    conn: Conn,
     shared: Arc<Shared>,
 }
 
 /// What never changes after connecting.
 struct Shared {
     prefix: String,
-    /// The server as `redis://host:port/db`, without credentials: for logs
-    /// and error messages.
+    /// The deployment, without credentials: for logs and error messages.
     server: String,
     claim: Script,
     renew: Script,
@@ -66,53 +57,28 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` and loads the scripts, all within a few seconds.
-    pub(super) async fn connect(url: &str, prefix: &str, tls: &TlsPem) -> Result<Self, DedupError> {
-        let client = match (&tls.ca, &tls.identity) {
-            (None, None) => Client::open(url),
-            (ca, identity) => Client::build_with_tls(
-                url,
-                TlsCertificates {
-                    client_tls: identity.as_ref().map(|(cert, key)| ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    root_cert: ca.clone(),
-                },
-            ),
-        };
-        let client = client.map_err(|err| DedupError::InvalidUrl {
-            url: mask_credentials(url),
-            reason: err.to_string(),
-        })?;
-        let server = server_name(client.get_connection_info());
-        // Retries are left to the caller (it pauses or fails open on
-        // `Unavailable`); the manager's own backoff starts at one second and
-        // would only delay that decision. It still reconnects on the next
-        // call after the connection drops.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT);
-        let shared = Arc::new(Shared {
-            prefix: prefix.to_owned(),
-            server,
-            claim: Script::new(include_str!("claim.lua")),
-            renew: Script::new(include_str!("renew.lua")),
-            complete: Script::new(include_str!("complete.lua")),
-            release: Script::new(include_str!("release.lua")),
-            kv_commit: Script::new(include_str!("kv_commit.lua")),
-            kv_list: Script::new(include_str!("kv_list.lua")),
-        });
-        let unavailable = |what: String| {
-            DedupError::Unavailable(format!("cannot connect to {}: {what}", shared.server))
-        };
-
+    /// Connects to `servers` and loads the scripts, all within a few
+    /// seconds.
+    pub(super) async fn connect(
+        servers: RedisServers<'_>,
+        prefix: &str,
+        tls: &TlsPem,
+    ) -> Result<Self, DedupError> {
         let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await?;
-            // Loading up front turns a broken server or a script error into a
-            // start-up failure; later calls go by SHA and reload on NOSCRIPT
-            // (after a Redis restart) by themselves.
+            let (conn, server) = Conn::connect(servers, tls).await?;
+            let shared = Arc::new(Shared {
+                prefix: prefix.to_owned(),
+                server,
+                claim: Script::new(include_str!("claim.lua")),
+                renew: Script::new(include_str!("renew.lua")),
+                complete: Script::new(include_str!("complete.lua")),
+                release: Script::new(include_str!("release.lua")),
+                kv_commit: Script::new(include_str!("kv_commit.lua")),
+                kv_list: Script::new(include_str!("kv_list.lua")),
+            });
+            // Loading up front turns a broken server or a script error
+            // into a start-up failure; later calls go by SHA and reload on
+            // NOSCRIPT (after a restart or a failover) by themselves.
             for script in [
                 &shared.claim,
                 &shared.renew,
@@ -121,17 +87,37 @@ impl RedisStore {
                 &shared.kv_commit,
                 &shared.kv_list,
             ] {
-                script.load_async(&mut conn).await?;
+                conn.load(script).await.map_err(|e| {
+                    DedupError::Unavailable(format!("cannot connect to {}: {e}", shared.server))
+                })?;
             }
-            Ok::<_, RedisError>(conn)
+            Ok::<_, DedupError>(Self { conn, shared })
         };
-        let conn = match tokio::time::timeout(CALL_DEADLINE, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return Err(unavailable(err.to_string())),
-            Err(_) => return Err(unavailable(format!("timed out after {CALL_DEADLINE:?}"))),
+        let store = match tokio::time::timeout(CALL_DEADLINE, connect).await {
+            Ok(store) => store?,
+            Err(_) => {
+                let what = match servers {
+                    RedisServers::Single(url) => mask_credentials(url),
+                    RedisServers::Sentinel { master_name, .. } => {
+                        format!("sentinel master {master_name}")
+                    }
+                    RedisServers::Cluster(urls) => {
+                        let urls: Vec<String> = urls.iter().map(|u| mask_credentials(u)).collect();
+                        format!("cluster {}", urls.join(", "))
+                    }
+                };
+                return Err(DedupError::Unavailable(format!(
+                    "cannot connect to {what}: timed out after {CALL_DEADLINE:?}"
+                )));
+            }
         };
-        tracing::debug!(server = %shared.server, prefix, "connected to the dedup store");
-        Ok(Self { conn, shared })
+        tracing::debug!(server = %store.shared.server, prefix, "connected to the dedup store");
+        Ok(store)
+    }
+
+    /// Whether keys carry a hash tag (Redis Cluster): see [`super::Store::key_in`].
+    pub(super) fn cluster(&self) -> bool {
+        self.conn.cluster()
     }
 
     pub(super) fn prefix(&self) -> &str {
@@ -155,12 +141,17 @@ impl RedisStore {
         let lease_ms = ttl_millis(lease);
         let window_ms = ttl_millis(window);
         let owners: Vec<String> = keys.iter().map(|_| new_owner()).collect();
+        let replicated = self.conn.replicated();
         let calls = keys
             .iter()
             .zip(&owners)
             .map(|(key, owner)| {
                 let mut cmd = evalsha(&self.shared.claim, &[key, &fence_key(key)]);
-                cmd.arg(owner).arg(lease_ms).arg(window_ms).arg(DONE);
+                cmd.arg(owner)
+                    .arg(lease_ms)
+                    .arg(window_ms)
+                    .arg(DONE)
+                    .arg(if replicated { "1" } else { "0" });
                 cmd
             })
             .collect();
@@ -255,7 +246,6 @@ impl RedisStore {
         if calls.is_empty() {
             return Vec::new();
         }
-        let mut conn = self.conn.clone();
         let exchange = async {
             // Call `i` of the batch is command `todo[j]` of `pipe`.
             let mut todo: Vec<usize> = (0..calls.len()).collect();
@@ -264,7 +254,7 @@ impl RedisStore {
                 pipe.add_command(cmd);
             }
             for round in 0..2 {
-                let replies = conn.req_packed_commands(&pipe, 0, todo.len()).await?;
+                let replies = self.conn.send(&pipe, todo.len()).await?;
                 if replies.len() != todo.len() {
                     return Err(RedisError::from((
                         ErrorKind::ResponseError,
@@ -275,20 +265,20 @@ impl RedisStore {
                 let mut again = ::redis::pipe();
                 for ((i, cmd), reply) in todo.iter().copied().zip(pipe.cmd_iter()).zip(replies) {
                     let result = match reply {
-                        Value::ServerError(e) if e.code() == "NOSCRIPT" && round == 0 => {
+                        Err(e) if e.kind() == ErrorKind::NoScriptError && round == 0 => {
                             missing.push(i);
                             again.add_command(cmd.clone());
                             continue;
                         }
-                        Value::ServerError(e) => Err(RedisError::from(e)),
-                        value => ::redis::from_owned_redis_value(value),
+                        Err(e) => Err(e),
+                        Ok(value) => ::redis::from_owned_redis_value(value),
                     };
                     results[i] = Some(result.map_err(|e| self.error(op, keys[i], &e)));
                 }
                 if missing.is_empty() {
                     break;
                 }
-                script.load_async(&mut conn).await?;
+                self.conn.load(script).await?;
                 (todo, pipe) = (missing, again);
             }
             Ok(())
@@ -425,12 +415,9 @@ impl RedisStore {
         key: &str,
     ) -> Result<Option<Vec<u8>>, DedupError> {
         let name = kv::data_key(&self.shared.prefix, namespace, key);
-        let mut conn = self.conn.clone();
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(&name);
-        match tokio::time::timeout(CALL_DEADLINE, cmd.query_async::<Option<Vec<u8>>>(&mut conn))
-            .await
-        {
+        match tokio::time::timeout(CALL_DEADLINE, self.conn.query::<Option<Vec<u8>>>(&cmd)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.error("kv get", &name, &e)),
             Err(_) => Err(DedupError::Unavailable(format!(
@@ -459,11 +446,11 @@ impl RedisStore {
             .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
     }
 
+    /// Whether the store takes writes now (a master that says it is one,
+    /// a Cluster serving every slot).
     pub(super) async fn ping(&self) -> Result<(), DedupError> {
-        let mut conn = self.conn.clone();
-        let cmd = ::redis::cmd("PING");
-        match tokio::time::timeout(CALL_DEADLINE, cmd.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(CALL_DEADLINE, self.conn.ping()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(DedupError::Unavailable(format!(
                 "ping on {}: {err}",
                 self.shared.server
@@ -537,33 +524,12 @@ fn is_about_the_key(err: &RedisError) -> bool {
     err.code() == Some("WRONGTYPE") || err.kind() == ErrorKind::TypeError
 }
 
-/// `redis://host:port/db` for a parsed URL: the canonical form, with no user
-/// or password in it.
-fn server_name(info: &::redis::ConnectionInfo) -> String {
-    let db = info.redis.db;
-    match &info.addr {
-        ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
-        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
-        ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
-    }
-}
-
-/// The URL with anything between `://` and the last `@` masked, for error
-/// messages about a URL that did not parse.
-fn mask_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ::redis::IntoConnectionInfo;
 
-    use super::*;
+    use super::super::conn::server_name;
+    use super::mask_credentials;
 
     #[test]
     fn server_name_is_canonical_and_has_no_credentials() {

@@ -21,9 +21,14 @@ impl Pipeline<'_> {
             return (jobs, Vec::new());
         }
         let store = &self.shared.store;
+        let namespace = self.h.cfg.kv_namespace();
         let keys: Vec<Option<String>> = jobs
             .iter()
-            .map(|j| j.key.as_deref().map(|k| store.key(self.name(), k)))
+            .map(|j| {
+                j.key
+                    .as_deref()
+                    .map(|k| store.key_in(self.name(), namespace, k))
+            })
             .collect();
         let started = crate::telemetry::now_ns();
         let claims = self.claim_keys(&keys).await;

@@ -73,13 +73,21 @@ impl Host {
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
                 let tls = r.tls.read("redis.tls")?;
-                let store = Store::redis_tls(&r.url, &r.prefix, &tls)
+                let store = Store::connect(r.servers(), &r.prefix, &tls)
                     .await
-                    .with_context(|| {
-                        format!(
+                    .with_context(|| match r.servers() {
+                        crate::config::RedisServers::Single(url) => format!(
                             "cannot connect to Redis at {}",
-                            crate::config::redact_url(&r.url)
-                        )
+                            crate::config::redact_url(url)
+                        ),
+                        crate::config::RedisServers::Sentinel { master_name, .. } => {
+                            format!(
+                                "cannot reach Redis master {master_name:?} through the sentinels"
+                            )
+                        }
+                        crate::config::RedisServers::Cluster(_) => {
+                            "cannot connect to the Redis Cluster".to_owned()
+                        }
                     })?;
                 (store, r.on_unavailable)
             }
