@@ -33,6 +33,7 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
             ..Limits::default()
         },
         kv: None,
+        http: None,
     };
     (rt, module, Arc::new(env))
 }

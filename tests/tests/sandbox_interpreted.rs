@@ -44,6 +44,7 @@ fn setup(file: &str) -> (Runtime, Module, Arc<HandlerEnv>) {
             ..Limits::default()
         },
         kv: None,
+        http: None,
     });
     (runtime, module, env)
 }
