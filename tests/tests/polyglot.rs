@@ -76,6 +76,7 @@ fn env(config: &[(&str, &str)], publish_allow: &[&str]) -> Arc<HandlerEnv> {
         },
         kv: None,
         http: None,
+        metrics: None,
     })
 }
 

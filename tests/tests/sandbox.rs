@@ -34,6 +34,7 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
         },
         kv: None,
         http: None,
+        metrics: None,
     };
     (rt, module, Arc::new(env))
 }

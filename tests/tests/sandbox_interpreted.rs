@@ -45,6 +45,7 @@ fn setup(file: &str) -> (Runtime, Module, Arc<HandlerEnv>) {
         },
         kv: None,
         http: None,
+        metrics: None,
     });
     (runtime, module, env)
 }

@@ -64,12 +64,13 @@ pub enum HttpError {
     InvalidUrl(String),
     /// A header name or value the host would not take.
     InvalidHeader(String),
-    /// The host refused or failed the request, or the response body ended
-    /// with an error (`HttpResponseBodySize` past `max_response_bytes`,
-    /// `ConnectionReadTimeout` at the deadline, `HttpRequestDenied` for a
-    /// destination that is not allowed, ...).
+    /// The host refused or failed the request (`HttpRequestDenied` for a
+    /// destination that is not allowed, `ConnectionLimitReached` past
+    /// `max_requests`, `ConnectionReadTimeout` at the request's end, ...).
     Failed(ErrorCode),
-    /// The request or response stream closed unexpectedly.
+    /// The request or response body stream failed, with the host's
+    /// description (a response body cut off past `max_response_bytes`
+    /// reads `HTTP response body size exceeds limit: <max> bytes`).
     Stream(String),
 }
 
@@ -78,8 +79,13 @@ impl fmt::Display for HttpError {
         match self {
             HttpError::InvalidUrl(u) => write!(f, "invalid URL: {u}"),
             HttpError::InvalidHeader(h) => write!(f, "invalid header: {h}"),
-            HttpError::Failed(code) => write!(f, "request failed: {code:?}"),
-            HttpError::Stream(s) => write!(f, "stream error: {s}"),
+            HttpError::Failed(code) => {
+                // wit-bindgen's Debug names the type first.
+                let name = format!("{code:?}");
+                let name = name.strip_prefix("ErrorCode::").unwrap_or(&name);
+                write!(f, "request failed: {name}")
+            }
+            HttpError::Stream(s) => write!(f, "stream failed: {s}"),
         }
     }
 }

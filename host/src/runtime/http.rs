@@ -49,7 +49,6 @@ pub struct HttpGrant {
     pub max_requests: u32,
     pub idempotency_header: bool,
     tls: Arc<rustls::ClientConfig>,
-    metrics: Metrics,
 }
 
 impl std::fmt::Debug for HttpGrant {
@@ -80,7 +79,7 @@ impl HttpGrant {
     /// A grant with its TLS settings: the system's roots (read once per
     /// process) plus the certificates of `ca_pem`. An error says what in
     /// the PEM is wrong; the caller names the file and the key.
-    pub fn new(settings: HttpSettings, metrics: Metrics) -> Result<Self, String> {
+    pub fn new(settings: HttpSettings) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(system_roots().iter().cloned());
         if let Some(pem) = &settings.ca_pem {
@@ -111,7 +110,6 @@ impl HttpGrant {
             max_requests: settings.max_requests,
             idempotency_header: settings.idempotency_header,
             tls: Arc::new(tls),
-            metrics,
         })
     }
 }
@@ -137,6 +135,8 @@ fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
 pub(crate) struct HttpHooks {
     handler: Arc<str>,
     grant: Option<Arc<HttpGrant>>,
+    /// Where requests and refusals are counted; none counts nothing.
+    metrics: Option<Metrics>,
     /// The running message's deadline (the store's).
     pub(super) deadline: Instant,
     /// Requests this message has asked for, refused ones included.
@@ -148,10 +148,15 @@ pub(crate) struct HttpHooks {
 }
 
 impl HttpHooks {
-    pub(super) fn new(handler: Arc<str>, grant: Option<Arc<HttpGrant>>) -> Self {
+    pub(super) fn new(
+        handler: Arc<str>,
+        grant: Option<Arc<HttpGrant>>,
+        metrics: Option<Metrics>,
+    ) -> Self {
         Self {
             handler,
             grant,
+            metrics,
             deadline: Instant::now(),
             sent: 0,
             key_seed: None,
@@ -168,9 +173,8 @@ impl HttpHooks {
 
     /// Logs and counts a refusal, and gives the guest its error.
     fn refuse(&self, target: &Target, kind: &str, code: Error, why: &str) -> Error {
-        if let Some(g) = &self.grant {
-            g.metrics
-                .http_errors
+        if let Some(m) = &self.metrics {
+            m.http_errors
                 .get_or_create(&HttpErrorLabels {
                     handler: self.handler.to_string(),
                     destination: "-".into(),
@@ -319,7 +323,7 @@ impl WasiHttpHooks for HttpHooks {
             between_bytes: opts.between_bytes_timeout,
         };
         let done = Done {
-            metrics: grant.metrics.clone(),
+            metrics: self.metrics.clone(),
             labels: HttpLabels {
                 handler: self.handler.to_string(),
                 destination: pattern.to_string(),
@@ -331,7 +335,9 @@ impl WasiHttpHooks for HttpHooks {
             status: None,
             finished: false,
         };
-        done.metrics.http_requests.get_or_create(&done.labels).inc();
+        if let Some(m) = &done.metrics {
+            m.http_requests.get_or_create(&done.labels).inc();
+        }
         let tls = (target.scheme == Some(HttpScheme::Https)).then(|| grant.tls.clone());
         let internal_ok = !pattern.host_is_wildcard();
         let max_body = grant.max_response_bytes;
@@ -438,27 +444,49 @@ async fn send(
     *request.uri_mut() = http::Uri::try_from(path).map_err(|_| Error::HttpRequestUriInvalid)?;
 
     let end = steps.end;
-    let mut conn = Box::pin(async move {
+    let mut conn = Some(Box::pin(async move {
         match tokio::time::timeout_at(end.into(), conn).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::from(e)),
             Err(_) => Err(Error::HttpResponseTimeout),
         }
-    });
-    let response = {
-        let head = tokio::time::timeout_at(steps.first_byte.into(), sender.send_request(request));
-        tokio::pin!(head);
-        // Drive the connection while waiting for the head; a connection
-        // that ends first fails the request.
-        tokio::select! {
-            r = &mut head => r.map_err(|_| Error::ConnectionReadTimeout)?.map_err(Error::from)?,
-            r = &mut conn => {
-                r?;
-                return Err(Error::HttpResponseIncomplete);
+    }));
+    let head = tokio::time::timeout_at(steps.first_byte.into(), sender.send_request(request));
+    tokio::pin!(head);
+    type Head = Result<
+        Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+        tokio::time::error::Elapsed,
+    >;
+    let answered = |r: Head| match r {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::ConnectionReadTimeout),
+    };
+    // Drive the connection while waiting for the head. A connection that
+    // ends (a server that answers and closes) has handed the head over by
+    // then; one that fails fails the request.
+    let response = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = head.as_mut().poll(cx) {
+            return Poll::Ready(answered(r));
+        }
+        if let Some(c) = conn.as_mut()
+            && let Poll::Ready(r) = c.as_mut().poll(cx)
+        {
+            conn = None;
+            if let Err(e) = r {
+                return Poll::Ready(Err(e));
             }
+            return head.as_mut().poll(cx).map(answered);
+        }
+        Poll::Pending
+    })
+    .await?;
+    let io = async move {
+        match conn {
+            Some(c) => c.await,
+            None => Ok(()),
         }
     };
-    Ok((response, conn))
+    Ok((response, io))
 }
 
 /// Resolves `host` and connects to the first address that answers; with
@@ -602,7 +630,7 @@ impl Body for LimitedBody {
 /// Counts and logs one admitted request once, when it ends: its body read
 /// to the end, an error, or the guest dropping it.
 struct Done {
-    metrics: Metrics,
+    metrics: Option<Metrics>,
     labels: HttpLabels,
     handler: Arc<str>,
     message_id: Arc<str>,
@@ -618,10 +646,11 @@ impl Done {
             return;
         }
         let elapsed = self.started.elapsed();
-        self.metrics
-            .http_duration
-            .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
+        if let Some(m) = &self.metrics {
+            m.http_duration
+                .get_or_create(&self.labels)
+                .observe(elapsed.as_secs_f64());
+        }
         let ms = elapsed.as_secs_f64() * 1000.0;
         match error {
             None => tracing::debug!(
@@ -633,14 +662,15 @@ impl Done {
                 "outbound HTTP request done"
             ),
             Some(e) => {
-                self.metrics
-                    .http_errors
-                    .get_or_create(&HttpErrorLabels {
-                        handler: self.labels.handler.clone(),
-                        destination: self.labels.destination.clone(),
-                        kind: error_kind(e).into(),
-                    })
-                    .inc();
+                if let Some(m) = &self.metrics {
+                    m.http_errors
+                        .get_or_create(&HttpErrorLabels {
+                            handler: self.labels.handler.clone(),
+                            destination: self.labels.destination.clone(),
+                            kind: error_kind(e).into(),
+                        })
+                        .inc();
+                }
                 tracing::warn!(
                     handler = &*self.handler,
                     message_id = &*self.message_id,

@@ -124,6 +124,9 @@ pub struct HandlerEnv {
     /// Outbound HTTP (`wasi:http`); without a grant every request is
     /// refused.
     pub http: Option<std::sync::Arc<super::http::HttpGrant>>,
+    /// Where the sandbox counts outbound HTTP requests and refusals; none
+    /// counts nothing.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 #[cfg(test)]

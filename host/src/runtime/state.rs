@@ -72,7 +72,11 @@ impl State {
         Self {
             wasi,
             http_ctx: WasiHttpCtx::new(),
-            http: HttpHooks::new(env.name.as_str().into(), env.http.clone()),
+            http: HttpHooks::new(
+                env.name.as_str().into(),
+                env.http.clone(),
+                env.metrics.clone(),
+            ),
             table: ResourceTable::new(),
             stdout,
             stderr,

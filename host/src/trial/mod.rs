@@ -60,18 +60,15 @@ pub fn handler_env(
         http: h
             .http
             .as_ref()
-            .map(|http| http_grant(h, http, metrics))
+            .map(|http| http_grant(h, http))
             .transpose()?,
+        metrics: Some(metrics.clone()),
     })
 }
 
 /// `[handler.http]` as the sandbox's grant; the CA file is read now, so a
 /// bad one stops start-up naming the handler and the key.
-fn http_grant(
-    h: &Handler,
-    http: &config::Http,
-    metrics: &Metrics,
-) -> anyhow::Result<Arc<HttpGrant>> {
+fn http_grant(h: &Handler, http: &config::Http) -> anyhow::Result<Arc<HttpGrant>> {
     let at = |key: &str| format!("handler {:?}: key http.{key}", h.name);
     let allow = http
         .patterns()
@@ -90,7 +87,7 @@ fn http_grant(
         idempotency_header: http.idempotency_header,
         ca_pem,
     };
-    let grant = HttpGrant::new(settings, metrics.clone()).map_err(|e| {
+    let grant = HttpGrant::new(settings).map_err(|e| {
         let file = http.ca_file.as_deref().unwrap_or(Path::new("-"));
         anyhow::anyhow!("{}: {}: {e}", at("ca_file"), file.display())
     })?;
