@@ -29,7 +29,7 @@ bad=0
 code() { grep -nv '^[[:space:]]*//' "$1" | sed 's#[[:space:]]//.*$##' || true; }
 
 # 1. Client libraries stay inside their modules.
-for pair in lapin:amqp amq_protocol:amqp redis:dedup wasmtime:runtime wasmtime_wasi:runtime; do
+for pair in lapin:amqp amq_protocol:amqp redis:dedup wasmtime:runtime wasmtime_wasi:runtime wasmtime_wasi_http:runtime hyper:runtime; do
     lib=${pair%%:*} home=${pair#*:}
     while IFS= read -r f; do
         case "$f" in ./"$home"/*) continue ;; esac

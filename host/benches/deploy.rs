@@ -242,7 +242,7 @@ async fn measure(name: &str, module: &Path, body: &'static [u8]) -> anyhow::Resu
     ))
 }
 
-fn agent_put(url: &str, bytes: &[u8]) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+fn agent_put(url: &str, bytes: &[u8]) -> anyhow::Result<http::Response<ureq::Body>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

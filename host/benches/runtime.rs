@@ -69,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         publish_allow: vec![String::new()],
         limits: Limits::default(),
         kv: None,
+        http: None,
+        metrics: None,
     });
     let msg = message();
 

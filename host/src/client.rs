@@ -41,7 +41,7 @@ impl Admin {
     fn finish(
         &self,
         what: &str,
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        result: Result<http::Response<ureq::Body>, ureq::Error>,
     ) -> anyhow::Result<Value> {
         let mut resp = result
             .with_context(|| format!("cannot reach the admin endpoint at {} ({what})", self.url))?;

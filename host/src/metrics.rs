@@ -49,6 +49,27 @@ pub struct ModuleLabels {
     pub digest: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub handler: String,
+    /// The `http.allow` pattern the request matched (as
+    /// `scheme://host:port`, wildcards kept): bounded by the config, never
+    /// a name the guest chose.
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpErrorLabels {
+    pub handler: String,
+    /// As in [`HttpLabels`]; `-` for a refused request.
+    pub destination: String,
+    /// `no_grant`, `not_allowed`, `max_requests` (refusals before
+    /// sending), `internal_address` (a wildcard grant resolving to the
+    /// host's own network), `timeout`, `body_too_large`, `connect`, `tls`,
+    /// `protocol`.
+    pub kind: String,
+}
+
 /// Every metric warren exports. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -63,6 +84,11 @@ pub struct Metrics {
     /// Key-value writes committed, and commits refused by a conflict.
     pub kv_writes: Family<HandlerLabel, Counter>,
     pub kv_conflicts: Family<HandlerLabel, Counter>,
+    /// Outbound HTTP requests sent, the ones that failed or were refused,
+    /// and their latency to the end of the response body.
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_errors: Family<HttpErrorLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram>,
     pub in_flight: Family<HandlerLabel, Gauge>,
     /// 1 for the live module version of each handler, 0 for the other
     /// versions it keeps in memory (`runtime.keep_versions`); a dropped
@@ -186,7 +212,30 @@ impl Metrics {
             "Key-value commits refused because a compare-and-swap no longer held (the message runs again)",
             kv_conflicts.clone(),
         );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "Outbound HTTP requests sent by handlers, by destination pattern",
+            http_requests.clone(),
+        );
+        let http_errors = Family::<HttpErrorLabels, Counter>::default();
+        r.register(
+            "http_errors",
+            "Outbound HTTP requests refused or failed, by kind",
+            http_errors.clone(),
+        );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+        });
+        r.register(
+            "http_request_duration_seconds",
+            "Outbound HTTP request time, from sending to the end of the response body",
+            http_duration.clone(),
+        );
         Self {
+            http_requests,
+            http_errors,
+            http_duration,
             dead_letter_depth,
             recent: Arc::default(),
             registry: Arc::new(r),

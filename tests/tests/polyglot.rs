@@ -75,6 +75,8 @@ fn env(config: &[(&str, &str)], publish_allow: &[&str]) -> Arc<HandlerEnv> {
             ..Limits::default()
         },
         kv: None,
+        http: None,
+        metrics: None,
     })
 }
 

@@ -33,6 +33,8 @@ fn setup() -> (Runtime, Module, Arc<HandlerEnv>) {
             ..Limits::default()
         },
         kv: None,
+        http: None,
+        metrics: None,
     };
     (rt, module, Arc::new(env))
 }

@@ -44,6 +44,8 @@ fn setup(file: &str) -> (Runtime, Module, Arc<HandlerEnv>) {
             ..Limits::default()
         },
         kv: None,
+        http: None,
+        metrics: None,
     });
     (runtime, module, env)
 }

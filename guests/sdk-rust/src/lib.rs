@@ -27,6 +27,8 @@
 //! The types are generated from `wit/handler.wit` by wit-bindgen; this crate
 //! adds constructors and lookups so handlers stay short.
 
+pub mod http;
+
 #[allow(missing_debug_implementations, unused_qualifications)]
 mod bindings {
     wit_bindgen::generate!({

@@ -85,7 +85,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
     // The dashboard page holds no data (its script fetches it with the
     // token), so a browser may load it without one.
-    let page = req.uri().path() == "/" && req.method() == axum::http::Method::GET;
+    let page = req.uri().path() == "/" && req.method() == http::Method::GET;
     let checked = if page {
         s.guard.check_host(req.headers())
     } else {

@@ -90,3 +90,16 @@ pub fn kv_max_write_bytes() -> u32 {
 pub fn fleet_exchange() -> String {
     "warren.fleet".into()
 }
+// `[handler.http]`
+pub fn http_timeout_ms() -> u64 {
+    2000
+}
+pub fn http_max_response_bytes() -> u64 {
+    1 << 20
+}
+pub fn http_max_requests() -> u32 {
+    16
+}
+pub fn http_idempotency_header() -> bool {
+    true
+}

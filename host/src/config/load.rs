@@ -94,6 +94,11 @@ impl Config {
             if h.module.is_relative() {
                 h.module = base.join(&h.module);
             }
+            if let Some(ca) = h.http.as_mut().and_then(|x| x.ca_file.as_mut())
+                && ca.is_relative()
+            {
+                *ca = base.join(&*ca);
+            }
             // Environment variables and files behind `[handler.config]`
             // values; the error names the key, never a value.
             for (key, value) in &mut h.config {

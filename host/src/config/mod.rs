@@ -17,6 +17,7 @@
 //! - `redact.rs`: URLs without their passwords, for logs and errors.
 
 mod defaults;
+mod http;
 mod load;
 mod redact;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use http::{Http, HttpPattern, HttpScheme};
 pub use load::default_module_cache_dir;
 pub use redact::{redact_url, secrets_of_url};
 pub use values::{ConfigSource, ConfigValue};
@@ -526,6 +528,9 @@ pub struct Handler {
     /// The key-value store (`warren:handler/kv`): namespace and limits.
     #[serde(default)]
     pub kv: Kv,
+    /// Outbound HTTP (`wasi:http/outgoing-handler`); without the table
+    /// every request the handler makes is refused.
+    pub http: Option<Http>,
     /// Key/values handed to the guest through `config`: a plain string, or
     /// a table that reads the value from an environment variable or a file
     /// and may mark it secret (see [`ConfigValue`]).

@@ -515,3 +515,58 @@ fn environment_overrides_the_redis_deployment() {
     assert_eq!(r.sentinels, ["redis://s1:26379", "redis://s2:26379"]);
     assert_eq!(r.master_name, "main");
 }
+
+#[test]
+fn http_is_off_without_the_table_and_defaults_with_it() {
+    assert!(parse(MINIMAL).unwrap().handlers[0].http.is_none());
+    let c = parse(&format!(
+        "{MINIMAL}[handler.http]\nallow = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\n"
+    ))
+    .unwrap();
+    let h = c.handlers[0].http.as_ref().unwrap();
+    assert_eq!(
+        (
+            h.timeout_ms,
+            h.max_response_bytes,
+            h.max_requests,
+            h.idempotency_header
+        ),
+        (2000, 1 << 20, 16, true)
+    );
+    assert_eq!(h.patterns().unwrap().len(), 2);
+    assert!(h.ca_file.is_none());
+}
+
+#[test]
+fn http_errors_name_the_handler_and_the_key() {
+    for (table, key, why) in [
+        (
+            "allow = [\"api.example.com\"]",
+            "http.allow",
+            "scheme://host",
+        ),
+        ("allow = [\"http://x:99999\"]", "http.allow", "65535"),
+        ("timeout_ms = 0", "http.timeout_ms", "at least 1"),
+        ("max_requests = 0", "http.max_requests", "at least 1"),
+        (
+            "max_response_bytes = 0",
+            "http.max_response_bytes",
+            "at least 1",
+        ),
+        (
+            "ca_file = \"no-such-ca.pem\"",
+            "http.ca_file",
+            "does not exist",
+        ),
+        ("allow_all = true", "allow_all", "unknown field"),
+    ] {
+        let err = format!(
+            "{:#}",
+            parse(&format!("{MINIMAL}[handler.http]\n{table}\n")).unwrap_err()
+        );
+        assert!(err.contains(key) && err.contains(why), "{table}: {err}");
+        if key.starts_with("http.") {
+            assert!(err.contains("handler \"echo\""), "{table}: {err}");
+        }
+    }
+}

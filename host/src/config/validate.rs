@@ -206,6 +206,28 @@ impl Config {
                     bail!("{}: must be at least 1", at(key));
                 }
             }
+            if let Some(http) = &h.http {
+                http.patterns()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", at("http.allow")))?;
+                for (key, v) in [
+                    ("http.timeout_ms", http.timeout_ms),
+                    ("http.max_response_bytes", http.max_response_bytes),
+                    ("http.max_requests", u64::from(http.max_requests)),
+                ] {
+                    if v == 0 {
+                        bail!("{}: must be at least 1", at(key));
+                    }
+                }
+                if let Some(ca) = &http.ca_file
+                    && !ca.is_file()
+                {
+                    bail!(
+                        "{}: CA file {} does not exist",
+                        at("http.ca_file"),
+                        ca.display()
+                    );
+                }
+            }
             match (h.delivery_limit, h.queue_type) {
                 (Some(_), QueueType::Classic) => bail!(
                     "{}: only quorum queues have a delivery limit; set queue_type = \"quorum\" or remove the key",

@@ -121,6 +121,12 @@ pub struct HandlerEnv {
     /// The key-value store (`warren:handler/kv`, 0.2.0 modules); without
     /// one every call fails with `unavailable`.
     pub kv: Option<super::kv::KvGrant>,
+    /// Outbound HTTP (`wasi:http`); without a grant every request is
+    /// refused.
+    pub http: Option<std::sync::Arc<super::http::HttpGrant>>,
+    /// Where the sandbox counts outbound HTTP requests and refusals; none
+    /// counts nothing.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 mod bindings;
 mod epoch;
+mod http;
 mod kv;
 mod lift;
 mod limits;
@@ -41,6 +42,7 @@ pub use bindings::{
     Retry,
 };
 use epoch::EpochTicker;
+pub use http::{HttpGrant, HttpSettings, IDEMPOTENCY_HEADER, idempotency_key};
 pub use kv::{KvGrant, KvLimits, KvStore, KvWrite, MAX_COUNTER};
 pub use limits::{HandlerEnv, Limits, RuntimeConfig, truncate_on_char};
 pub use module::{Digest, LoadError, Module};
@@ -187,6 +189,12 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // `wasi:http` is linked for every handler, so a module that imports
+        // it loads and runs anywhere; what it may reach is each handler's
+        // grant, checked per request (`http.rs`): without one, every
+        // request is refused.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
         bindings::v2::Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;

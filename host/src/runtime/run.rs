@@ -149,11 +149,15 @@ impl Runtime {
         let (mut store, warm_handler, served) = match taken {
             Some(w) => {
                 let mut store = w.store;
-                store.data_mut().begin(message_id);
+                store.data_mut().begin(message_id.clone());
                 (store, Some(w.handler), w.served)
             }
-            None => (self.new_store(module, env, message_id), None, 0),
+            None => (self.new_store(module, env, message_id.clone()), None, 0),
         };
+        // Idempotency keys derive from the dedup key (or the message id
+        // when dedup is off), so every run of a message sends the same ones.
+        let seed = msg.dedup_key.clone().or_else(|| msg.message_id.clone());
+        store.data_mut().http.begin(message_id, seed);
         let deadline = arm(&mut store, limits.timeout);
 
         // The whole instantiate-and-call is one future under the deadline:
@@ -252,6 +256,7 @@ impl Runtime {
 fn arm(store: &mut Store<State>, timeout: Duration) -> tokio::time::Instant {
     let now = Instant::now();
     store.data_mut().deadline = now + timeout;
+    store.data_mut().http.deadline = now + timeout;
     store.set_epoch_deadline(1);
     tokio::time::Instant::from_std(now + timeout)
 }

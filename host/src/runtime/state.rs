@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::v2::warren::handler as handler_v2;
 use super::bindings::{Level, Outbound, PublishError, warren::handler};
+use super::http::HttpHooks;
 use super::kv::{KvBuffer, KvGrant};
 use super::limits::{MAX_SHORT_STRING, truncate_on_char};
 use super::measure;
@@ -24,6 +26,9 @@ use handler_v2::kv::KvError;
 /// before each message.
 pub(crate) struct State {
     wasi: WasiCtx,
+    http_ctx: WasiHttpCtx,
+    /// The handler's HTTP grant and this message's requests so far.
+    pub(super) http: HttpHooks,
     table: ResourceTable,
     pub(super) stdout: CappedPipe,
     pub(super) stderr: CappedPipe,
@@ -66,6 +71,12 @@ impl State {
             .build();
         Self {
             wasi,
+            http_ctx: WasiHttpCtx::new(),
+            http: HttpHooks::new(
+                env.name.as_str().into(),
+                env.http.clone(),
+                env.metrics.clone(),
+            ),
             table: ResourceTable::new(),
             stdout,
             stderr,
@@ -97,6 +108,16 @@ impl State {
         self.log_dropped = 0;
         self.kv.clear();
         self.limiter.hit = false;
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
     }
 }
 

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::config::{self, Handler, Instances, MAX_MEMORY_MB};
+use crate::metrics::Metrics;
 use crate::runtime::{
-    Completed, HandlerEnv, KvGrant, KvLimits, KvStore, Limits, Message, Module, RunError, Runtime,
-    RuntimeConfig, WarmInstances,
+    Completed, HandlerEnv, HttpGrant, HttpSettings, KvGrant, KvLimits, KvStore, Limits, Message,
+    Module, RunError, Runtime, RuntimeConfig, WarmInstances,
 };
 pub use case::{CaseFile, DEFAULT_ROUTING_KEY, headers_from_toml};
 pub use report::Style;
@@ -33,8 +34,12 @@ pub use report::Style;
 ///
 /// `kv` is the key-value store the handler's namespace lives in (the host
 /// passes its dedup store's view); its limits come from `[handler.kv]`.
-pub fn handler_env(h: &Handler, kv: Option<Arc<dyn KvStore>>) -> HandlerEnv {
-    HandlerEnv {
+pub fn handler_env(
+    h: &Handler,
+    kv: Option<Arc<dyn KvStore>>,
+    metrics: &Metrics,
+) -> anyhow::Result<HandlerEnv> {
+    Ok(HandlerEnv {
         name: h.name.clone(),
         config: h.config_values(),
         publish_allow: h.publish.allow.clone(),
@@ -52,7 +57,41 @@ pub fn handler_env(h: &Handler, kv: Option<Arc<dyn KvStore>>) -> HandlerEnv {
                 max_write_bytes: h.kv.max_write_bytes as usize,
             },
         }),
-    }
+        http: h
+            .http
+            .as_ref()
+            .map(|http| http_grant(h, http))
+            .transpose()?,
+        metrics: Some(metrics.clone()),
+    })
+}
+
+/// `[handler.http]` as the sandbox's grant; the CA file is read now, so a
+/// bad one stops start-up naming the handler and the key.
+fn http_grant(h: &Handler, http: &config::Http) -> anyhow::Result<Arc<HttpGrant>> {
+    let at = |key: &str| format!("handler {:?}: key http.{key}", h.name);
+    let allow = http
+        .patterns()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("allow")))?;
+    let ca_pem = match &http.ca_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| {
+            format!("{}: cannot read CA file {}", at("ca_file"), path.display())
+        })?),
+        None => None,
+    };
+    let settings = HttpSettings {
+        allow,
+        timeout: http.timeout(),
+        max_response_bytes: http.max_response_bytes,
+        max_requests: http.max_requests,
+        idempotency_header: http.idempotency_header,
+        ca_pem,
+    };
+    let grant = HttpGrant::new(settings).map_err(|e| {
+        let file = http.ca_file.as_deref().unwrap_or(Path::new("-"));
+        anyhow::anyhow!("{}: {}: {e}", at("ca_file"), file.display())
+    })?;
+    Ok(Arc::new(grant))
 }
 
 /// The handler settings a test runs under, and where compiled code is
@@ -245,7 +284,7 @@ impl Trial {
         Ok(Trial {
             runtime,
             module,
-            env: Arc::new(handler_env(h, None)),
+            env: Arc::new(handler_env(h, None, &Metrics::new())?),
             warm: (h.instances == Instances::Reuse)
                 .then(|| (WarmInstances::default(), h.reuse_max)),
             capture: capture::Capture::default(),
