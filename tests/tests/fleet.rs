@@ -46,7 +46,10 @@ impl Plane {
         Command::new(warren_bin())
             .args(args)
             .args(["--fleet", "--amqp", url, "--exchange", &self.exchange])
-            .args(["--discover-ms", "1500", "--timeout", "90"])
+            // Generous: a host compiles the module before it answers, and
+            // an 18 MiB interpreted guest on a loaded 2-core machine took
+            // over 90 s. No test waits for this to run out.
+            .args(["--discover-ms", "1500", "--timeout", "300"])
             .output()
             .expect("run warren")
     }
@@ -200,7 +203,7 @@ async fn a_fleet_deploy_under_load_reaches_every_host_once_and_keeps_their_conne
             Command::new(warren_bin())
                 .args(&args)
                 .args(["--fleet", "--amqp", AMQP_URL, "--exchange", &plane_ex])
-                .args(["--discover-ms", "1500", "--timeout", "90"])
+                .args(["--discover-ms", "1500", "--timeout", "300"])
                 .output()
                 .unwrap()
         })
