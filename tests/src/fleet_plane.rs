@@ -17,6 +17,7 @@ use crate::warren_bin;
 
 /// A control exchange of the test's own, deleted (with its streams) on
 /// drop.
+#[derive(Debug)]
 pub struct Plane {
     pub exchange: String,
     pub streams: Vec<String>,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use warren_tests::broker::{AMQP_URL, Rabbit, connections, consumer_tags, rabbitmqctl};
@@ -14,7 +14,7 @@ use warren_tests::fixture::Fixture;
 use warren_tests::fleet_plane::{
     Plane, digest_of, err, fleet_hosts, id_of, live, out, reports, wait_following,
 };
-use warren_tests::process::{Warren, eventually, unique};
+use warren_tests::process::{eventually, unique};
 use warren_tests::{guest, warren_bin};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -95,8 +95,14 @@ fn handler_state(w: &Warren) -> (String, serde_json::Value) {
     )
 }
 
-/// Every input's outputs, by input body: (version, count).
-async fn outputs_by_input(f: &Running, sent: usize) -> BTreeMap<String, Vec<String>> {
+/// Every input's outputs, by input body: the versions that stamped them.
+/// Each output's `x-warren-module` must name the module of the version
+/// that stamped it (`modules`: version, guest).
+async fn outputs_by_input(
+    f: &Running,
+    sent: usize,
+    modules: &[(&str, &str)],
+) -> BTreeMap<String, Vec<String>> {
     let mut got = f
         .rabbit
         .collect(&f.out, sent, Duration::from_secs(120))
@@ -107,6 +113,16 @@ async fn outputs_by_input(f: &Running, sent: usize) -> BTreeMap<String, Vec<Stri
     for g in &got {
         let body = g.body_str();
         let (version, input) = body.split_once(' ').unwrap();
+        let guest_name = modules
+            .iter()
+            .find(|(v, _)| *v == version)
+            .unwrap_or_else(|| panic!("output by an unexpected version: {body}"))
+            .1;
+        assert_eq!(
+            g.header("x-warren-module"),
+            Some(digest_of(&guest(guest_name))),
+            "{body}"
+        );
         per_input
             .entry(input.to_string())
             .or_default()
@@ -172,7 +188,7 @@ async fn a_canary_that_traps_is_rolled_back_everywhere_and_its_failures_run_on_t
 
     // Every input handled exactly once; none lost, none dead-lettered.
     let sent = load.await.unwrap();
-    let per_input = outputs_by_input(&f, sent).await;
+    let per_input = outputs_by_input(&f, sent, &[("v-a", "stamp_a"), ("v-c", "stamp_flaky")]).await;
     f.assert_nothing_more().await;
     assert_eq!(per_input.len(), sent, "inputs missing from the output");
     assert!(
@@ -264,7 +280,7 @@ async fn a_canary_that_behaves_is_promoted_everywhere_a_late_host_joins_it_and_n
     assert_eq!(canary_metric(&f, "canary", "failed"), 0.0);
 
     let sent = load.await.unwrap();
-    let per_input = outputs_by_input(&f, sent).await;
+    let per_input = outputs_by_input(&f, sent, &[("v-a", "stamp_a"), ("v-b", "stamp_b")]).await;
     f.assert_nothing_more().await;
     assert_eq!(per_input.len(), sent, "inputs missing from the output");
     assert!(
@@ -335,7 +351,7 @@ async fn a_canary_whose_deployer_dies_ends_on_every_host_at_its_deadline() {
     assert!(canary.is_null(), "{canary}");
 
     let sent = load.await.unwrap();
-    let per_input = outputs_by_input(&f, sent).await;
+    let per_input = outputs_by_input(&f, sent, &[("v-a", "stamp_a"), ("v-b", "stamp_b")]).await;
     assert_eq!(per_input.len(), sent, "inputs missing from the output");
     assert!(per_input.values().all(|v| v.len() == 1));
 }

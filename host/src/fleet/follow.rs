@@ -146,6 +146,11 @@ async fn session(host: &Host, link: Arc<FleetLink>, id: &str) {
         }
     }
     followers.abort_all();
+    // A canary this host can neither report on nor hear the decision of
+    // ends here; the stream is read again on the next connection.
+    for h in &host.handlers {
+        registry::end_canary(h, "the fleet connection ended");
+    }
     link.close(Duration::from_secs(1)).await;
     tracing::info!(host_id = %id, "fleet connection closed");
 }
