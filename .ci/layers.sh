@@ -15,7 +15,7 @@ declare -A layer=(
     [config]=0 [shutdown]=0 [logging]=0 [client]=0 [scaffold]=0 [recent]=0
     [retry]=1 [metrics]=1 [telemetry]=1 [signing]=1
     [amqp]=2 [dedup]=2 [runtime]=2
-    [check]=3 [versions]=3 [dlq]=3 [shadow]=3 [trial]=3
+    [check]=3 [versions]=3 [dlq]=3 [shadow]=3 [canary]=3 [trial]=3
     [context]=4
     [liveness]=6
     [pipeline]=5

@@ -34,6 +34,8 @@ pub enum Command {
         admin: AdminArgs,
         #[command(flatten)]
         fleet: FleetFlags,
+        #[command(flatten)]
+        canary: CanaryFlags,
         /// The handler to deploy to.
         #[arg(long)]
         handler: String,
@@ -353,6 +355,63 @@ pub struct FleetFlags {
     discover_ms: u64,
 }
 
+/// `--canary` and its companions (with `--fleet` only).
+#[derive(clap::Args, Debug)]
+pub struct CanaryFlags {
+    /// Run the module on PERCENT (1 to 100) of the first attempts of every
+    /// host first, beside the live version, then promote it everywhere or
+    /// roll it back everywhere by its failure rate (docs/fleet.md).
+    #[arg(long, value_name = "PERCENT")]
+    canary: Option<u8>,
+    /// How long the canary runs before it is promoted (e.g. 90s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    canary_window: std::time::Duration,
+    /// How long after the window hosts wait for the decision before they
+    /// drop the candidate by themselves (should this command die).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    canary_grace: std::time::Duration,
+    /// Promoting needs at least this many first attempts on the candidate.
+    #[arg(long, default_value_t = 20)]
+    canary_min_messages: u64,
+    /// How many percentage points the candidate's failure rate may exceed
+    /// the live version's.
+    #[arg(long, default_value_t = 5.0)]
+    canary_margin: f64,
+}
+
+impl CanaryFlags {
+    fn args(&self) -> Option<crate::fleet::CanaryArgs> {
+        Some(crate::fleet::CanaryArgs {
+            percent: self.canary?,
+            window: self.canary_window,
+            grace: self.canary_grace,
+            rule: crate::canary::Rule {
+                min_messages: self.canary_min_messages,
+                margin_points: self.canary_margin,
+            },
+        })
+    }
+}
+
+/// `90s`, `5m`, `500ms` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 5m, 500ms)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 impl FleetFlags {
     fn args(self) -> anyhow::Result<crate::fleet::FleetArgs> {
         use anyhow::Context as _;
@@ -410,10 +469,20 @@ pub fn other(command: Command) -> anyhow::Result<()> {
         }
         Command::Deploy {
             fleet,
+            canary,
             handler,
             module,
             ..
-        } if fleet.fleet => crate::fleet::deploy(&fleet.args()?, &handler, &module),
+        } if fleet.fleet => match canary.args() {
+            Some(c) => crate::fleet::canary(&fleet.args()?, &c, &handler, &module),
+            None => crate::fleet::deploy(&fleet.args()?, &handler, &module),
+        },
+        Command::Deploy {
+            canary: CanaryFlags {
+                canary: Some(_), ..
+            },
+            ..
+        } => anyhow::bail!("--canary needs --fleet: a canary runs on every host of the fleet"),
         Command::Rollback { fleet, handler, .. } if fleet.fleet => {
             crate::fleet::rollback(&fleet.args()?, &handler)
         }
@@ -576,4 +645,21 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         anyhow::bail!("the handler did not come to an outcome (see above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("5 minutes").unwrap_err().contains("unit"));
+        assert!(parse_duration("s").unwrap_err().contains("not a duration"));
+    }
 }

@@ -188,6 +188,21 @@ pub fn describe_status(handlers: &Value) -> String {
             short(h.get("previous")),
             counters
         );
+        if let Some(c) = h.get("canary").filter(|c| !c.is_null()) {
+            let n = |k: &str| c["counts"][k].as_u64().unwrap_or(0);
+            out += &format!(
+                "{:<16} canary {}% of first attempts on {}: candidate failed {}/{}, live {}/{}\n",
+                "",
+                c["percent"].as_u64().unwrap_or(0),
+                c["candidate"]
+                    .as_str()
+                    .map_or("-".to_string(), |d| d.chars().take(19).collect()),
+                n("canary_failed"),
+                n("canary"),
+                n("live_failed"),
+                n("live"),
+            );
+        }
     }
     out
 }

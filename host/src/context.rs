@@ -86,6 +86,10 @@ pub struct HandlerCtx {
     /// A candidate version compared with the live one on a sample of
     /// messages (`warren shadow`), if one is.
     pub shadow: arc_swap::ArcSwapOption<crate::shadow::Shadow>,
+    /// A candidate version running on a share of the messages, beside the
+    /// live one, until the fleet promotes or rolls it back
+    /// (`warren deploy --fleet --canary`), if one is.
+    pub canary: arc_swap::ArcSwapOption<crate::canary::Canary>,
 }
 
 /// Everything `warren run` started: what the admin endpoint and the file

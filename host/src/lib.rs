@@ -17,7 +17,8 @@
 //! - [`context`]: what every layer above shares: the process's `Shared`,
 //!   each handler's `HandlerCtx`, the `Host`.
 //! - [`versions`]: a handler's live, previous and known module versions;
-//!   [`shadow`]: a candidate version compared with the live one.
+//!   [`shadow`]: a candidate version compared with the live one;
+//!   [`canary`]: a candidate version run on a share of the messages.
 //! - [`amqp`]: RabbitMQ, the only module that knows lapin; [`dedup`]: the
 //!   dedup store, the only module that knows Redis; [`runtime`]: the
 //!   sandbox, the only module that knows wasmtime; [`metrics`]: the
@@ -34,6 +35,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod app;
+pub mod canary;
 pub mod check;
 pub mod cli;
 pub mod client;

@@ -44,6 +44,15 @@ pub struct DroppedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub handler: String,
+    /// `canary` (the candidate) or `live`.
+    pub version: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModuleLabels {
     pub handler: String,
     pub digest: String,
@@ -107,6 +116,11 @@ pub struct Metrics {
     /// Messages ready in each handler's dead-letter queue, as the broker
     /// last said (polled by the supervisor).
     pub dead_letter_depth: Family<HandlerLabel, Gauge>,
+    /// First attempts run while a canary is in progress, by version and
+    /// result.
+    pub canary_messages: Family<CanaryLabels, Counter>,
+    /// The share of messages a canary in progress runs (0: none).
+    pub canary_percent: Family<HandlerLabel, Gauge>,
     /// Each handler's latest latencies and failures, for the dashboard.
     recent: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Recent>>>>,
 }
@@ -232,11 +246,25 @@ impl Metrics {
             "Outbound HTTP request time, from sending to the end of the response body",
             http_duration.clone(),
         );
+        let canary_messages = Family::<CanaryLabels, Counter>::default();
+        r.register(
+            "canary_messages",
+            "First attempts run while a canary is in progress, by version (canary, live) and result (ok, failed)",
+            canary_messages.clone(),
+        );
+        let canary_percent = Family::<HandlerLabel, Gauge>::default();
+        r.register(
+            "canary_percent",
+            "The share of first attempts a canary in progress runs on its candidate (0: no canary)",
+            canary_percent.clone(),
+        );
         Self {
             http_requests,
             http_errors,
             http_duration,
             dead_letter_depth,
+            canary_messages,
+            canary_percent,
             recent: Arc::default(),
             registry: Arc::new(r),
             kv_writes,
@@ -299,6 +327,18 @@ impl Metrics {
             handler: handler.into(),
             recent: self.recent(handler),
             dead_letter_depth: self.dead_letter_depth.get_or_create(&label).clone(),
+            canary: ["canary", "live"].map(|version| {
+                ["ok", "failed"].map(|result| {
+                    self.canary_messages
+                        .get_or_create(&CanaryLabels {
+                            handler: handler.into(),
+                            version: version.into(),
+                            result: result.into(),
+                        })
+                        .clone()
+                })
+            }),
+            canary_percent: self.canary_percent.get_or_create(&label).clone(),
         }
     }
 
@@ -392,9 +432,21 @@ pub struct HandlerMetrics {
     pub recent: Arc<Recent>,
     /// Messages ready in the dead-letter queue.
     pub dead_letter_depth: Gauge,
+    /// `canary_messages`, by version (candidate, live) then result (ok,
+    /// failed).
+    canary: [[Counter; 2]; 2],
+    pub canary_percent: Gauge,
 }
 
 impl HandlerMetrics {
+    /// Counts first attempts run while a canary is in progress, on its
+    /// candidate or on the live version.
+    pub fn canary_runs(&self, on_canary: bool, ok: u64, failed: u64) {
+        let c = &self.canary[usize::from(!on_canary)];
+        c[0].inc_by(ok);
+        c[1].inc_by(failed);
+    }
+
     /// Counts a run that ended without an outcome (a trap, a timeout, an
     /// output the broker refused), by kind. Rare, so the label is built here.
     pub fn failure(&self, kind: &str) {

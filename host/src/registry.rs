@@ -122,7 +122,14 @@ pub async fn deploy(
             signer,
         });
     }
-    let (module, compiled_by) = match h.versions.known(digest.hex()) {
+    // A known version, or the candidate of a canary being promoted.
+    let known = h.versions.known(digest.hex()).or_else(|| {
+        h.canary
+            .load_full()
+            .map(|c| c.module.clone())
+            .filter(|m| m.digest() == &digest)
+    });
+    let (module, compiled_by) = match known {
         Some(m) => (m, CompiledBy::Memory),
         None => {
             let rt = shared.runtime.clone();
@@ -263,4 +270,89 @@ pub async fn start_shadow(
     h.shadow.store(Some(shadow));
     tracing::info!(handler = %h.cfg.name, candidate = %report.candidate, every, "shadow run started");
     Ok(report)
+}
+
+/// What starting a canary did.
+#[derive(Debug, Clone)]
+pub struct CanaryStarted {
+    pub live_digest: String,
+    pub candidate: String,
+    pub compile_ms: f64,
+    pub signer: Option<String>,
+}
+
+/// Starts a canary of `bytes` on `h` (`warren deploy --fleet --canary`), in
+/// place of any canary before it: the candidate is checked exactly as a
+/// deploy checks a module (signature, compile, type check, smoke test) and
+/// then runs on `percent` of the first attempts until `until_ms` or the
+/// fleet's decision, whichever comes first. The live version is not
+/// touched.
+pub async fn start_canary(
+    shared: &Shared,
+    h: &HandlerCtx,
+    bytes: Vec<u8>,
+    id: String,
+    percent: u8,
+    until_ms: u64,
+    reply_to: Option<String>,
+) -> Result<CanaryStarted, DeployError> {
+    let _one = h.versions.deploy_lock().await;
+    let refused = |reason: String| DeployError::Refused {
+        handler: h.cfg.name.clone(),
+        reason,
+    };
+    let signer = shared
+        .trust
+        .check(&bytes)
+        .map_err(|e| refused(e.to_string()))?
+        .map(|k| k.to_string());
+    let digest = crate::runtime::Digest::of(&bytes);
+    let live = h.versions.live();
+    if live.digest() == &digest {
+        return Err(refused(format!(
+            "the candidate {digest} is the live version already: nothing to compare"
+        )));
+    }
+    let (module, compile_ms) = match h.versions.known(digest.hex()) {
+        Some(m) => (m, 0.0),
+        None => {
+            let rt = shared.runtime.clone();
+            let m = tokio::task::spawn_blocking(move || rt.compile(&bytes))
+                .await
+                .map_err(|e| refused(format!("compile task failed: {e}")))?
+                .map_err(|e| refused(e.to_string()))?;
+            let ms = m.compile_time().as_secs_f64() * 1e3;
+            (Arc::new(m), ms)
+        }
+    };
+    let permit = shared.runtime.acquire().await;
+    let smoke = h.cfg.smoke_body.as_deref().map(smoke_message);
+    shared
+        .runtime
+        .smoke(&module, &h.env, smoke.as_ref(), &permit)
+        .await
+        .map_err(|e| refused(format!("smoke test failed: {e}")))?;
+    drop(permit);
+    let canary = crate::canary::Canary::new(module, id.clone(), percent, until_ms, reply_to);
+    let percent = canary.percent;
+    h.canary.store(Some(Arc::new(canary)));
+    h.metrics.canary_percent.set(i64::from(percent));
+    tracing::info!(handler = %h.cfg.name, canary = %id, live = %live.digest(), candidate = %digest, percent, until_ms, signer = signer.as_deref().unwrap_or("none"), "canary started");
+    Ok(CanaryStarted {
+        live_digest: live.digest().to_string(),
+        candidate: digest.to_string(),
+        compile_ms,
+        signer,
+    })
+}
+
+/// Ends the canary in progress on `h`, if there is one: the candidate
+/// runs no further message (batches that loaded it finish on it). Returns
+/// it, with its last counts.
+pub fn end_canary(h: &HandlerCtx, why: &str) -> Option<Arc<crate::canary::Canary>> {
+    let ended = h.canary.swap(None)?;
+    h.metrics.canary_percent.set(0);
+    let c = ended.counts();
+    tracing::info!(handler = %h.cfg.name, canary = %ended.id, candidate = %ended.module.digest(), why, canary_runs = c.canary, canary_failed = c.canary_failed, live_runs = c.live, live_failed = c.live_failed, "canary ended");
+    Some(ended)
 }

@@ -64,6 +64,7 @@ pub mod broker;
 pub mod browser;
 pub mod enrich_cases;
 pub mod fixture;
+pub mod fleet_plane;
 pub mod http_server;
 pub mod multi_memory;
 pub mod otlp_receiver;

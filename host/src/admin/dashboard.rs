@@ -63,6 +63,7 @@ pub(super) async fn data(State(s): State<AdminState>) -> Response {
                 "live": live,
                 "previous": previous,
                 "deploys": h.versions.deploys(),
+                "canary": h.canary.load_full().map(|c| c.view()),
                 "counters": counters,
                 "in_flight": m.in_flight.get(),
                 "dead_letter_depth": m.dead_letter_depth.get(),

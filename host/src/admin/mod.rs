@@ -281,6 +281,7 @@ async fn handlers(State(s): State<AdminState>) -> Response {
                 "live": h.versions.info().0,
                 "previous": h.versions.info().1,
                 "known": h.versions.known_digests(),
+                "canary": h.canary.load_full().map(|c| c.view()),
                 "counters": counts,
             })
         })

@@ -59,6 +59,8 @@ pub enum Offset {
     First,
     /// The last chunk written: the current desired state.
     Last,
+    /// From this offset (a canary's base entry).
+    At(i64),
 }
 
 /// One message on the control plane, as its readers see it.
@@ -328,13 +330,11 @@ impl FleetLink {
             ch.basic_qos(2, BasicQosOptions::default()).await?;
             let mut args = FieldTable::default();
             let offset = match from {
-                Offset::First => "first",
-                Offset::Last => "last",
+                Offset::First => AMQPValue::LongString("first".into()),
+                Offset::Last => AMQPValue::LongString("last".into()),
+                Offset::At(n) => AMQPValue::LongLongInt(n),
             };
-            args.insert(
-                "x-stream-offset".into(),
-                AMQPValue::LongString(offset.into()),
-            );
+            args.insert("x-stream-offset".into(), offset);
             ch.basic_consume(
                 stream.as_str().into(),
                 "".into(),

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{
-    H_ACTION, H_DIGEST, H_HANDLER, H_KIND, HostStatus, KIND_CONFIG, KIND_MODULE, Outcome, Report,
+    CANARY_ACTIONS, H_ACTION, H_DIGEST, H_HANDLER, H_KIND, HostStatus, KIND_CONFIG, KIND_MODULE,
+    Outcome, Report,
 };
 use crate::amqp::fleet::{ControlMessage, ControlStream, FleetLink, Offset, Outgoing};
 use crate::runtime::Digest;
@@ -29,13 +30,13 @@ pub struct FleetArgs {
     pub timeout: Duration,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-async fn connect(args: &FleetArgs) -> anyhow::Result<FleetLink> {
+pub(super) async fn connect(args: &FleetArgs) -> anyhow::Result<FleetLink> {
     let name = format!("warren-deployer pid {}", std::process::id());
     FleetLink::connect(&args.url, &name, &args.exchange)
         .await
@@ -48,7 +49,7 @@ async fn connect(args: &FleetArgs) -> anyhow::Result<FleetLink> {
 }
 
 /// Pings the fleet and collects every host's status for `args.discover`.
-async fn discover(
+pub(super) async fn discover(
     link: &FleetLink,
     args: &FleetArgs,
 ) -> anyhow::Result<BTreeMap<String, HostStatus>> {
@@ -104,7 +105,10 @@ pub fn status(args: &FleetArgs) -> anyhow::Result<()> {
                     short(&h.live),
                     h.previous.as_deref().map_or("-".into(), short),
                     h.signer.as_deref().map_or("-".into(), short),
-                    h.source
+                    match (&h.canary, h.canary_percent) {
+                        (Some(c), Some(p)) => format!("{} (canary {p}%: {})", h.source, short(c)),
+                        _ => h.source.clone(),
+                    }
                 );
             }
         }
@@ -118,7 +122,7 @@ pub fn status(args: &FleetArgs) -> anyhow::Result<()> {
     })
 }
 
-fn short(d: &str) -> String {
+pub(super) fn short(d: &str) -> String {
     d.chars().take(19).collect()
 }
 
@@ -180,16 +184,25 @@ pub fn rollback(args: &FleetArgs, handler: &str) -> anyhow::Result<()> {
     })
 }
 
-/// The last two entries of the handler's stream, oldest first. A stream
-/// says nothing of where it ends, so the read stops when no entry came for
-/// a second (three before the first).
-async fn last_two(link: &FleetLink, handler: &str) -> anyhow::Result<Vec<ControlMessage>> {
+/// The last two desired versions in the handler's stream, oldest first:
+/// canary entries and a canary's rollback (a copy of the version before
+/// it) are not desired versions of their own. A stream says nothing of
+/// where it ends, so the read stops when no entry came for a second (three
+/// before the first).
+pub(super) async fn last_two(
+    link: &FleetLink,
+    handler: &str,
+) -> anyhow::Result<Vec<ControlMessage>> {
     let mut s = link.follow(handler, Offset::First).await?;
     let mut kept: Vec<ControlMessage> = Vec::new();
     let mut wait = Duration::from_secs(3);
     while let Ok(Some(m)) = tokio::time::timeout(wait, s.next()).await {
         wait = Duration::from_secs(1);
         if m.headers.get(H_HANDLER).map(String::as_str) != Some(handler) {
+            continue;
+        }
+        let action = m.headers.get(H_ACTION).map_or("deploy", String::as_str);
+        if CANARY_ACTIONS.contains(&action) {
             continue;
         }
         kept.push(m);
@@ -273,19 +286,19 @@ async fn publish_and_wait(
 }
 
 #[derive(Debug, Default)]
-struct Summary {
+pub(super) struct Summary {
     deployed: usize,
     unchanged: usize,
-    refused: usize,
+    pub(super) refused: usize,
     superseded: usize,
 }
 
 impl Summary {
-    fn failed(&self) -> bool {
+    pub(super) fn failed(&self) -> bool {
         self.refused > 0 || self.superseded > 0
     }
 
-    fn print(&self, missing: &[String], timeout: Duration) {
+    pub(super) fn print(&self, missing: &[String], timeout: Duration) {
         for h in missing {
             println!("{h:<28} no answer within {timeout:?}");
         }
@@ -303,7 +316,7 @@ impl Summary {
 /// Reports for deploy `id` until every host in `waiting` answered (each
 /// removed as it does) or `timeout`. Hosts that were not found but answer
 /// are reported too.
-async fn collect(
+pub(super) async fn collect(
     replies: &mut ControlStream,
     id: &str,
     waiting: &mut Vec<String>,
@@ -328,7 +341,10 @@ async fn collect(
             Outcome::Deployed => s.deployed += 1,
             Outcome::Unchanged => s.unchanged += 1,
             Outcome::Refused => s.refused += 1,
-            Outcome::Superseded => s.superseded += 1,
+            // Not answers to a plain deploy: counted as refusals, so an
+            // odd reply fails the command rather than passing it.
+            Outcome::Superseded | Outcome::Expired => s.superseded += 1,
+            Outcome::Canary => s.refused += 1,
         }
     }
     s
@@ -338,7 +354,7 @@ async fn collect(
 pub fn describe(r: &Report) -> String {
     let d = |x: &Option<String>| x.as_deref().map_or("-".to_string(), short);
     match r.result {
-        Outcome::Refused | Outcome::Superseded => format!(
+        Outcome::Refused | Outcome::Superseded | Outcome::Expired => format!(
             "{:<28} {:<10} {} after {:.0} ms: {}",
             r.host,
             r.result.as_str(),

@@ -10,6 +10,12 @@
 //! superseded. Applying is `registry::deploy`, the same validation as an
 //! admin upload or a file change (signature, compile, type check, smoke
 //! test) before the swap.
+//!
+//! A canary entry starts a canary instead (`registry::start_canary`, the
+//! same validation); the follower then sends the deployer its counts
+//! every second, and ends the canary when an entry with its decision
+//! arrives, when any other desired version arrives (telling the canary's
+//! deployer it was superseded), or by itself at the entry's deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{H_KIND, HandlerStatus, HostStatus, KIND_CONFIG, Outcome, Report};
+use super::{
+    H_ACTION, H_CANARY, H_CANARY_BASE, H_CANARY_PERCENT, H_CANARY_UNTIL, H_KIND, HandlerStatus,
+    HostStatus, KIND_CANARY, KIND_CONFIG, Outcome, Report,
+};
 use crate::amqp::fleet::{ControlMessage, ControlStream, FleetLink, Offset};
 use crate::config::{Config, Fleet};
 use crate::context::{HandlerCtx, Host};
@@ -137,6 +146,11 @@ async fn session(host: &Host, link: Arc<FleetLink>, id: &str) {
         }
     }
     followers.abort_all();
+    // A canary this host can neither report on nor hear the decision of
+    // ends here; the stream is read again on the next connection.
+    for h in &host.handlers {
+        registry::end_canary(h, "the fleet connection ended");
+    }
     link.close(Duration::from_secs(1)).await;
     tracing::info!(host_id = %id, "fleet connection closed");
 }
@@ -189,12 +203,123 @@ async fn follow(
     host: Host,
     h: Arc<HandlerCtx>,
     link: Arc<FleetLink>,
-    mut stream: ControlStream,
+    stream: ControlStream,
     id: String,
 ) -> String {
-    // A reader that keeps at most two entries waiting (each may be tens of
-    // MiB), so the applier can coalesce what arrived while it worked.
-    let (tx, mut rx) = mpsc::channel::<(ControlMessage, Instant)>(2);
+    let (mut reader, mut rx) = read(stream);
+    // Whether a desired version (not a canary) was applied on this
+    // stream: a canary entry met before any means the host started, or
+    // came back, during a canary, and must first run the version the
+    // canary is measured against.
+    let mut based = false;
+    let mut tick = tokio::time::interval(CANARY_REPORT_EVERY);
+    loop {
+        let mut entry = tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = tick.tick() => {
+                canary_tick(&h, &link, &id).await;
+                continue;
+            }
+        };
+        while let Ok(newer) = rx.try_recv() {
+            let old = std::mem::replace(&mut entry, newer);
+            let report = Report {
+                result: Outcome::Superseded,
+                reason: Some("a newer desired version arrived first".into()),
+                apply_ms: old.1.elapsed().as_secs_f64() * 1e3,
+                ..blank_report(&id, &h, &old.0)
+            };
+            send(&link, &old.0, &report).await;
+        }
+        let (m, received) = entry;
+        if m.headers.get(H_KIND).map(String::as_str) == Some(KIND_CANARY) {
+            if !based {
+                based = true;
+                match m
+                    .headers
+                    .get(H_CANARY_BASE)
+                    .and_then(|b| b.parse::<i64>().ok())
+                {
+                    Some(base) => match link.follow(&h.cfg.name, Offset::At(base)).await {
+                        Ok(s) => {
+                            tracing::info!(handler = %h.cfg.name, base, "a canary is in progress: reading the fleet's desired state again from the version it runs against");
+                            reader.abort();
+                            (reader, rx) = read(s);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(handler = %h.cfg.name, error = %e, "cannot read the canary's base version; the canary starts against the live version");
+                        }
+                    },
+                    None => {
+                        // The canary runs against each host's configured
+                        // module.
+                        let config = ControlMessage {
+                            headers: [(H_KIND.to_string(), KIND_CONFIG.to_string())].into(),
+                            body: Vec::new(),
+                            reply_to: None,
+                            correlation_id: m.correlation_id.clone(),
+                            user_id: m.user_id.clone(),
+                            offset: None,
+                        };
+                        apply(&host, &h, config, received, &id).await;
+                    }
+                }
+            }
+            let report = start_canary(&host, &h, &link, m.clone(), received, &id).await;
+            send(&link, &m, &report).await;
+            continue;
+        }
+        based = true;
+        let report = apply(&host, &h, m.clone(), received, &id).await;
+        // Any desired version ends a canary in progress: its own decision
+        // (promote or roll back, applied just now), or a newer deploy,
+        // which the canary's deployer is told superseded it.
+        let decision = m.headers.get(H_CANARY).cloned();
+        if let Some(c) = h.canary.load_full() {
+            if decision.as_deref() == Some(c.id.as_str()) {
+                let action = m.headers.get(H_ACTION).map_or("decision", String::as_str);
+                registry::end_canary(&h, action);
+            } else if let Some(ended) =
+                registry::end_canary(&h, "superseded by a newer fleet entry")
+            {
+                let note = Report {
+                    deploy: ended.id.clone(),
+                    result: Outcome::Superseded,
+                    reason: Some(format!(
+                        "fleet entry {} ended the canary before its decision",
+                        m.correlation_id.as_deref().unwrap_or("-")
+                    )),
+                    counts: Some(ended.counts()),
+                    ..report.clone()
+                };
+                reply(&link, ended.reply_to.as_deref(), &ended.id, &note).await;
+            }
+        }
+        send(&link, &m, &report).await;
+    }
+    reader.abort();
+    registry::end_canary(&h, "the fleet connection ended");
+    h.cfg.name.clone()
+}
+
+/// How often a host sends a canary's counts to its deployer, and checks
+/// its deadline.
+const CANARY_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads `stream` on a task of its own into a channel that keeps at most
+/// two entries waiting (each may be tens of MiB), so the applier can
+/// coalesce what arrived while it worked.
+fn read(
+    mut stream: ControlStream,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<(ControlMessage, Instant)>,
+) {
+    let (tx, rx) = mpsc::channel::<(ControlMessage, Instant)>(2);
     let reader = tokio::spawn(async move {
         while let Some(m) = stream.next().await {
             if tx.send((m, Instant::now())).await.is_err() {
@@ -202,29 +327,152 @@ async fn follow(
             }
         }
     });
-    while let Some(mut entry) = rx.recv().await {
-        while let Ok(newer) = rx.try_recv() {
-            let old = std::mem::replace(&mut entry, newer);
-            let report = Report {
-                host: id.clone(),
-                handler: h.cfg.name.clone(),
-                deploy: old.0.correlation_id.clone().unwrap_or_default(),
-                result: Outcome::Superseded,
-                reason: Some("a newer desired version arrived first".into()),
-                old_digest: None,
-                new_digest: None,
-                signer: None,
-                compile_ms: 0.0,
-                apply_ms: old.1.elapsed().as_secs_f64() * 1e3,
-                swap_us: 0.0,
-            };
-            send(&link, &old.0, &report).await;
-        }
-        let report = apply(&host, &h, entry.0.clone(), entry.1, &id).await;
-        send(&link, &entry.0, &report).await;
+    (reader, rx)
+}
+
+/// A report on entry `m` with nothing filled in yet.
+fn blank_report(id: &str, h: &HandlerCtx, m: &ControlMessage) -> Report {
+    Report {
+        host: id.to_string(),
+        handler: h.cfg.name.clone(),
+        deploy: m.correlation_id.clone().unwrap_or_default(),
+        result: Outcome::Refused,
+        reason: None,
+        old_digest: None,
+        new_digest: None,
+        signer: None,
+        compile_ms: 0.0,
+        apply_ms: 0.0,
+        swap_us: 0.0,
+        counts: None,
     }
-    reader.abort();
-    h.cfg.name.clone()
+}
+
+/// Starts the canary entry `m` describes: refused like a deploy (the
+/// candidate is validated the same way), or expired when its deadline
+/// passed before it arrived.
+async fn start_canary(
+    host: &Host,
+    h: &Arc<HandlerCtx>,
+    link: &FleetLink,
+    m: ControlMessage,
+    received: Instant,
+    id: &str,
+) -> Report {
+    let base = blank_report(id, h, &m);
+    let canary = base.deploy.clone();
+    let percent = m
+        .headers
+        .get(H_CANARY_PERCENT)
+        .and_then(|p| p.parse::<u8>().ok())
+        .filter(|p| (1..=100).contains(p));
+    let until = m
+        .headers
+        .get(H_CANARY_UNTIL)
+        .and_then(|u| u.parse::<u64>().ok());
+    let (Some(percent), Some(until)) = (percent, until) else {
+        return Report {
+            reason: Some(format!(
+                "canary entry without a valid {H_CANARY_PERCENT} (1 to 100) and {H_CANARY_UNTIL}"
+            )),
+            ..base
+        };
+    };
+    if crate::canary::now_ms() >= until {
+        tracing::info!(handler = %h.cfg.name, canary, "the fleet canary expired before this host read it; the live version stays");
+        return Report {
+            result: Outcome::Expired,
+            reason: Some(
+                "the canary's deadline passed before this host read it; the live version stays"
+                    .into(),
+            ),
+            ..base
+        };
+    }
+    // A canary in progress that this one replaces: its deployer is told.
+    if let Some(old) = h.canary.load_full()
+        && old.id != canary
+        && let Some(ended) = registry::end_canary(h, "superseded by a newer canary")
+    {
+        let note = Report {
+            deploy: ended.id.clone(),
+            result: Outcome::Superseded,
+            reason: Some(format!("canary {canary} replaced it before its decision")),
+            counts: Some(ended.counts()),
+            ..base.clone()
+        };
+        reply(link, ended.reply_to.as_deref(), &ended.id, &note).await;
+    }
+    let started = registry::start_canary(
+        &host.shared,
+        h,
+        m.body,
+        canary.clone(),
+        percent,
+        until,
+        m.reply_to.clone(),
+    )
+    .await;
+    let apply_ms = received.elapsed().as_secs_f64() * 1e3;
+    match started {
+        Ok(s) => Report {
+            result: Outcome::Canary,
+            old_digest: Some(s.live_digest),
+            new_digest: Some(s.candidate),
+            signer: s.signer,
+            compile_ms: s.compile_ms,
+            apply_ms,
+            counts: Some(crate::canary::Counts::default()),
+            ..base
+        },
+        Err(e) => {
+            tracing::warn!(handler = %h.cfg.name, canary, reason = %e, "fleet canary refused; the live version keeps serving alone");
+            Report {
+                reason: Some(e.to_string()),
+                apply_ms,
+                old_digest: Some(h.versions.live().digest().to_string()),
+                ..base
+            }
+        }
+    }
+}
+
+/// Every second of a canary: its counts to the deployer, or, past its
+/// deadline with no decision, its end on this host (the live version
+/// stays).
+async fn canary_tick(h: &HandlerCtx, link: &FleetLink, id: &str) {
+    let Some(c) = h.canary.load_full() else {
+        return;
+    };
+    let mut r = Report {
+        host: id.to_string(),
+        handler: h.cfg.name.clone(),
+        deploy: c.id.clone(),
+        result: Outcome::Canary,
+        reason: None,
+        old_digest: Some(h.versions.live().digest().to_string()),
+        new_digest: Some(c.module.digest().to_string()),
+        signer: None,
+        compile_ms: 0.0,
+        apply_ms: 0.0,
+        swap_us: 0.0,
+        counts: Some(c.counts()),
+    };
+    if c.expired(crate::canary::now_ms()) {
+        tracing::warn!(handler = %h.cfg.name, canary = %c.id, "no decision on the canary by its deadline: this host drops the candidate; the live version stays");
+        registry::end_canary(h, "no decision by its deadline");
+        r.result = Outcome::Expired;
+        r.reason = Some("no decision by the canary's deadline: the candidate was dropped".into());
+    }
+    reply(link, c.reply_to.as_deref(), &c.id, &r).await;
+}
+
+async fn reply(link: &FleetLink, to: Option<&str>, correlation: &str, report: &Report) {
+    let Some(to) = to else { return };
+    let body = serde_json::to_vec(report).unwrap_or_default();
+    if let Err(e) = link.reply(to, &body, Some(correlation.to_string())).await {
+        tracing::debug!(error = %e, "cannot send a canary report");
+    }
 }
 
 /// Validates and swaps one entry, exactly as a local deploy.
@@ -273,6 +521,7 @@ async fn apply(
         compile_ms: 0.0,
         apply_ms,
         swap_us: 0.0,
+        counts: None,
     };
     match result {
         Ok(r) => {
@@ -318,12 +567,15 @@ async fn answer_ping(host: &Host, link: &FleetLink, id: &str, m: ControlMessage)
             .iter()
             .map(|h| {
                 let (live, previous) = h.versions.info();
+                let canary = h.canary.load_full();
                 HandlerStatus {
                     name: h.cfg.name.clone(),
                     live: live.digest,
                     previous: previous.map(|p| p.digest),
                     signer: live.signer,
                     source: live.source,
+                    canary: canary.as_ref().map(|c| c.module.digest().to_string()),
+                    canary_percent: canary.as_ref().map(|c| c.percent),
                 }
             })
             .collect(),

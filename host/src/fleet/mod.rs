@@ -9,14 +9,18 @@
 //!   validates and swaps through the registry exactly as a local deploy,
 //!   and answers pings;
 //! - `command.rs`: the deployer side, `warren deploy --fleet`,
-//!   `warren rollback --fleet`, `warren status --fleet`.
+//!   `warren rollback --fleet`, `warren status --fleet`;
+//! - `canary.rs`: the deployer side of `warren deploy --fleet --canary`:
+//!   the canary entry, the hosts' counts, the decision and its entry.
 //!
 //! The broker part (names, declarations, publishing, consuming) is
 //! `amqp::fleet`'s; this module never names the client library.
 
+mod canary;
 mod command;
 mod follow;
 
+pub use canary::{CanaryArgs, canary};
 pub use command::{FleetArgs, deploy, rollback, status};
 pub use follow::start;
 
@@ -29,14 +33,37 @@ pub const H_KIND: &str = "x-warren-fleet-kind";
 /// Header: the module's digest (`sha256:...`), for reading the history
 /// without hashing every body.
 pub const H_DIGEST: &str = "x-warren-fleet-digest";
-/// Header: why the entry was written (`deploy`, `rollback`).
+/// Header: why the entry was written (`deploy`, `rollback`, `canary`,
+/// `canary-promote`, `canary-rollback`).
 pub const H_ACTION: &str = "x-warren-fleet-action";
+/// Header: the canary an entry starts ([`KIND_CANARY`]) or decides (the
+/// promote or rollback entry that ends it): the canary entry's
+/// correlation id.
+pub const H_CANARY: &str = "x-warren-fleet-canary";
+/// Header: the share of first attempts a canary's candidate runs, 1 to 100.
+pub const H_CANARY_PERCENT: &str = "x-warren-fleet-canary-percent";
+/// Header: when hosts end a canary by themselves if no decision came, in
+/// milliseconds since the Unix epoch.
+pub const H_CANARY_UNTIL: &str = "x-warren-fleet-canary-until";
+/// Header: the stream offset of the entry a canary runs against (the
+/// fleet's desired version when it started); absent when that is each
+/// host's configured module. A host that meets the canary entry before
+/// the base reads the stream again from there.
+pub const H_CANARY_BASE: &str = "x-warren-fleet-canary-base";
 
 /// The body is a module.
 pub const KIND_MODULE: &str = "module";
 /// The body is empty: run the module file each host's config names (what
 /// a rollback past the first fleet deploy returns to).
 pub const KIND_CONFIG: &str = "config";
+/// The body is a candidate to run on a share of the messages beside the
+/// desired version, not a desired version itself.
+pub const KIND_CANARY: &str = "canary";
+
+/// Actions that are not a desired version of their own: a rollback
+/// (`warren rollback --fleet`) skips them when it looks for the entry
+/// before the current one.
+pub const CANARY_ACTIONS: [&str; 2] = ["canary", "canary-rollback"];
 
 /// What a host did with one desired-state entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +90,10 @@ pub struct Report {
     /// The pointer swap alone.
     #[serde(default)]
     pub swap_us: f64,
+    /// A canary's counts on this host so far (with [`Outcome::Canary`] and
+    /// [`Outcome::Expired`]).
+    #[serde(default)]
+    pub counts: Option<crate::canary::Counts>,
 }
 
 /// A deploy's result on one host.
@@ -77,8 +108,16 @@ pub enum Outcome {
     /// version keeps serving.
     Refused,
     /// A newer entry arrived before this one was applied; the newer one
-    /// was applied instead.
+    /// was applied instead. For a canary: a newer entry that is not its
+    /// decision ended it.
     Superseded,
+    /// The canary's candidate runs beside the live version; sent when it
+    /// starts and then every second with the counts.
+    Canary,
+    /// The canary ended on this host without a decision: its deadline
+    /// passed (the deployer is gone, or the entry came too late). The live
+    /// version stays.
+    Expired,
 }
 
 impl Outcome {
@@ -88,6 +127,8 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Refused => "refused",
             Outcome::Superseded => "superseded",
+            Outcome::Canary => "canary",
+            Outcome::Expired => "expired",
         }
     }
 }
@@ -109,4 +150,9 @@ pub struct HandlerStatus {
     pub signer: Option<String>,
     /// Where the live version came from (`file ...`, `fleet ID`, ...).
     pub source: String,
+    /// The candidate of a canary in progress, and its share.
+    #[serde(default)]
+    pub canary: Option<String>,
+    #[serde(default)]
+    pub canary_percent: Option<u8>,
 }

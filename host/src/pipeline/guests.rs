@@ -13,10 +13,14 @@ impl Pipeline<'_> {
     /// every epoch tick and ends at the handler's deadline, so no blocking
     /// thread is needed (a hand-off to one was a large share of the
     /// per-message cost).
+    ///
+    /// A canary's candidate (`on_canary`) always runs on a fresh instance
+    /// (warm instances are the live version's) and is never shadowed.
     pub(super) async fn run_guests(
         &self,
         module: &Arc<Module>,
         jobs: &[Job],
+        on_canary: bool,
     ) -> Vec<Result<Completed, RunError>> {
         let messages: Vec<Message> = jobs
             .iter()
@@ -29,7 +33,7 @@ impl Pipeline<'_> {
         let rt = &self.shared.runtime;
         let permit = rt.acquire().await;
         let env = &self.h.env;
-        let reuse = self.h.cfg.instances == config::Instances::Reuse;
+        let reuse = self.h.cfg.instances == config::Instances::Reuse && !on_canary;
         self.h.metrics.in_flight.inc_by(n as i64);
         let mut results = Vec::with_capacity(n);
         let mut times = Vec::with_capacity(n);
@@ -44,7 +48,8 @@ impl Pipeline<'_> {
                 rt.run(module, env, message, &permit).await
             };
             let took = started.elapsed().as_secs_f64();
-            if let Some(shadow) = self.h.shadow.load_full()
+            if !on_canary
+                && let Some(shadow) = self.h.shadow.load_full()
                 && shadow.sampled()
             {
                 // The candidate, on the same message and permit; what it

@@ -31,6 +31,7 @@ use keys::{describe_key, output_id_base};
 pub use keys::{idempotency_key, output_message_id};
 pub use kv::KvView;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -39,10 +40,11 @@ use tracing::Instrument as _;
 
 use crate::amqp::limits::cap_text;
 use crate::amqp::{Inbound, Publisher};
+use crate::canary::Canary;
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
 use crate::dedup::{Commit, KvWrites, Lease};
-use crate::runtime::{Completed, Outbound, Outcome};
+use crate::runtime::{Completed, Module, Outbound, Outcome};
 use crate::telemetry;
 use settle::{InPlace, Settle};
 
@@ -140,40 +142,87 @@ impl Pipeline<'_> {
         //      no longer ours.
         let leases: Vec<Lease> = jobs.iter().filter_map(|j| j.lease.clone()).collect();
         let renew = renew::keep_renewed(&self.shared.store, self.name(), leases, self.lease_ttl());
-        let Ran {
-            done,
-            mut failed,
-            digest,
-        } = tokio::select! {
-            ran = self.run_and_publish(jobs) => ran,
+        let groups = tokio::select! {
+            ran = self.run_versions(jobs) => ran,
             () = renew => unreachable!("renewal runs until the work is done"),
         };
 
-        // 5. Mark the keys done (one round trip), then ack.
-        let unmarked = self.complete_and_ack(done).await;
+        // One group per version that ran (two while a canary is in
+        // progress), each settled with its own digest.
+        for Ran {
+            done,
+            mut failed,
+            digest,
+        } in groups
+        {
+            // 5. Mark the keys done (one round trip), then ack.
+            let unmarked = self.complete_and_ack(done).await;
 
-        // 6. The failures give up their leases (one round trip), so a retry
-        //    or a replay from the dead-letter queue can claim the key again,
-        //    then each is retried, dead-lettered or requeued.
-        self.release(failed.iter().filter_map(|(j, _)| j.lease.as_ref()))
-            .await;
-        failed.extend(unmarked);
-        let settles = failed
-            .into_iter()
-            .map(|(job, how)| (job.msg, how))
-            .collect();
-        kept.extend(self.settle_all(settles, Some(&digest)).await);
+            // 6. The failures give up their leases (one round trip), so a
+            //    retry or a replay from the dead-letter queue can claim the
+            //    key again, then each is retried, dead-lettered or requeued.
+            self.release(failed.iter().filter_map(|(j, _)| j.lease.as_ref()))
+                .await;
+            failed.extend(unmarked);
+            let settles = failed
+                .into_iter()
+                .map(|(job, how)| (job.msg, how))
+                .collect();
+            kept.extend(self.settle_all(settles, Some(&digest)).await);
+        }
         kept
     }
 
-    /// Steps 3 and 4: runs the handler on each message, on the live version
-    /// and one after another on this task, then
-    /// publishes the outputs of every acked message at once and waits for
-    /// all their confirms.
-    async fn run_and_publish(&self, jobs: Vec<Job>) -> Ran {
-        let module = self.h.versions.live();
-        let results = self.run_guests(&module, &jobs).await;
+    /// Steps 3 and 4 for the whole batch: on the live version, or, while a
+    /// canary is in progress, the messages it picks on its candidate and
+    /// the others on the live version, one group after the other. While a
+    /// canary runs, each group's first attempts are counted for it.
+    async fn run_versions(&self, jobs: Vec<Job>) -> Vec<Ran> {
+        let live = self.h.versions.live();
+        let Some(canary) = self.h.canary.load_full() else {
+            return vec![self.run_and_publish(&live, jobs, None).await];
+        };
+        let (picked, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+            let key = j.key.clone().unwrap_or_else(|| output_id_base(&j.msg));
+            canary.picks(&key, j.msg.attempt())
+        });
+        let mut groups = Vec::with_capacity(2);
+        if !rest.is_empty() {
+            groups.push(
+                self.run_and_publish(&live, rest, Some((&*canary, false)))
+                    .await,
+            );
+        }
+        if !picked.is_empty() {
+            groups.push(
+                self.run_and_publish(&canary.module, picked, Some((&*canary, true)))
+                    .await,
+            );
+        }
+        groups
+    }
+
+    /// Steps 3 and 4: runs the handler on each message, on `module` and
+    /// one after another on this task, then publishes the outputs of every
+    /// acked message at once and waits for all their confirms.
+    ///
+    /// With a canary in progress (`canary`: it, and whether `module` is its
+    /// candidate), each first attempt's result is counted: an ack whose
+    /// outputs were confirmed is a success; a trap, a timeout, a reject, a
+    /// retry the guest asked for and an output the broker refused are
+    /// failures. A message the candidate rejects is retried (on the live
+    /// version, whose verdict stands) rather than dead-lettered.
+    async fn run_and_publish(
+        &self,
+        module: &Arc<Module>,
+        jobs: Vec<Job>,
+        canary: Option<(&Canary, bool)>,
+    ) -> Ran {
+        let on_canary = canary.is_some_and(|(_, c)| c);
+        let results = self.run_guests(module, &jobs, on_canary).await;
         let digest = module.digest().to_string();
+        // First attempts that failed, in the run or on publish.
+        let mut failed_first = 0u64;
 
         let mut acked = Vec::new();
         let mut failed = Vec::new();
@@ -205,6 +254,17 @@ impl Pipeline<'_> {
                 Ok(Completed {
                     outcome: Outcome::Reject(reason),
                     ..
+                }) if on_canary => failed.push((
+                    job,
+                    Settle::Retry {
+                        delay: None,
+                        kind: "canary-reject",
+                        reason: format!("the canary candidate rejected it: {reason}"),
+                    },
+                )),
+                Ok(Completed {
+                    outcome: Outcome::Reject(reason),
+                    ..
                 }) => failed.push((
                     job,
                     Settle::DeadLetter {
@@ -227,6 +287,9 @@ impl Pipeline<'_> {
             }
         }
 
+        if canary.is_some() {
+            failed_first = failed.iter().filter(|(j, _)| j.msg.attempt() <= 1).count() as u64;
+        }
         let acked = self.check_swaps(acked, &mut failed).await;
         let refused = self.publish_outputs(&acked, &digest).await;
         let mut done = Vec::with_capacity(acked.len());
@@ -236,6 +299,9 @@ impl Pipeline<'_> {
                 Some(reason) => {
                     self.h.metrics.failure("publish");
                     tracing::warn!(handler = self.name(), message_id = job.msg.message_id().unwrap_or("-"), error = %reason, "output not confirmed; input will be retried");
+                    if job.msg.attempt() <= 1 {
+                        failed_first += 1;
+                    }
                     failed.push((
                         job,
                         Settle::Retry {
@@ -246,6 +312,11 @@ impl Pipeline<'_> {
                     ));
                 }
             }
+        }
+        if let Some((canary, on_canary)) = canary {
+            let ok = done.iter().filter(|j| j.msg.attempt() <= 1).count() as u64;
+            canary.record(on_canary, ok, failed_first);
+            self.h.metrics.canary_runs(on_canary, ok, failed_first);
         }
         Ran {
             done,

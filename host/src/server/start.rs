@@ -172,6 +172,7 @@ impl Host {
                 metrics: metrics.handler(&h.name),
                 warm: Arc::default(),
                 shadow: Default::default(),
+                canary: Default::default(),
                 versions: Versions::new(
                     module,
                     format!("file {}", h.module.display()),
