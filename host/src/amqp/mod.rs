@@ -371,11 +371,7 @@ impl Broker {
     async fn declare_queue(&self, queue: &str, args: FieldTable) -> Result<lapin::Queue, Error> {
         let (q, found) = queues::declare(&self.conn, queue, args).await?;
         if let Some(version) = found {
-            tracing::warn!(
-                queue,
-                version,
-                "queue kept at its classic queue version: warren declares version 2, which holds less in memory; a policy with queue-version 2 converts it in place (docs/semantics.md, \"Queue types\")"
-            );
+            queues::warn_kept(queue, version);
         }
         Ok(q)
     }

@@ -359,7 +359,10 @@ impl Publisher {
         let args = super::queues::wait_queue(kind, work_queue, delay);
         let what = || format!("declaring wait queue {wait_queue:?}");
         let declare = super::queues::declare(&self.conn, wait_queue, args);
-        bounded(what, CALL_TIMEOUT, declare).await?;
+        let (_, found) = bounded(what, CALL_TIMEOUT, declare).await?;
+        if let Some(version) = found {
+            super::queues::warn_kept(wait_queue, version);
+        }
         self.declared
             .lock()
             .expect("declared set lock")

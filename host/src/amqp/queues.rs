@@ -81,6 +81,15 @@ fn base(kind: QueueKind) -> FieldTable {
     args
 }
 
+/// The one log line for a queue [`declare`] kept at another version.
+pub(super) fn warn_kept(queue: &str, version: &str) {
+    tracing::warn!(
+        queue,
+        version,
+        "queue kept at its classic queue version: warren declares version 2, which holds less in memory; a policy with queue-version 2 converts it in place (docs/semantics.md, \"Queue types\")"
+    );
+}
+
 /// Declares the durable `queue` with `args`, each try on a channel of its
 /// own (a refused declaration closes its channel). When the queue exists
 /// with another classic queue version than `args` asks for (a queue created

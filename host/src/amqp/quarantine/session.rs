@@ -134,14 +134,18 @@ impl Session {
         self.frame_max
     }
 
-    /// Declares `queue` durable, as the supervisor's topology does, so a
-    /// dead-letter publish has somewhere to go.
+    /// Checks that `queue` exists (a passive declare), so a dead-letter
+    /// publish has somewhere to go. Passive because the supervisor declared
+    /// it, with its kind's arguments (quorum, classic version 2), before it
+    /// consumed; a declaration with other arguments would be refused. A
+    /// queue an operator deleted since ends the sweep early (404), and the
+    /// next connection declares it again.
     pub fn declare(&mut self, queue: &str) -> Result<()> {
         self.send_on(
             CH,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: short(queue)?,
-                passive: false,
+                passive: true,
                 durable: true,
                 exclusive: false,
                 auto_delete: false,
