@@ -50,7 +50,7 @@ async fn new_classic_queues_are_version_2() {
     f.settle(2, Duration::from_secs(60)).await;
     assert_eq!(attempts(&f.rabbit.drain(&f.out).await), ["ack"]);
     assert_eq!(f.rabbit.drain(&f.dead).await.len(), 1);
-    assert_eq!(f.wait_queues(), [wait.clone()]);
+    assert_eq!(f.wait_queues(), std::slice::from_ref(&wait));
     assert_eq!(
         versions(&[f.queue.clone(), f.dead.clone(), wait]),
         [Some("2".into()), Some("2".into()), Some("2".into())]
@@ -108,7 +108,7 @@ async fn version_1_queues_from_before_are_kept_and_used() {
         .collect();
     dead.sort();
     assert_eq!(dead, ["v1-reject", "v1-retry"]);
-    assert_eq!(f.wait_queues(), [wait.clone()]);
+    assert_eq!(f.wait_queues(), std::slice::from_ref(&wait));
     assert_eq!(
         versions(&[f.queue.clone(), f.dead.clone(), wait.clone()]),
         [None, None, None],
