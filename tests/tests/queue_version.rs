@@ -122,6 +122,16 @@ async fn version_1_queues_from_before_are_kept_and_used() {
             "no warning for {q}:\n{logs}"
         );
     }
+    // The dead-letter queue's depth is read every 2 s: once kept, it is
+    // declared as it is, not refused first each time.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let logs = f.w().logs();
+    let refused = |q: &str| {
+        logs.lines()
+            .filter(|l| l.contains("inequivalent arg") && l.contains(&format!("queue '{q}'")))
+            .count()
+    };
+    assert_eq!(refused(&f.dead), 1, "{logs}");
     // Each refused declaration closed a channel of its own: never the
     // connection, never the publishing channel.
     assert!(!logs.contains("connection to RabbitMQ lost"), "{logs}");

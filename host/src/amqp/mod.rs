@@ -232,6 +232,9 @@ pub struct Broker {
     /// throwaway channel: the broker reports that channel's 404 as an
     /// error on the connection, which must not count as losing it.
     probed_missing: Probed,
+    /// Queues found at another classic queue version (see
+    /// [`queues::declare`]), shared with the publisher.
+    kept: Arc<queues::Kept>,
     /// A channel of its own for the liveness round trip of [`Broker::lost`].
     probe: Channel,
     /// The connection's events, listened to from the start: lapin sends
@@ -308,6 +311,7 @@ impl Broker {
             name: name.to_string(),
             key: Arc::new(key),
             probed_missing: Probed::default(),
+            kept: Arc::default(),
             probe,
             events,
             failure: std::sync::Mutex::new(None),
@@ -369,7 +373,7 @@ impl Broker {
     /// Declares one queue (see [`queues::declare`]), saying so when it is
     /// kept at another classic queue version than warren declares.
     async fn declare_queue(&self, queue: &str, args: FieldTable) -> Result<lapin::Queue, Error> {
-        let (q, found) = queues::declare(&self.conn, queue, args).await?;
+        let (q, found) = queues::declare(&self.conn, &self.kept, queue, args).await?;
         if let Some(version) = found {
             queues::warn_kept(queue, version);
         }
@@ -390,7 +394,8 @@ impl Broker {
             let mut out = Vec::with_capacity(queues.len());
             for (q, kind) in queues {
                 let (declared, _) =
-                    queues::declare(&self.conn, q, queues::dead_letter_queue(*kind)).await?;
+                    queues::declare(&self.conn, &self.kept, q, queues::dead_letter_queue(*kind))
+                        .await?;
                 out.push(declared.message_count());
             }
             Ok::<_, Error>(out)
@@ -410,7 +415,13 @@ impl Broker {
 
     /// Opens the confirm-mode publishing channel.
     pub async fn publisher(&self) -> Result<Publisher, Error> {
-        Publisher::open(&self.conn, self.key.clone(), self.probed_missing.clone()).await
+        Publisher::open(
+            &self.conn,
+            self.key.clone(),
+            self.probed_missing.clone(),
+            self.kept.clone(),
+        )
+        .await
     }
 
     /// Resolves, with the reason, when the connection or one of `consumers`

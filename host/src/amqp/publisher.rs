@@ -107,6 +107,9 @@ pub struct Publisher {
     /// throwaway channel reaches the connection's event stream, and the
     /// broker must know it is not a lost connection.
     pub(super) probed: Probed,
+    /// Queues kept at another classic queue version, shared with the
+    /// broker (see `queues::declare`).
+    kept: Arc<super::queues::Kept>,
     pub(super) conn: Arc<Connection>,
 }
 
@@ -115,6 +118,7 @@ impl Publisher {
         conn: &Arc<Connection>,
         key: Arc<Key>,
         probed: Probed,
+        kept: Arc<super::queues::Kept>,
     ) -> Result<Self, Error> {
         let what = || "opening the publishing channel in confirm mode".to_string();
         let channel = bounded(what, CALL_TIMEOUT, async {
@@ -136,6 +140,7 @@ impl Publisher {
             frame_max,
             exchanges: Arc::default(),
             probed,
+            kept,
             conn: conn.clone(),
         })
     }
@@ -358,7 +363,7 @@ impl Publisher {
         // refused once (closing the channel it was declared on) and kept.
         let args = super::queues::wait_queue(kind, work_queue, delay);
         let what = || format!("declaring wait queue {wait_queue:?}");
-        let declare = super::queues::declare(&self.conn, wait_queue, args);
+        let declare = super::queues::declare(&self.conn, &self.kept, wait_queue, args);
         let (_, found) = bounded(what, CALL_TIMEOUT, declare).await?;
         if let Some(version) = found {
             super::queues::warn_kept(wait_queue, version);

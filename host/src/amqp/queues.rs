@@ -81,6 +81,11 @@ fn base(kind: QueueKind) -> FieldTable {
     args
 }
 
+/// Queues of one connection that [`declare`] kept at another version than
+/// warren's, with the arguments that declared them.
+pub(super) type Kept =
+    std::sync::Mutex<std::collections::HashMap<String, (FieldTable, &'static str)>>;
+
 /// The one log line for a queue [`declare`] kept at another version.
 pub(super) fn warn_kept(queue: &str, version: &str) {
     tracing::warn!(
@@ -98,8 +103,13 @@ pub(super) fn warn_kept(queue: &str, version: &str) {
 /// explicitly. Any other difference is [`Error::Mismatch`]. Returns the
 /// queue (its message count) and the version it was found with, when that
 /// was not the one asked for.
+///
+/// `kept` remembers, for the connection, the queues found at another
+/// version and the arguments that declared them, so that declaring one again
+/// (each dead-letter depth reading, say) takes one try, not a refusal first.
 pub(super) async fn declare(
     conn: &Connection,
+    kept: &Kept,
     queue: &str,
     args: FieldTable,
 ) -> Result<(Queue, Option<&'static str>), Error> {
@@ -107,8 +117,12 @@ pub(super) async fn declare(
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let mut tries: Vec<(FieldTable, Option<&'static str>)> = vec![(args.clone(), None)];
-    if args.inner().contains_key(VERSION) {
+    let known = kept.lock().expect("kept queues lock").get(queue).cloned();
+    let mut tries: Vec<(FieldTable, Option<&'static str>)> = match known {
+        Some((args, found)) => vec![(args, Some(found))],
+        None => vec![(args.clone(), None)],
+    };
+    if tries[0].1.is_none() && args.inner().contains_key(VERSION) {
         let without: FieldTable = args
             .inner()
             .iter()
@@ -124,9 +138,14 @@ pub(super) async fn declare(
     let mut last = None;
     for (args, found) in tries {
         let ch = conn.create_channel().await?;
-        match ch.queue_declare(queue.into(), durable, args).await {
+        match ch.queue_declare(queue.into(), durable, args.clone()).await {
             Ok(q) => {
                 let _ = ch.close(200, "declared".into()).await;
+                if let Some(found) = found {
+                    kept.lock()
+                        .expect("kept queues lock")
+                        .insert(queue.to_string(), (args, found));
+                }
                 return Ok((q, found));
             }
             Err(e) => match declare_error(queue, e) {
