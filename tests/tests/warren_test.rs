@@ -457,7 +457,12 @@ fn case_files_that_cannot_run_fail_naming_the_file_and_the_key() {
     std::fs::write(dir.path().join("typo.toml"), "[input]\nbodi = \"x\"\n").unwrap();
     std::fs::write(
         dir.path().join("http.toml"),
-        "[input]\nbody = \"{}\"\n[[http]]\nurl = \"http://example.test/\"\n",
+        "[input]\nbody = \"{}\"\n[[http]]\nurl = \"http://example.test/\"\nverb = \"GET\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("kv.toml"),
+        "[input]\nbody = \"{}\"\n[kv]\ngone = false\n",
     )
     .unwrap();
     let o = warren_test(
@@ -471,7 +476,11 @@ fn case_files_that_cannot_run_fail_naming_the_file_and_the_key() {
         "{out}"
     );
     assert!(
-        out.contains("FAIL http: ") && out.contains("outbound HTTP requests are not available"),
+        out.contains("FAIL http: ") && out.contains("http.toml") && out.contains("verb"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL kv: ") && out.contains("kv.toml") && out.contains("kv.\"gone\""),
         "{out}"
     );
 
@@ -499,5 +508,224 @@ fn case_files_that_cannot_run_fail_naming_the_file_and_the_key() {
         String::from_utf8_lossy(&o.stderr).contains("no handler named \"b\"; the file has a"),
         "{}",
         text(&o)
+    );
+}
+
+/// The fetcher's settings: HTTP to `prices.test` only, a short request
+/// time-out and a small response cap.
+fn fetcher_settings(dir: &Path) -> PathBuf {
+    let path = dir.join("fetcher.toml");
+    std::fs::write(
+        &path,
+        "timeout_ms = 5000\n[http]\nallow = [\"http://prices.test\"]\ntimeout_ms = 300\nmax_response_bytes = 100\n",
+    )
+    .unwrap();
+    path
+}
+
+/// `[[http]]`: a case's requests are answered from the file (never sent:
+/// `prices.test` does not exist), in the handler's sandbox with its grant;
+/// a request the case does not list fails the case naming the URL, and so
+/// does a listed one that is not made; `--update` records the rest and
+/// keeps the answers, wherever in the file they are.
+#[test]
+fn http_requests_are_answered_from_the_case_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = fetcher_settings(dir.path());
+    let cases = dir.path().join("cases");
+    std::fs::create_dir(&cases).unwrap();
+    let case = |name: &str, text: &str| std::fs::write(cases.join(name), text).unwrap();
+    // Two requests, the second with a body; the answers come after an
+    // [expect] table that --update replaces.
+    case(
+        "a-answered.toml",
+        &(r#"[input]
+body = """get http://prices.test/price/a
+post http://PRICES.test:80/log hello
+get http://prices.test/big
+get http://prices.test/slow"""
+
+[expect]
+outcome = "reject"
+
+[[http]]
+url = "http://prices.test/price/a"
+[http.response]
+body_json = '{"price_cents": 250}'
+
+[[http]]
+method = "POST"
+url = "http://prices.test/log"
+body = "hello"
+[http.response]
+status = 201
+body = "logged"
+
+[[http]]
+url = "http://prices.test/big"
+[http.response]
+body = "BIG"
+
+[[http]]
+url = "http://prices.test/slow"
+error = "timeout"
+"#
+        .replace("BIG", &"x".repeat(300))),
+    );
+    case(
+        "b-unexpected.toml",
+        "[input]\nbody = \"get http://prices.test/other?q=1\"\n",
+    );
+    case(
+        "c-unused.toml",
+        "[input]\nbody = \"\"\n[[http]]\nurl = \"http://prices.test/never\"\n",
+    );
+    // Outside the grant: refused before any answer is looked at, as on a
+    // host; the listed answer is then unused.
+    case(
+        "d-not-allowed.toml",
+        "[input]\nbody = \"get http://elsewhere.test/\"\n[[http]]\nurl = \"http://elsewhere.test/\"\n",
+    );
+    let fetcher = guest("fetcher");
+    let args = [
+        path_str(&fetcher),
+        "--cases",
+        path_str(&cases),
+        "--config",
+        path_str(&settings),
+    ];
+    let o = warren_test(&[&args[..], &["--update"]].concat(), None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("UPDATED a-answered"), "{out}");
+    assert!(
+        out.contains("FAIL b-unexpected")
+            && out.contains("unexpected request GET http://prices.test/other?q=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL c-unused") && out.contains("a request GET http://prices.test/never"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL d-not-allowed") && out.contains("a request GET http://elsewhere.test/"),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(cases.join("a-answered.toml")).unwrap();
+    let parsed: toml::Table = toml::from_str(&written).unwrap();
+    assert_eq!(parsed["http"].as_array().unwrap().len(), 4, "{written}");
+    let expect = &parsed["expect"];
+    assert_eq!(expect["outcome"].as_str(), Some("ack"), "{written}");
+    let transcript = expect["publish"][0]["body"].as_str().unwrap();
+    let lines: Vec<&str> = transcript.lines().collect();
+    assert_eq!(
+        lines[0], r#"status=200 body={"price_cents":250}"#,
+        "{written}"
+    );
+    assert_eq!(lines[1], "status=201 body=logged", "{written}");
+    // Cut off at max_response_bytes with the error a server's body gets,
+    // and a read time-out for the answer that never comes.
+    assert!(
+        lines[2].starts_with("err=") && lines[2].contains("exceeds limit: 100 bytes"),
+        "{written}"
+    );
+    assert!(
+        lines[3].starts_with("err=") && lines[3].contains("ConnectionReadTimeout"),
+        "{written}"
+    );
+
+    // The recorded expectation passes; the others still fail.
+    let o = warren_test(&args, None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("PASS a-answered"), "{out}");
+    assert!(out.contains("FAILED: 4 cases, 1 passed, 3 failed"), "{out}");
+}
+
+/// `[kv]` and `[expect.kv]`: a case starts the handler's namespace with
+/// values, the handler reads them and its own writes, and what an ack
+/// commits is compared key by key; a retry commits nothing; a call the
+/// store refuses is the guest's error and writes nothing.
+#[test]
+fn the_key_value_store_starts_from_the_case_and_its_writes_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    case(
+        "a-counts.toml",
+        r#"[input]
+body = """inc total:acme 5
+get last
+set last order-7
+get last
+del stale
+list total:"""
+
+[kv]
+"total:acme" = 10
+"total:zed" = "1"
+stale = { hex = "00ff" }
+
+[expect]
+outcome = "ack"
+
+[[expect.publish]]
+routing_key = "test.out"
+correlation_id = "a-counts"
+body = """total:acme+5=15
+last=nil
+set
+last=order-7
+del
+list=total:acme,total:zed"""
+
+[expect.kv]
+"total:acme" = 15
+last = "order-7"
+stale = false
+"#,
+    );
+    case(
+        "b-retry-writes-nothing.toml",
+        "[input]\nbody = \"inc n 1\\nquiet\\nretry\"\n[expect]\noutcome = \"retry\"\nreason = \"asked to\"\n",
+    );
+    case(
+        "c-wrong.toml",
+        "[input]\nbody = \"inc n 2\\nquiet\"\n[kv]\nn = 1\n[expect]\noutcome = \"ack\"\n[expect.kv]\nn = 4\nother = 1\n",
+    );
+    case(
+        "d-not-a-counter.toml",
+        "[input]\nbody = \"inc n 2\\nquiet\"\n[kv]\nn = \"abc\"\n[expect]\noutcome = \"ack\"\n",
+    );
+    let o = warren_test(
+        &[path_str(&guest("counter")), "--cases", path_str(dir.path())],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("PASS a-counts"), "{out}");
+    assert!(out.contains("PASS b-retry-writes-nothing"), "{out}");
+    assert!(
+        out.contains("FAIL c-wrong")
+            && out.contains(r#"kv["n"]"#)
+            && out.contains(r#"kv["other"]"#)
+            && out.contains("(not written)"),
+        "{out}"
+    );
+    // Not a counter: the guest's increment call fails at once (the guest
+    // gets the error, as on a host), so nothing is buffered or written.
+    assert!(out.contains("PASS d-not-a-counter"), "{out}");
+
+    // One message: the writes and what they commit to are printed.
+    let o = warren_test(
+        &[path_str(&guest("counter")), "--body", "-"],
+        Some(b"inc hits 3\nset who me\nquiet"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("kv:       2 writes, committed with the done-marker:")
+            && out.contains(r#""hits" = 3"#)
+            && out.contains(r#""who" = "me""#),
+        "{out}"
     );
 }

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::http_answers::{self, HttpResponder};
 use crate::config::{HttpPattern, HttpScheme};
 use crate::metrics::{HttpErrorLabels, HttpLabels, Metrics};
 
@@ -49,6 +50,8 @@ pub struct HttpGrant {
     pub max_requests: u32,
     pub idempotency_header: bool,
     tls: Arc<rustls::ClientConfig>,
+    /// Answers admitted requests instead of the network (`warren test`).
+    responder: Option<Arc<dyn HttpResponder>>,
 }
 
 impl std::fmt::Debug for HttpGrant {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for HttpGrant {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_requests", &self.max_requests)
             .field("idempotency_header", &self.idempotency_header)
+            .field("answered", &self.responder.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -110,7 +114,15 @@ impl HttpGrant {
             max_requests: settings.max_requests,
             idempotency_header: settings.idempotency_header,
             tls: Arc::new(tls),
+            responder: None,
         })
+    }
+
+    /// This grant with every admitted request answered by `responder`
+    /// instead of sent: checked as a sent one would be, never sent.
+    pub fn answered_by(mut self, responder: Arc<dyn HttpResponder>) -> Self {
+        self.responder = Some(responder);
+        self
     }
 }
 
@@ -244,14 +256,14 @@ impl std::fmt::Display for Target {
     }
 }
 
-type Sent = Result<
+pub(super) type Sent = Result<
     (
         http::Response<WasiBody>,
         Box<dyn Future<Output = Result<(), Error>> + Send>,
     ),
     Error,
 >;
-type SendFuture = Box<dyn Future<Output = Sent> + Send>;
+pub(super) type SendFuture = Box<dyn Future<Output = Sent> + Send>;
 
 /// The answer to a request refused before sending.
 fn refused(e: Error) -> SendFuture {
@@ -311,6 +323,10 @@ impl WasiHttpHooks for HttpHooks {
             );
         }
         let started = Instant::now();
+        if let Some(responder) = grant.responder.clone() {
+            let end = (started + grant.timeout).min(self.deadline);
+            return http_answers::answer(responder, request, end, grant.max_response_bytes);
+        }
         // The guest's own request options may shorten a step, never lengthen
         // one past the request's end.
         let end = (started + grant.timeout).min(self.deadline);

@@ -15,6 +15,7 @@
 mod bindings;
 mod epoch;
 mod http;
+mod http_answers;
 mod kv;
 mod lift;
 mod limits;
@@ -43,6 +44,7 @@ pub use bindings::{
 };
 use epoch::EpochTicker;
 pub use http::{HttpGrant, HttpSettings, IDEMPOTENCY_HEADER, idempotency_key};
+pub use http_answers::{Answer, AskedRequest, HttpResponder, MAX_ASKED_BODY};
 pub use kv::{KvGrant, KvLimits, KvStore, KvWrite, MAX_COUNTER};
 pub use limits::{HandlerEnv, Limits, RuntimeConfig, truncate_on_char};
 pub use module::{Digest, LoadError, Module};

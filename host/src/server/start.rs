@@ -125,7 +125,7 @@ impl Host {
                 store: store.clone(),
                 namespace: h.kv_namespace().to_owned(),
             });
-            let env = crate::trial::handler_env(h, Some(kv), &metrics)?;
+            let env = crate::trial::handler_env(h, Some(kv), None, &metrics)?;
             let env = Arc::new(env);
             let smoke = h.smoke_body.as_deref().map(registry::smoke_message);
             let permit = runtime

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use super::store::{Written, value_from_toml, value_to_toml};
 use crate::runtime::{Completed, FieldValue, Header, Headers, Message, Nested, Outbound, Outcome};
 
 /// One case file as written.
@@ -22,13 +23,14 @@ pub struct CaseFile {
     #[serde(default)]
     pub input: Input,
     pub expect: Option<Expect>,
-    /// Reserved for the outbound HTTP requests a case expects and the
-    /// answers they get, once handlers can make them; refused until then
-    /// with a clear error rather than ignored.
-    pub http: Option<toml::Value>,
-    /// Reserved likewise for the key-value store: what a case starts with
-    /// and the writes it expects.
-    pub kv: Option<toml::Value>,
+    /// The outbound HTTP requests the case expects, each with its answer
+    /// (`answer.rs`).
+    #[serde(default)]
+    pub http: Vec<super::answer::Expected>,
+    /// What the handler's key-value namespace holds when the case starts
+    /// (`store.rs` has the value forms).
+    #[serde(default)]
+    pub kv: BTreeMap<String, toml::Value>,
 }
 
 /// The message a case sends, as the handler will see it. Every property
@@ -100,6 +102,10 @@ pub struct Expect {
     /// Every message the handler published, in order; absent means none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<ExpectOut>,
+    /// Every key-value key the message wrote, with its value after the
+    /// commit (`false`: deleted); absent means none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kv: BTreeMap<String, toml::Value>,
 }
 
 /// One published message a case expects. Properties left out must be
@@ -133,6 +139,8 @@ pub struct ExpectOut {
 pub struct Outcomes<'a> {
     pub result: Result<&'a Completed, (&'static str, String)>,
     pub logs: &'a [String],
+    /// What the run's key-value writes commit to.
+    pub kv: &'a Written,
 }
 
 /// One difference between what a case expects and what happened.
@@ -148,20 +156,13 @@ impl CaseFile {
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<CaseFile> {
         let case: CaseFile = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        for (key, what) in [
-            (&case.http, "http: outbound HTTP requests"),
-            (&case.kv, "kv: the key-value store"),
-        ] {
-            if key.is_some() {
-                bail!(
-                    "{}: key {what} are not available to handlers in this warren version, so a case cannot expect them",
-                    path.display()
-                );
-            }
-        }
         if let Some(e) = &case.expect {
             outcome_kind(&e.outcome)
                 .with_context(|| format!("{}: key expect.outcome", path.display()))?;
+            for (key, v) in &e.kv {
+                value_from_toml(v)
+                    .with_context(|| format!("{}: key expect.kv.{key:?}", path.display()))?;
+            }
         }
         Ok(case)
     }
@@ -402,7 +403,14 @@ pub fn observed(o: &Outcomes<'_>) -> Expect {
         delay_ms: None,
         logs: None,
         publish: Vec::new(),
+        kv: BTreeMap::new(),
     };
+    if let Ok(written) = o.kv {
+        e.kv = written
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_toml(v.as_deref())))
+            .collect();
+    }
     match &o.result {
         Err((kind, message)) => {
             e.outcome = (*kind).into();
@@ -480,6 +488,7 @@ pub fn compare(want: &Expect, o: &Outcomes<'_>) -> Vec<Mismatch> {
     let Ok(done) = &o.result else {
         return out;
     };
+    compare_kv(want, o.kv, &mut out);
     if want.publish.len() != got.publish.len() {
         differ(
             &mut out,
@@ -538,6 +547,40 @@ pub fn compare(want: &Expect, o: &Outcomes<'_>) -> Vec<Mismatch> {
     out
 }
 
+/// The keys a case expects written against what the run's writes commit
+/// to, by value bytes (so `7` and `"7"` are the same counter).
+fn compare_kv(want: &Expect, got: &Written, out: &mut Vec<Mismatch>) {
+    let got = match got {
+        Ok(g) => g,
+        Err(why) => {
+            let want = if want.kv.is_empty() {
+                "(no writes)".to_string()
+            } else {
+                "(the writes commit)".to_string()
+            };
+            return differ(out, "kv", want, why.clone());
+        }
+    };
+    let show = |v: Option<&toml::Value>| match v {
+        None => "(not written)".to_string(),
+        Some(toml::Value::Boolean(false)) => "(deleted)".to_string(),
+        Some(v) => v.to_string(),
+    };
+    let keys: std::collections::BTreeSet<&String> = want.kv.keys().chain(got.keys()).collect();
+    for key in keys {
+        let w = want.kv.get(key);
+        let g = got.get(key);
+        let same = match (w, g) {
+            (Some(w), Some(g)) => value_from_toml(w).ok().as_ref() == Some(g),
+            _ => false,
+        };
+        if !same {
+            let g = g.map(|v| value_to_toml(v.as_deref()));
+            differ(out, &format!("kv[{key:?}]"), show(w), show(g.as_ref()));
+        }
+    }
+}
+
 fn differ(out: &mut Vec<Mismatch>, what: &str, want: String, got: String) {
     if want != got {
         out.push(Mismatch {
@@ -551,7 +594,7 @@ fn differ(out: &mut Vec<Mismatch>, what: &str, want: String, got: String) {
 /// A body expectation against the bytes published: JSON compared as
 /// values (shown pretty, keys sorted, so a diff points at the field),
 /// text and hex as written.
-fn compare_body(want: &BodySpec, got: &[u8], what: &str, out: &mut Vec<Mismatch>) {
+pub(super) fn compare_body(want: &BodySpec, got: &[u8], what: &str, out: &mut Vec<Mismatch>) {
     let push = |out: &mut Vec<Mismatch>, field: &str, want: String, got: String| {
         out.push(Mismatch {
             what: format!("{what}{field}"),
@@ -622,18 +665,26 @@ fn show_opt<T: std::fmt::Debug>(v: &Option<T>) -> String {
     }
 }
 
-/// `text` (a case file) with its expectation replaced by `expect`: the
-/// lines before the first `[expect]` or `[[expect.…]]` table are kept as
-/// written (comments included), the rest is written anew.
+/// `text` (a case file) with its expectation replaced by `expect`: every
+/// line outside the `[expect]` and `[[expect.…]]` tables is kept as
+/// written (the input, `[kv]`, `[[http]]`, comments), the expectation is
+/// written anew at the end.
 pub fn rewrite(text: &str, expect: &Expect) -> String {
     let mut kept = String::new();
+    let mut in_expect = false;
     for line in text.lines() {
         let t = line.trim_start();
-        if t.starts_with("[expect") || t.starts_with("[[expect") {
-            break;
+        if t.starts_with('[') {
+            let name = t.trim_start_matches('[').trim_start();
+            in_expect = name == "expect"
+                || name.starts_with("expect]")
+                || name.starts_with("expect.")
+                || name.starts_with("expect ");
         }
-        kept.push_str(line);
-        kept.push('\n');
+        if !in_expect {
+            kept.push_str(line);
+            kept.push('\n');
+        }
     }
     let kept = kept.trim_end();
     #[derive(Serialize)]
@@ -677,10 +728,13 @@ mod tests {
     }
 
     #[test]
-    fn reserved_keys_and_unknown_outcomes_are_refused() {
+    fn unknown_keys_outcomes_and_values_are_refused() {
         let p = Path::new("c.toml");
-        let err = CaseFile::parse("[[http]]\nurl = \"x\"\n", p).unwrap_err();
-        assert!(err.to_string().contains("http: outbound HTTP"), "{err}");
+        let err = CaseFile::parse("[[http]]\nurl = \"x\"\nverb = 1\n", p).unwrap_err();
+        assert!(err.to_string().contains("verb"), "{err}");
+        let err =
+            CaseFile::parse("[expect]\noutcome = \"ack\"\n[expect.kv]\na = 1.5\n", p).unwrap_err();
+        assert!(format!("{err:#}").contains("expect.kv.\"a\""), "{err:#}");
         let err = CaseFile::parse("[expect]\noutcome = \"nack\"\n", p).unwrap_err();
         assert!(
             format!("{err:#}").contains("unknown outcome \"nack\""),
@@ -700,6 +754,7 @@ mod tests {
             delay_ms: None,
             logs: None,
             publish: vec![],
+            kv: BTreeMap::new(),
         };
         let out = rewrite(text, &e);
         assert_eq!(

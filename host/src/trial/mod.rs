@@ -10,9 +10,11 @@
 //! (`report.rs`). It does not know AMQP or Redis; the runtime is used
 //! through its public entry points only (`compile`, `run`, `run_warm`).
 
+mod answer;
 mod capture;
 pub mod case;
 mod report;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,8 +25,8 @@ use anyhow::{Context as _, bail};
 use crate::config::{self, Handler, Instances, MAX_MEMORY_MB};
 use crate::metrics::Metrics;
 use crate::runtime::{
-    Completed, HandlerEnv, HttpGrant, HttpSettings, KvGrant, KvLimits, KvStore, Limits, Message,
-    Module, RunError, Runtime, RuntimeConfig, WarmInstances,
+    Completed, HandlerEnv, HttpGrant, HttpResponder, HttpSettings, KvGrant, KvLimits, KvStore,
+    Limits, Message, Module, RunError, Runtime, RuntimeConfig, WarmInstances,
 };
 pub use case::{CaseFile, DEFAULT_ROUTING_KEY, headers_from_toml};
 pub use report::Style;
@@ -34,9 +36,13 @@ pub use report::Style;
 ///
 /// `kv` is the key-value store the handler's namespace lives in (the host
 /// passes its dedup store's view); its limits come from `[handler.kv]`.
+///
+/// `answers`, when given, answers the handler's admitted HTTP requests
+/// instead of the network (`warren test --cases`).
 pub fn handler_env(
     h: &Handler,
     kv: Option<Arc<dyn KvStore>>,
+    answers: Option<Arc<dyn HttpResponder>>,
     metrics: &Metrics,
 ) -> anyhow::Result<HandlerEnv> {
     Ok(HandlerEnv {
@@ -60,7 +66,7 @@ pub fn handler_env(
         http: h
             .http
             .as_ref()
-            .map(|http| http_grant(h, http))
+            .map(|http| http_grant(h, http, answers))
             .transpose()?,
         metrics: Some(metrics.clone()),
     })
@@ -68,7 +74,11 @@ pub fn handler_env(
 
 /// `[handler.http]` as the sandbox's grant; the CA file is read now, so a
 /// bad one stops start-up naming the handler and the key.
-fn http_grant(h: &Handler, http: &config::Http) -> anyhow::Result<Arc<HttpGrant>> {
+fn http_grant(
+    h: &Handler,
+    http: &config::Http,
+    answers: Option<Arc<dyn HttpResponder>>,
+) -> anyhow::Result<Arc<HttpGrant>> {
     let at = |key: &str| format!("handler {:?}: key http.{key}", h.name);
     let allow = http
         .patterns()
@@ -91,7 +101,10 @@ fn http_grant(h: &Handler, http: &config::Http) -> anyhow::Result<Arc<HttpGrant>
         let file = http.ca_file.as_deref().unwrap_or(Path::new("-"));
         anyhow::anyhow!("{}: {}: {e}", at("ca_file"), file.display())
     })?;
-    Ok(Arc::new(grant))
+    Ok(Arc::new(match answers {
+        Some(a) => grant.answered_by(a),
+        None => grant,
+    }))
 }
 
 /// The handler settings a test runs under, and where compiled code is
@@ -227,6 +240,12 @@ pub struct Trial {
     warm: Option<(WarmInstances, u32)>,
     capture: capture::Capture,
     tokio: tokio::runtime::Runtime,
+    /// The handler's key-value namespace: each case's `[kv]`, empty for
+    /// `--body`.
+    store: Arc<store::CaseStore>,
+    /// Some under `--cases`: each case's `[[http]]` answers the handler's
+    /// requests. None for `--body`: requests go out as under `warren run`.
+    answers: Option<Arc<answer::CaseHttp>>,
 }
 
 impl std::fmt::Debug for Trial {
@@ -242,6 +261,8 @@ impl std::fmt::Debug for Trial {
 #[derive(Debug)]
 pub struct Observed {
     pub result: Result<Completed, RunError>,
+    /// What the run's key-value writes commit to (none unless acked).
+    pub kv: store::Written,
     /// The guest's log lines and output, `level: text` and `stdout: text`.
     pub logs: Vec<String>,
     /// Instantiation (none when a warm instance served) and `handle`.
@@ -253,6 +274,7 @@ impl Observed {
         case::Outcomes {
             result: self.result.as_ref().map_err(|e| (e.kind(), e.to_string())),
             logs: &self.logs,
+            kv: &self.kv,
         }
     }
 }
@@ -260,9 +282,11 @@ impl Observed {
 impl Trial {
     /// Compiles the module at `path` for `settings`' handler, as `warren
     /// run` would at start-up. `progress` is told when compiling starts.
+    /// With `answered`, HTTP requests get the current case's answers.
     pub fn load(
         path: &Path,
         settings: &Settings,
+        answered: bool,
         progress: impl Fn(&str),
     ) -> anyhow::Result<Trial> {
         let h = &settings.handler;
@@ -281,14 +305,24 @@ impl Trial {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
+        let store = Arc::new(store::CaseStore::default());
+        let answers = answered.then(|| Arc::new(answer::CaseHttp::default()));
+        let env = handler_env(
+            h,
+            Some(store.clone() as Arc<dyn KvStore>),
+            answers.clone().map(|a| a as Arc<dyn HttpResponder>),
+            &Metrics::new(),
+        )?;
         Ok(Trial {
             runtime,
             module,
-            env: Arc::new(handler_env(h, None, &Metrics::new())?),
+            env: Arc::new(env),
             warm: (h.instances == Instances::Reuse)
                 .then(|| (WarmInstances::default(), h.reuse_max)),
             capture: capture::Capture::default(),
             tokio,
+            store,
+            answers,
         })
     }
 
@@ -318,8 +352,13 @@ impl Trial {
             })
         });
         let elapsed = started.elapsed();
+        let kv = match &result {
+            Ok(done) => self.store.written(done),
+            Err(_) => Ok(Default::default()),
+        };
         Observed {
             result,
+            kv,
             logs: self.capture.take(),
             elapsed,
         }
@@ -336,7 +375,7 @@ pub fn run_one(
     style: Style,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<bool> {
-    let trial = Trial::load(module, settings, |what| style.progress(what))?;
+    let trial = Trial::load(module, settings, false, |what| style.progress(what))?;
     let observed = trial.run(msg);
     report::one(&trial, &observed, style, out)?;
     Ok(observed.result.is_ok())
@@ -371,7 +410,7 @@ pub fn run_cases(
     if files.is_empty() {
         bail!("no case files (*.toml) in {}", dir.display());
     }
-    let trial = Trial::load(module, settings, |what| style.progress(what))?;
+    let trial = Trial::load(module, settings, true, |what| style.progress(what))?;
     let mut summary = Summary::default();
     let started = Instant::now();
     for (i, path) in files.iter().enumerate() {
@@ -407,23 +446,43 @@ fn run_case(trial: &Trial, path: &Path, name: &str, update: bool) -> report::Ver
         Ok(m) => m,
         Err(e) => return Verdict::Broken(format!("{}: {e:#}", path.display())),
     };
+    let seeded = store::seed(&case.kv).map_err(|e| format!("{}: {e:#}", path.display()));
+    let seeded = match seeded {
+        Ok(s) => s,
+        Err(e) => return Verdict::Broken(e),
+    };
+    trial.store.reset(seeded);
+    if let Some(answers) = &trial.answers
+        && let Err(e) = answers.reset(&case.http)
+    {
+        return Verdict::Broken(format!("{}: {e:#}", path.display()));
+    }
     let observed = trial.run(&msg);
+    // A request the case did not list, or a listed one not made, is the
+    // case's input to fix: `--update` cannot write it, so it fails even
+    // then.
+    let http = trial
+        .answers
+        .as_ref()
+        .map(|a| a.finish())
+        .unwrap_or_default();
     let outcomes = observed.outcomes();
-    let mismatches = match &case.expect {
+    let mut mismatches = match &case.expect {
         Some(want) => case::compare(want, &outcomes),
         None => Vec::new(),
     };
-    if update && (case.expect.is_none() || !mismatches.is_empty()) {
+    if update && http.is_empty() && (case.expect.is_none() || !mismatches.is_empty()) {
         let written = case::rewrite(&text, &case::observed(&outcomes));
         return match std::fs::write(path, written) {
             Ok(()) => Verdict::Updated(observed.elapsed),
             Err(e) => Verdict::Broken(format!("cannot write {}: {e}", path.display())),
         };
     }
+    mismatches.extend(http);
     match &case.expect {
-        None => Verdict::NoExpectation(observed.elapsed),
+        None if mismatches.is_empty() => Verdict::NoExpectation(observed.elapsed),
         Some(_) if mismatches.is_empty() => Verdict::Pass(observed.elapsed),
-        Some(_) => Verdict::Fail {
+        _ => Verdict::Fail {
             elapsed: observed.elapsed,
             description: case.description.clone(),
             mismatches,

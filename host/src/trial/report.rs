@@ -6,8 +6,9 @@ use std::io::{self, IsTerminal as _, Write};
 use std::time::Duration;
 
 use super::case::{Mismatch, headers_to_toml};
+use super::store::{Written, value_to_toml};
 use super::{Observed, Summary, Trial};
-use crate::runtime::{Outbound, Outcome};
+use crate::runtime::{Completed, Outbound, Outcome};
 
 /// How to print: plain (a file, a pipe, CI) or for a terminal.
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,6 +119,7 @@ pub fn one(trial: &Trial, o: &Observed, style: Style, out: &mut impl Write) -> i
             for (i, p) in done.publishes.iter().enumerate() {
                 output(i, p, out)?;
             }
+            kv(done, &o.kv, out)?;
             if done.logs_dropped > 0 || done.stdio_dropped > 0 {
                 writeln!(
                     out,
@@ -143,6 +145,34 @@ pub fn one(trial: &Trial, o: &Observed, style: Style, out: &mut impl Write) -> i
         }
     }
     writeln!(out, "time:     {} (instantiate and handle)", ms(o.elapsed))
+}
+
+/// The run's key-value writes: what they commit to on an ack, or that
+/// they are dropped.
+fn kv(done: &Completed, written: &Written, out: &mut impl Write) -> io::Result<()> {
+    if done.kv_writes.is_empty() {
+        return writeln!(out, "kv:       no writes");
+    }
+    let n = done.kv_writes.len();
+    if done.outcome != Outcome::Ack {
+        return writeln!(
+            out,
+            "kv:       {n} writes (dropped: the outcome is not ack)"
+        );
+    }
+    match written {
+        Err(why) => writeln!(out, "kv:       {n} writes, not committed: {why}"),
+        Ok(keys) => {
+            writeln!(out, "kv:       {n} writes, committed with the done-marker:")?;
+            for (key, value) in keys {
+                match value_to_toml(value.as_deref()) {
+                    toml::Value::Boolean(false) => writeln!(out, "  {key:?} deleted")?,
+                    v => writeln!(out, "  {key:?} = {v}")?,
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn output(i: usize, p: &Outbound, out: &mut impl Write) -> io::Result<()> {
