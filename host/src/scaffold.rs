@@ -140,6 +140,10 @@ const COMMON: &[File] = &[
         "cases/not-json.toml",
         include_str!("../templates/common/cases/not-json.toml"),
     ),
+    (
+        "cases/returning-tenant.toml",
+        include_str!("../templates/common/cases/returning-tenant.toml"),
+    ),
 ];
 
 /// The name the JavaScript examples' lockfile carries, replaced by the

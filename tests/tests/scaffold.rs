@@ -86,7 +86,7 @@ async fn five_commands_to_a_deployed_handler(lang: &str) {
             .current_dir(&project),
     );
     assert!(
-        stdout(&o).contains("ok: 2 cases, 2 passed, 0 failed"),
+        stdout(&o).contains("ok: 3 cases, 3 passed, 0 failed"),
         "{}",
         stdout(&o)
     );
@@ -117,13 +117,23 @@ async fn five_commands_to_a_deployed_handler(lang: &str) {
     let digest = Digest::of(&std::fs::read(&module).unwrap()).to_string();
     assert!(stdout(&o).contains(&digest), "{}", stdout(&o));
 
-    // A message now runs on the deployed version: JSON with handled_by,
-    // not the old version's stamp.
-    f.rabbit.publish(&f.queue, "m-1", br#"{"id": 1}"#).await;
-    let got = f.rabbit.collect(&f.out, 1, Duration::from_secs(60)).await;
-    let body: Value = serde_json::from_slice(&got[0].body)
-        .unwrap_or_else(|e| panic!("{lang}: not JSON ({e}): {:?}", got[0].body_str()));
-    assert_eq!(body, json!({"id": 1, "handled_by": name}), "{lang}");
+    // A message now runs on the deployed version: JSON with handled_by and
+    // the count the key-value store keeps, not the old version's stamp; the
+    // second message sees the first one's committed count.
+    for (id, seen) in [(1, 1), (3, 2)] {
+        let body = format!(r#"{{"id": {id}}}"#);
+        f.rabbit
+            .publish(&f.queue, &format!("m-{id}"), body.as_bytes())
+            .await;
+        let got = f.rabbit.collect(&f.out, 1, Duration::from_secs(60)).await;
+        let body: Value = serde_json::from_slice(&got[0].body)
+            .unwrap_or_else(|e| panic!("{lang}: not JSON ({e}): {:?}", got[0].body_str()));
+        assert_eq!(
+            body,
+            json!({"id": id, "handled_by": name, "seen": seen}),
+            "{lang}"
+        );
+    }
     // And one the template refuses lands in the dead-letter queue.
     f.rabbit.publish(&f.queue, "m-2", b"not json").await;
     let dead = f.rabbit.collect(&f.dead, 1, Duration::from_secs(60)).await;
@@ -134,7 +144,7 @@ async fn five_commands_to_a_deployed_handler(lang: &str) {
         "{lang}: {:?}",
         dead[0].header("x-warren-reason")
     );
-    f.settle(2, Duration::from_secs(30)).await;
+    f.settle(3, Duration::from_secs(30)).await;
     f.assert_nothing_more().await;
 }
 

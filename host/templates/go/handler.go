@@ -1,6 +1,8 @@
 // The {{name}} handler: takes a JSON object, adds `handled_by` (and the
-// `tenant` header, when the message has one), and publishes it as JSON to
-// the configured destination; a body that is not a JSON object is rejected.
+// `tenant` header, when the message has one) and `seen` (how many messages
+// of that tenant it has handled, counted in the key-value store), and
+// publishes it as JSON to the configured destination; a body that is not a
+// JSON object is rejected.
 //
 // Config keys (the `[handler.config]` table of the host's config file, and
 // of handler.toml for `warren test`): `handled_by` (default "{{name}}"),
@@ -27,9 +29,20 @@ func Handle(msg types.Message) types.Outcome {
 		return Reject("body is not a JSON object: " + why)
 	}
 	obj["handled_by"] = Config("handled_by", "{{name}}")
-	if tenant, ok := HeaderString(msg, "tenant"); ok {
+	tenant, ok := HeaderString(msg, "tenant")
+	if ok {
 		obj["tenant"] = tenant
+	} else {
+		tenant = "-"
 	}
+	// The key-value store: one counter per tenant. The write is committed
+	// with the message's done-marker, and only on ack, so a redelivered or
+	// duplicate message counts once.
+	seen, err := KvIncrement("count:"+tenant, 1)
+	if err != nil {
+		return Retry("key-value store: "+err.Error(), -1)
+	}
+	obj["seen"] = seen
 	// Buffered: sent only if we return Ack(). To try the message again later
 	// instead, return Retry("why", 5000) (or -1 for the handler's backoff).
 	routingKey := Config("out_routing_key", msg.RoutingKey+".out")

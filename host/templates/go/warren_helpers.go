@@ -6,6 +6,7 @@
 //	err := JSONBody(msg, &obj)                       // not JSON: err says why
 //	tenant, ok := HeaderString(msg, "tenant")        // !ok if absent or not text
 //	err = PublishJSON("", routingKey, obj, msg.CorrelationId)
+//	n, err := KvIncrement("count:acme", 1)          // committed on ack only
 //	return Ack() | Retry("db busy", 5000) | Reject("bad input")
 package export_wit_world
 
@@ -16,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	host "wit_component/warren_handler_host"
+	kv "wit_component/warren_handler_kv"
 	types "wit_component/warren_handler_types"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
@@ -60,6 +62,54 @@ func Publish(out types.Outbound) error {
 		return errors.New(e.NotAllowed())
 	}
 	return errors.New(e.LimitExceeded())
+}
+
+// KvIncrement adds `delta` to the counter `key` in the handler's key-value
+// namespace and returns its value as this message sees it. Like every
+// key-value write it is committed with the message's done-marker, and only
+// if the handler acks.
+func KvIncrement(key string, delta int64) (int64, error) {
+	r := kv.Increment(key, delta)
+	if r.IsErr() {
+		return 0, kvError(r.Err())
+	}
+	return r.Ok(), nil
+}
+
+// KvGet is the value of `key` (ok false when it is not set), with the
+// message's own earlier writes applied.
+func KvGet(key string) ([]byte, bool, error) {
+	r := kv.Get(key)
+	if r.IsErr() {
+		return nil, false, kvError(r.Err())
+	}
+	v := r.Ok()
+	if v.IsNone() {
+		return nil, false, nil
+	}
+	return v.Some(), true, nil
+}
+
+// KvSet sets `key` to `value` (no expiry), committed on ack.
+func KvSet(key string, value []byte) error {
+	r := kv.Set(key, value, witTypes.None[uint64]())
+	if r.IsErr() {
+		return kvError(r.Err())
+	}
+	return nil
+}
+
+func kvError(e kv.KvError) error {
+	switch e.Tag() {
+	case kv.KvError_LimitExceeded:
+		return errors.New("limit exceeded: " + e.LimitExceeded())
+	case kv.KvError_InvalidKey:
+		return errors.New("invalid key: " + e.InvalidKey())
+	case kv.KvError_NotACounter:
+		return errors.New("not a counter: " + e.NotACounter())
+	default:
+		return errors.New("unavailable: " + e.Unavailable())
+	}
 }
 
 // Header is the top-level header `name`.

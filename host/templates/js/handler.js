@@ -1,6 +1,8 @@
 // The {{name}} handler: takes a JSON object, adds `handled_by` (and the
-// `tenant` header, when the message has one), and publishes it as JSON to
-// the configured destination; a body that is not a JSON object is rejected.
+// `tenant` header, when the message has one) and `seen` (how many messages
+// of that tenant it has handled, counted in the key-value store), and
+// publishes it as JSON to the configured destination; a body that is not a
+// JSON object is rejected.
 //
 // Config keys (the `[handler.config]` table of the host's config file, and
 // of handler.toml for `warren test`): `handled_by` (default "{{name}}"),
@@ -10,8 +12,9 @@
 // Types: types/ (generated from wit/handler.wit by `bash build.sh`).
 
 import { log } from "warren:handler/host@0.2.0";
+import { increment } from "warren:handler/kv@0.2.0";
 import {
-  NotJson, PublishRefused, ack, config, headerString, jsonBody, publishJson, reject,
+  NotJson, PublishRefused, ack, config, headerString, jsonBody, publishJson, reject, retry,
 } from "./warren.js";
 
 /**
@@ -34,6 +37,15 @@ export function handle(msg) {
   obj.handled_by = config("handled_by", "{{name}}");
   const tenant = headerString(msg, "tenant");
   if (tenant !== undefined) obj.tenant = tenant;
+  // The key-value store: one counter per tenant. The write is committed with
+  // the message's done-marker, and only on ack, so a redelivered or duplicate
+  // message counts once. Counters are BigInts (s64).
+  try {
+    obj.seen = Number(increment(`count:${tenant ?? "-"}`, 1n));
+  } catch (e) {
+    const why = e.payload ? `${e.payload.tag}: ${e.payload.val}` : String(e);
+    return retry(`key-value store: ${why}`);
+  }
   // Buffered: sent only if we return ack(). To try the message again later
   // instead, return retry("why", 5000).
   try {

@@ -1,6 +1,8 @@
 """The {{name}} handler: takes a JSON object, adds `handled_by` (and the
-`tenant` header, when the message has one), and publishes it as JSON to the
-configured destination; a body that is not a JSON object is rejected.
+`tenant` header, when the message has one) and `seen` (how many messages of
+that tenant it has handled, counted in the key-value store), and publishes
+it as JSON to the configured destination; a body that is not a JSON object
+is rejected.
 
 Config keys (the `[handler.config]` table of the host's config file, and of
 handler.toml for `warren test`): `handled_by` (default "{{name}}"),
@@ -9,11 +11,12 @@ handler.toml for `warren test`): `handled_by` (default "{{name}}"),
 """
 
 import wit_world
-from wit_world.imports import host
+from componentize_py_types import Err
+from wit_world.imports import host, kv
 from wit_world.imports.types import Level, Message, Outcome
 
 from warren_helpers import (NotJson, PublishRefused, ack, config, header_str, json_body,
-                            publish_json, reject)
+                            publish_json, reject, retry)
 
 
 class WitWorld(wit_world.WitWorld):
@@ -30,6 +33,13 @@ class WitWorld(wit_world.WitWorld):
         tenant = header_str(msg, "tenant")
         if tenant is not None:
             obj["tenant"] = tenant
+        # The key-value store: one counter per tenant. The write is committed
+        # with the message's done-marker, and only on ack, so a redelivered or
+        # duplicate message counts once.
+        try:
+            obj["seen"] = kv.increment("count:" + (tenant or "-"), 1)
+        except Err as e:
+            return retry(f"key-value store: {e.value}")
         # Buffered: sent only if we return ack(). To try the message again
         # later instead, return retry("why", after_ms=5000).
         try:

@@ -1,7 +1,8 @@
 //! The {{name}} handler: takes a JSON object, adds `handled_by` (and the
-//! `tenant` header, when the message has one), and publishes it as JSON to
-//! the configured destination; a body that is not a JSON object is
-//! rejected.
+//! `tenant` header, when the message has one) and `seen` (how many messages
+//! of that tenant it has handled, counted in the key-value store), and
+//! publishes it as JSON to the configured destination; a body that is not
+//! a JSON object is rejected.
 //!
 //! Config keys (the `[handler.config]` table of the host's config file, and
 //! of handler.toml for `warren test`): `handled_by` (default `{{name}}`),
@@ -12,9 +13,9 @@ wit_bindgen::generate!({ path: "wit", world: "handler" });
 
 mod helpers;
 
-use helpers::{ack, config, header_str, json_body, publish_json, reject};
+use helpers::{ack, config, header_str, json_body, publish_json, reject, retry};
 use serde_json::{Map, Value};
-use warren::handler::host;
+use warren::handler::{host, kv};
 use warren::handler::types::Level;
 
 struct Handler;
@@ -28,9 +29,18 @@ impl Guest for Handler {
             Err(e) => return reject(format!("body is not a JSON object: {e}")),
         };
         obj.insert("handled_by".into(), config("handled_by", "{{name}}").into());
-        if let Some(tenant) = header_str(&msg, "tenant") {
-            obj.insert("tenant".into(), tenant.into());
+        let tenant = header_str(&msg, "tenant");
+        if let Some(tenant) = &tenant {
+            obj.insert("tenant".into(), tenant.clone().into());
         }
+        // The key-value store: one counter per tenant. The write is
+        // committed with the message's done-marker, and only on ack, so a
+        // redelivered or duplicate message counts once.
+        let key = format!("count:{}", tenant.as_deref().unwrap_or("-"));
+        match kv::increment(&key, 1) {
+            Ok(seen) => obj.insert("seen".into(), seen.into()),
+            Err(e) => return retry(format!("key-value store: {e:?}"), None),
+        };
         // Buffered: sent only if we return ack(). To try the message again
         // later instead, return helpers::retry("why", Some(5000)).
         let routing_key = config("out_routing_key", &format!("{}.out", msg.routing_key));
