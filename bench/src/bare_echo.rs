@@ -14,6 +14,11 @@
 //! after the first). No dedup, no sandbox. It speaks the protocol of
 //! `child.rs` up to `drained`; its latency is taken by the bench, as
 //! warren's is, when an output arrives in the output queue.
+//!
+//! With `--http URL` (line 2eh) each message first GETs `URL` with hyper,
+//! over a connection of its own (as warren sends a handler's request),
+//! reads the whole response, and publishes only then: the bare-client
+//! cost of one loopback HTTP request per message.
 
 use std::time::Duration;
 
@@ -50,6 +55,9 @@ pub struct Args {
     pub drain: u64,
     #[arg(long, default_value_t = 256)]
     pub prefetch: u16,
+    /// GET this URL (`http://HOST:PORT/PATH`) before publishing each message.
+    #[arg(long)]
+    pub http: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -98,7 +106,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let id = d.properties.message_id().as_ref().map_or("-", |s| s.as_str());
                 let id = output_message_id("echo", id, 0);
                 let headers = headers.clone();
+                let http = args.http.clone();
                 in_flight.push_back(async move {
+                    if let Some(url) = &http {
+                        get(url).await?;
+                    }
                     let props = BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_message_id(id.into())
@@ -108,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         .basic_publish("".into(), queue.as_str().into(), opts, &d.data, props)
                         .await?
                         .await?;
-                    Ok::<_, lapin::Error>((d.acker, confirm))
+                    Ok::<_, anyhow::Error>((d.acker, confirm))
                 });
             }
             Some(done) = in_flight.next() => {
@@ -136,6 +148,33 @@ async fn ack(to_ack: &mut Option<Acker>, unacked: &mut u64) -> anyhow::Result<()
     if let Some(acker) = to_ack.take() {
         acker.ack(BasicAckOptions { multiple: true }).await?;
         *unacked = 0;
+    }
+    Ok(())
+}
+
+/// One GET over a new connection, the body read to the end; an error
+/// unless the answer is 200.
+async fn get(url: &str) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt as _, Empty};
+    let uri: hyper::Uri = url.parse().context("not a URL")?;
+    let host = uri.host().context("no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    drop(sender);
+    conn.await??;
+    if status != hyper::StatusCode::OK {
+        bail!("{url}: status {status}");
     }
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct Opts {
     pub perf: Option<PathBuf>,
     /// A name unique to this run: queue names and key prefixes start with it.
     pub run_id: String,
+    /// The bench's HTTP server (lines 2eh and 5h): `http://127.0.0.1:PORT`.
+    pub http_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,8 +60,10 @@ pub enum Kind {
     /// A bare lapin consumer, acking each message or with no ack at all.
     Bare { ack: bool },
     /// A bare lapin echo: each message published persistent, mandatory and
-    /// confirmed to an output queue, the input acked after the confirm.
-    BareEcho,
+    /// confirmed to an output queue, the input acked after the confirm;
+    /// with `http`, after one GET to the bench's HTTP server (hyper, a
+    /// connection per request, as warren sends a handler's requests).
+    BareEcho { http: bool },
     /// The Python seed design made correct.
     Seed,
     /// warren with the guest `module` (a file in the guests folder), which
@@ -80,6 +84,10 @@ pub enum Kind {
     /// separated by `;`) on every message, publishing nothing: line 5n's
     /// work plus what the script asks of the key-value store.
     WarrenKv { script: &'static str },
+    /// warren with the `fetcher` test guest making one GET to the bench's
+    /// HTTP server per message and publishing what it got: line 5's work
+    /// plus one loopback HTTP request.
+    WarrenHttp,
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +124,7 @@ pub fn all() -> Vec<Line> {
         Line {
             id: "2e",
             what: "(not in the issue) bare lapin echo: publish each message with confirms, then ack",
-            kind: Kind::BareEcho,
+            kind: Kind::BareEcho { http: false },
             queues: Queues::ClassicV2,
         },
         Line {
@@ -167,6 +175,18 @@ pub fn all() -> Vec<Line> {
             kind: Kind::WarrenKv {
                 script: "quiet;get bench;set bench v",
             },
+            queues: Queues::ClassicV2,
+        },
+        Line {
+            id: "2eh",
+            what: "(issue 14) line 2e with one loopback HTTP GET per message: a bare hyper client, a connection per request",
+            kind: Kind::BareEcho { http: true },
+            queues: Queues::ClassicV2,
+        },
+        Line {
+            id: "5h",
+            what: "(issue 14) line 5 with one loopback HTTP GET per message (the fetcher guest)",
+            kind: Kind::WarrenHttp,
             queues: Queues::ClassicV2,
         },
         Line {
@@ -251,6 +271,10 @@ pub fn skip_reason(opts: &Opts, line: &Line) -> Option<String> {
             "skipped: {} not found (bash guests/rust/build.sh builds it)",
             opts.guests.join("counter.wasm").display()
         )),
+        Kind::WarrenHttp if !opts.guests.join("fetcher.wasm").is_file() => Some(format!(
+            "skipped: {} not found (bash guests/rust/build.sh builds it)",
+            opts.guests.join("fetcher.wasm").display()
+        )),
         _ => None,
     }
 }
@@ -269,7 +293,7 @@ pub async fn run(opts: &Opts, line: &Line, rabbit: &Rabbit) -> anyhow::Result<Me
     }
     if matches!(
         line.kind,
-        Kind::Seed | Kind::Warren { dedup: true, .. } | Kind::WarrenKv { .. }
+        Kind::Seed | Kind::Warren { dedup: true, .. } | Kind::WarrenKv { .. } | Kind::WarrenHttp
     ) {
         match crate::delete_keys(&opts.redis_url, &format!("{}:*", names.prefix)).await {
             Ok(n) => progress::say(format_args!("    deleted {n} dedup keys")),
@@ -301,7 +325,10 @@ async fn measure(
         line.kind,
         Kind::Warren { output: false, .. } | Kind::WarrenKv { .. }
     );
-    if matches!(line.kind, Kind::Warren { .. } | Kind::BareEcho) {
+    if matches!(
+        line.kind,
+        Kind::Warren { .. } | Kind::BareEcho { .. } | Kind::WarrenHttp
+    ) {
         // Echo's outputs are mandatory publishes: their queue must exist.
         rabbit
             .declare_with(&names.out, line.queues, opts.out_queue_mode.as_deref())
@@ -400,7 +427,7 @@ async fn measure(
     // its output arrives, on an output queue emptied first and drained as
     // it goes, so the broker is not also holding the drain's outputs.
     let (achieved, mut samples) = match &mut subject {
-        Subject::Own(c) if !matches!(line.kind, Kind::BareEcho) => {
+        Subject::Own(c) if !matches!(line.kind, Kind::BareEcho { .. }) => {
             let achieved = rabbit
                 .paced(&names.queue, rate, count, n, &names.queue)
                 .await?;
@@ -442,11 +469,11 @@ async fn measure(
 
 async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subject> {
     match &line.kind {
-        Kind::Bare { .. } | Kind::BareEcho => {
+        Kind::Bare { .. } | Kind::BareEcho { .. } => {
             let exe = std::env::current_exe().context("cannot find the bench binary")?;
             let mut cmd = Command::new(exe);
             let (sub, what) = match line.kind {
-                Kind::BareEcho => ("bare-echo", "the bare lapin echo"),
+                Kind::BareEcho { .. } => ("bare-echo", "the bare lapin echo"),
                 _ => ("bare-consumer", "the bare lapin consumer"),
             };
             cmd.args([sub, "--url", &opts.amqp_url, "--queue"])
@@ -454,8 +481,11 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 .args(["--drain", &opts.n.to_string()])
                 .args(["--prefetch", &opts.prefetch.to_string()]);
             match line.kind {
-                Kind::BareEcho => {
+                Kind::BareEcho { http } => {
                     cmd.arg("--out").arg(&names.out);
+                    if http {
+                        cmd.arg("--http").arg(http_target(opts)?);
+                    }
                 }
                 Kind::Bare { ack: false } => {
                     cmd.arg("--no-ack");
@@ -483,13 +513,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
             output,
             tuned,
         } => {
-            let tuning = tuned.then(|| Tuning {
-                consumers: opts.consumers,
-                max_batch: opts.max_batch,
-                prefetch: opts.prefetch,
-                channels: opts.channels,
-                instances: opts.instances.clone(),
-            });
+            let tuning = tuned.then(|| tuning(opts));
             let spec = Spec {
                 amqp_url: opts.amqp_url.clone(),
                 redis: dedup.then(|| (opts.redis_url.clone(), names.prefix.clone())),
@@ -504,6 +528,7 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                     vec![("mode", "ack".into())]
                 },
                 tuning,
+                http_allow: None,
             };
             let ws = (0..*processes)
                 .map(|_| Warren::start(&opts.warren, &spec))
@@ -520,17 +545,51 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 queue: names.queue.clone(),
                 quorum: line.queues == Queues::Quorum,
                 config: vec![("script", script.to_string())],
-                tuning: Some(Tuning {
-                    consumers: opts.consumers,
-                    max_batch: opts.max_batch,
-                    prefetch: opts.prefetch,
-                    channels: opts.channels,
-                    instances: opts.instances.clone(),
-                }),
+                tuning: Some(tuning(opts)),
+                http_allow: None,
+            };
+            Ok(Subject::Warren(vec![Warren::start(&opts.warren, &spec)?]))
+        }
+        Kind::WarrenHttp => {
+            let target = http_target(opts)?;
+            let spec = Spec {
+                amqp_url: opts.amqp_url.clone(),
+                redis: Some((opts.redis_url.clone(), names.prefix.clone())),
+                dedup: true,
+                name: "fetcher".into(),
+                module: std::path::absolute(opts.guests.join("fetcher.wasm"))?,
+                queue: names.queue.clone(),
+                quorum: line.queues == Queues::Quorum,
+                config: vec![
+                    ("script", format!("get {target}")),
+                    ("out_routing_key", names.out.clone()),
+                ],
+                tuning: Some(tuning(opts)),
+                http_allow: opts.http_url.clone(),
             };
             Ok(Subject::Warren(vec![Warren::start(&opts.warren, &spec)?]))
         }
     }
+}
+
+/// The run's handler settings (`--consumers`, `--prefetch`, ...).
+fn tuning(opts: &Opts) -> Tuning {
+    Tuning {
+        consumers: opts.consumers,
+        max_batch: opts.max_batch,
+        prefetch: opts.prefetch,
+        channels: opts.channels,
+        instances: opts.instances.clone(),
+    }
+}
+
+/// What lines 2eh and 5h request: a price from the bench's HTTP server.
+fn http_target(opts: &Opts) -> anyhow::Result<String> {
+    let base = opts
+        .http_url
+        .as_deref()
+        .context("the bench's HTTP server is not running")?;
+    Ok(format!("{base}/price/sku-1"))
 }
 
 impl Subject {

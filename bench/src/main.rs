@@ -26,6 +26,7 @@ mod bare_echo;
 mod child;
 mod lines;
 mod machine;
+mod price_server;
 mod profile;
 mod progress;
 mod report;
@@ -71,7 +72,7 @@ struct RunArgs {
     /// Seconds of publishing at half the drain rate, for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,6,7a,7b,2e1,51,2eq,5q); all by default.
+    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,2eh,5h,6,7a,7b,2e1,51,2eq,5q); all by default.
     #[arg(long, value_delimiter = ',')]
     lines: Vec<String>,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -174,14 +175,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         for id in &args.lines {
             if !all.iter().any(|l| l.id == id) {
-                bail!("no line {id:?}: the lines are 1, 2, 2e, 3, 4, 5, 5n, 6, 7a, 7b");
+                let ids: Vec<&str> = all.iter().map(|l| l.id).collect();
+                bail!("no line {id:?}: the lines are {}", ids.join(", "));
             }
         }
         all.into_iter()
             .filter(|l| args.lines.iter().any(|id| id == l.id))
             .collect()
     };
+    let http_url = if chosen.iter().any(|l| {
+        matches!(
+            l.kind,
+            lines::Kind::WarrenHttp | lines::Kind::BareEcho { http: true }
+        )
+    }) {
+        let url = price_server::start().await?;
+        progress::say(format_args!("HTTP server for lines 2eh and 5h at {url}"));
+        Some(url)
+    } else {
+        None
+    };
     let opts = lines::Opts {
+        http_url,
         n: args.n,
         latency_secs: args.latency_secs,
         amqp_url: args.amqp_url.clone(),
@@ -219,7 +234,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if chosen.iter().any(|l| {
         matches!(
             l.kind,
-            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. }
+            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. } | lines::Kind::WarrenHttp
         )
     }) && !opts.warren.is_file()
     {
@@ -253,7 +268,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for line in &chosen {
         let is_warren = matches!(
             line.kind,
-            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. }
+            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. } | lines::Kind::WarrenHttp
         );
         if let (Some(base), true) = (&baseline, is_warren) {
             let id = format!("{}@base", line.id);
@@ -281,6 +296,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         targets.push_str(&report::against_baseline(&rows));
     }
     targets.push_str(&report::queue_kinds(&rows));
+    targets.push_str(&report::extras(&rows));
     let doc = format!(
         "# warren end-to-end benchmark: results\n\n\
          Written by `bench/run` (see BENCHMARKS.md for what each line is and how \

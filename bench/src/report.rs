@@ -205,6 +205,46 @@ pub fn queue_kinds(rows: &[Row]) -> String {
     t
 }
 
+/// What a capability costs the host per message, each against its own
+/// base line of the same run: a key-value get + set (5k against 5n), and
+/// one loopback HTTP request in warren (5h against 5) next to a bare hyper
+/// client doing the same request (2eh against 2e).
+pub fn extras(rows: &[Row]) -> String {
+    let mut t = String::new();
+    if let (Some(k), Some(n)) = (find(rows, "5k"), find(rows, "5n")) {
+        t.push_str(&format!(
+            "- key-value get + set: {:.1} µs of host CPU per message (line 5k {:.1} µs - line 5n {:.1} µs; issue 14 wants at most 5)\n",
+            k.cpu_us - n.cpu_us,
+            k.cpu_us,
+            n.cpu_us
+        ));
+    }
+    if let (Some(h), Some(w)) = (find(rows, "5h"), find(rows, "5")) {
+        let bare = match (find(rows, "2eh"), find(rows, "2e")) {
+            (Some(bh), Some(b)) => format!(
+                "; a bare hyper client: {:.1} µs (line 2eh {:.1} - line 2e {:.1}), so warren's request costs {:.2}x the bare client's",
+                bh.cpu_us - b.cpu_us,
+                bh.cpu_us,
+                b.cpu_us,
+                (h.cpu_us - w.cpu_us) / (bh.cpu_us - b.cpu_us)
+            ),
+            _ => String::new(),
+        };
+        t.push_str(&format!(
+            "- one loopback HTTP request: {:.1} µs of consumer CPU per message in warren (line 5h {:.1} - line 5 {:.1}; drain {:.0} vs {:.0} msg/s){bare}\n",
+            h.cpu_us - w.cpu_us,
+            h.cpu_us,
+            w.cpu_us,
+            h.drain_rate,
+            w.drain_rate
+        ));
+    }
+    if !t.is_empty() {
+        t.insert_str(0, "\nWhat a capability costs (same run):\n\n");
+    }
+    t
+}
+
 pub fn targets(rows: &[Row]) -> String {
     let (l2, l2e, l5, l5n, l5d) = (
         find(rows, "2"),

@@ -26,6 +26,8 @@ pub struct Spec {
     pub config: Vec<(&'static str, String)>,
     /// The handler's settings; `None` leaves them all at warren's defaults.
     pub tuning: Option<Tuning>,
+    /// `[handler.http] allow = [this]`: the handler may call it.
+    pub http_allow: Option<String>,
 }
 
 /// The handler settings a tuned line sets.
@@ -70,6 +72,9 @@ impl Spec {
                 "\n[handler.dedup]\nenabled = {}\nwindow_s = 600\n",
                 self.dedup,
             );
+        }
+        if let Some(allow) = &self.http_allow {
+            c += &format!("\n[handler.http]\nallow = [{allow:?}]\n");
         }
         c += "\n[handler.config]\n";
         for (k, v) in &self.config {
@@ -267,6 +272,7 @@ mod tests {
                 channels: 2,
                 instances: "reuse".into(),
             }),
+            http_allow: Some("http://127.0.0.1:8080".into()),
         };
         let c = warren::config::Config::parse(&spec.config(9999), Path::new("w.toml"), |_| None)
             .unwrap();
@@ -277,11 +283,16 @@ mod tests {
         assert_eq!(c.redis.unwrap().prefix, "bench-x");
         assert!(h.dedup.enabled);
         assert_eq!(h.instances, warren::config::Instances::Reuse);
+        assert_eq!(
+            h.http.as_ref().unwrap().allow,
+            ["http://127.0.0.1:8080".to_string()]
+        );
 
         // Line 5d: only the queue, the module and the URLs; the rest is
         // warren's defaults.
         let untuned = Spec {
             tuning: None,
+            http_allow: None,
             ..spec
         };
         let text = untuned.config(9999);

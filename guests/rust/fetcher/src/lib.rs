@@ -11,6 +11,9 @@
 //!
 //! A body over 200 bytes is shown as `len=<bytes>`.
 //!
+//! With a `script` config value (lines separated by `;`), every message runs
+//! that instead of its body (the benchmark's line 5h).
+//!
 //! A response's `x-idempotency-key` header (the test server echoes the
 //! request's `Idempotency-Key` there) is added as `key=<value>`.
 
@@ -21,7 +24,10 @@ struct Fetcher;
 
 impl Handler for Fetcher {
     fn handle(msg: Message) -> Outcome {
-        let script = String::from_utf8_lossy(&msg.body).into_owned();
+        let script = match warren_guest::config("script") {
+            Some(s) => s.replace(';', "\n"),
+            None => String::from_utf8_lossy(&msg.body).into_owned(),
+        };
         let mut out: Vec<String> = Vec::new();
         let mut retry_on_error = false;
         let mut failed = None;
