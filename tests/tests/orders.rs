@@ -1,5 +1,6 @@
 //! The `orders` example handler end to end, in each language it is written
-//! in (guests/rust/orders, guests/python/orders, guests/js/orders), under
+//! in (guests/rust/orders, guests/python/orders, guests/js/orders,
+//! guests/c/orders), under
 //! `warren run`: it asks a price service the test starts on loopback
 //! (`tests/src/http_server.rs`, `/price/SKU`) for a price, adds to a
 //! per-customer total in the key-value store (Redis) and publishes the
@@ -156,4 +157,9 @@ async fn python_orders_prices_totals_and_publishes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn javascript_orders_prices_totals_and_publishes() {
     orders("orders_js").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn c_orders_prices_totals_and_publishes() {
+    orders("orders_c").await;
 }

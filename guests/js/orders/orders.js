@@ -1,6 +1,6 @@
 // The orders handler, in JavaScript: outbound HTTP (`fetch`) and the
-// key-value store in one small handler. The same handler exists in Rust
-// (guests/rust/orders) and Python (guests/python/orders);
+// key-value store in one small handler. The same handler exists in Rust,
+// Python and C (guests/rust/orders, guests/python/orders, guests/c/orders);
 // tests/tests/orders.rs runs each against a price service it starts.
 //
 // The body is an order, {"order_id": "o-1", "customer": "alice", "sku":

@@ -1,7 +1,7 @@
 """The orders handler, in Python: outbound HTTP and the key-value store in
-one small handler. The same handler exists in Rust (guests/rust/orders) and
-JavaScript (guests/js/orders); tests/tests/orders.rs runs each against a
-price service it starts.
+one small handler. The same handler exists in Rust, JavaScript and C
+(guests/rust/orders, guests/js/orders, guests/c/orders);
+tests/tests/orders.rs runs each against a price service it starts.
 
 The body is an order, `{"order_id": "o-1", "customer": "alice", "sku":
 "A-1", "qty": 2}`. The handler asks `<price_url>/price/<sku>` for the price

@@ -1,7 +1,7 @@
 //! The orders handler, in Rust: outbound HTTP and the key-value store in one
-//! small handler. The same handler exists in Python (guests/python/orders)
-//! and JavaScript (guests/js/orders); tests/tests/orders.rs runs each
-//! against a price service it starts.
+//! small handler. The same handler exists in Python, JavaScript and C
+//! (guests/python/orders, guests/js/orders, guests/c/orders);
+//! tests/tests/orders.rs runs each against a price service it starts.
 //!
 //! The body is an order, `{"order_id": "o-1", "customer": "alice", "sku":
 //! "A-1", "qty": 2}`. The handler asks `<price_url>/price/<sku>` for the
