@@ -8,6 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 wit="$(cd "$here/../../wit" && pwd)"
+wit_http="$(cd "$here/../wit-http" && pwd)"
 out="$(cd "$here/.." && pwd)/build"
 work="$here/.build"
 
@@ -28,16 +29,25 @@ tool="${CARGO_TARGET_DIR:-$here/componentize/target}/release/componentize"
 mkdir -p "$work" "$out"
 "$tool" bindings "$wit" "$work/bindings"
 echo "generated guests/c/.build/bindings/ (wit-bindgen 0.46 C bindings of the handler world)"
+# The handler world plus wasi:http/outgoing-handler (guests/wit-http), for a
+# handler that calls HTTP: it includes handler_http.h instead of handler.h.
+"$tool" bindings "$wit" "$work/bindings-http" "$wit_http" handler-http
+echo "generated guests/c/.build/bindings-http/ (the same, of the handler-http world)"
 
 # Every folder with a <folder>.c is a handler.
 for src in "$here"/*/*.c; do
     name="$(basename "$(dirname "$src")")"
     [ "$src" = "$here/$name/$name.c" ] || continue
+    bindings=("$work/bindings" "$work/bindings/handler.c" "$work/bindings/handler_component_type.o")
+    if grep -q '#include "handler_http.h"' "$src"; then
+        bindings=("$work/bindings-http" "$work/bindings-http/handler_http.c"
+                  "$work/bindings-http/handler_http_component_type.o")
+    fi
     # A reactor: no main, the host calls the exported `handle`.
     clang-14 --target=wasm32-wasi -mexec-model=reactor -O2 -std=c11 -Wall -Wextra -Werror \
         -fuse-ld=lld -Wl,--strip-all \
-        -I "$work/bindings" -I "$here/common" \
-        "$src" "$here/common/json.c" "$work/bindings/handler.c" "$work/bindings/handler_component_type.o" \
+        -I "${bindings[0]}" -I "$here/common" \
+        "$src" "$here/common/json.c" "${bindings[1]}" "${bindings[2]}" \
         -o "$work/$name.core.wasm"
     "$tool" component "$work/$name.core.wasm" "$out/${name}_c.wasm"
     echo "built guests/build/${name}_c.wasm ($(stat -c %s "$out/${name}_c.wasm") bytes)"

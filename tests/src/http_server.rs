@@ -9,10 +9,14 @@
 //! - `/fail-once/ID`: 503 the first time for each ID, then as `/echo`;
 //! - `/hang`: never answers (the connection is held until the test ends or
 //!   30 s pass);
+//! - `/price/SKU`: with a price table ([`HttpServer::start_prices`]), the
+//!   price service the `orders` handlers call: 200 with
+//!   `{"sku": SKU, "price_cents": N}`, or 404 for a SKU not in the table;
 //! - anything else: 404.
 //!
 //! The server stops when its guard is dropped.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,7 +59,14 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 impl HttpServer {
     /// A plain HTTP server on 127.0.0.1, a free port.
     pub async fn start() -> HttpServer {
-        Self::serve(None).await
+        Self::serve(None, HashMap::new()).await
+    }
+
+    /// A plain HTTP server on 127.0.0.1 that also answers `/price/SKU` from
+    /// `prices` (SKU, price in cents).
+    pub async fn start_prices(prices: &[(&str, u64)]) -> HttpServer {
+        let table = prices.iter().map(|(s, p)| (s.to_string(), *p)).collect();
+        Self::serve(None, table).await
     }
 
     /// An HTTPS server on 127.0.0.1 with `cert` and `key` (PEM).
@@ -74,14 +85,22 @@ impl HttpServer {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();
-        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Self::serve(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            HashMap::new(),
+        )
+        .await
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> HttpServer {
+    async fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        prices: HashMap<String, u64>,
+    ) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
+        let prices = Arc::new(prices);
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -90,8 +109,9 @@ impl HttpServer {
                 };
                 let log = log.clone();
                 let tls = tls.clone();
+                let prices = prices.clone();
                 conns.spawn(async move {
-                    let service = service_fn(move |req| answer(req, log.clone()));
+                    let service = service_fn(move |req| answer(req, log.clone(), prices.clone()));
                     let builder = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
                         Some(acceptor) => match acceptor.accept(tcp).await {
@@ -127,6 +147,7 @@ impl HttpServer {
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    prices: Arc<HashMap<String, u64>>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path = req
@@ -187,6 +208,21 @@ async fn answer(
             .status(200)
             .body(BodyExt::boxed(body))
             .unwrap());
+    }
+    if let Some(sku) = path.strip_prefix("/price/")
+        && !prices.is_empty()
+    {
+        let (status, json) = match prices.get(sku) {
+            Some(cents) => (200, serde_json::json!({"sku": sku, "price_cents": cents})),
+            None => (
+                404,
+                serde_json::json!({"error": format!("no price for {sku}")}),
+            ),
+        };
+        let mut r = full(status, json.to_string());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return Ok(r);
     }
     if path == "/hang" {
         tokio::time::sleep(Duration::from_secs(30)).await;
