@@ -207,6 +207,26 @@ pub fn all() -> Vec<Line> {
             kind: warren("enrich_js.wasm", true, 1),
             queues: Queues::ClassicV2,
         },
+        // The same handler in the other languages (issue 15's capacity
+        // figures: the per-message cost of each language).
+        Line {
+            id: "7r",
+            what: "warren, Rust enrich, dedup on Redis",
+            kind: warren("enrich.wasm", true, 1),
+            queues: Queues::ClassicV2,
+        },
+        Line {
+            id: "7c",
+            what: "warren, C enrich, dedup on Redis",
+            kind: warren("enrich_c.wasm", true, 1),
+            queues: Queues::ClassicV2,
+        },
+        Line {
+            id: "7g",
+            what: "warren, Go enrich, dedup on Redis",
+            kind: warren("enrich_go.wasm", true, 1),
+            queues: Queues::ClassicV2,
+        },
     ];
     // Lines 2e and 5 again on other queue kinds (issue 13: which queue kind
     // warren declares; issue 15: quorum queues), each to be read against

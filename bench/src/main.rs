@@ -72,7 +72,7 @@ struct RunArgs {
     /// Seconds of publishing at half the drain rate, for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,2eh,5h,6,7a,7b,2e1,51,2eq,5q); all by default.
+    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,2eh,5h,6,7a,7b,7r,7c,7g,2e1,51,2eq,5q); all by default.
     #[arg(long, value_delimiter = ',')]
     lines: Vec<String>,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
