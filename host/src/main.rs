@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. }) {
         warren::app::ensure_thread_stacks();
+    } else {
+        restore_sigpipe();
     }
     warren::logging::init();
     let result = match cli.command {
@@ -27,6 +29,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The short commands print to stdout like any Unix tool: `warren check
+/// x.wasm | head` must end quietly when `head` closes the pipe, not panic
+/// in `println!`. Rust ignores SIGPIPE; the default ends the process. Only
+/// writes to a pipe raise it: Rust's sockets send with `MSG_NOSIGNAL`, so
+/// the commands that talk to a broker or a host are unaffected. `warren
+/// run` keeps it ignored (it never prints to stdout).
+fn restore_sigpipe() {
+    sigpipe::reset();
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

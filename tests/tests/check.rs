@@ -139,3 +139,32 @@ fn version_is_printed() {
         format!("warren {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// `warren check x.wasm | head -1`: the reader closes the pipe early, and
+/// warren ends quietly as a Unix tool does (by SIGPIPE), not with a panic
+/// from `println!` on a broken pipe.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::Stdio;
+    let mut child = Command::new(warren_bin())
+        .arg("check")
+        .arg(guest("echo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren check");
+    // Closed before warren has compiled the module and printed anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.signal() == Some(SIGPIPE) || out.status.success(),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;
