@@ -26,6 +26,45 @@ const WIT: &str = include_str!("../../wit/handler.wit");
 /// A project file: its path in the project and its template text.
 type File = (&'static str, &'static str);
 
+/// The handler world plus `wasi:http/outgoing-handler` (guests/wit-http,
+/// with the WASI packages it names), as `wit/http/` of the projects whose
+/// toolchain takes one world and adds no `wasi:http` of its own (Python,
+/// C): their template handler calls HTTP.
+const WIT_HTTP: &[File] = &[
+    (
+        "wit/http/handler-http.wit",
+        include_str!("../../guests/wit-http/handler-http.wit"),
+    ),
+    (
+        "wit/http/deps/cli.wit",
+        include_str!("../../guests/wit-http/deps/cli.wit"),
+    ),
+    (
+        "wit/http/deps/clocks.wit",
+        include_str!("../../guests/wit-http/deps/clocks.wit"),
+    ),
+    (
+        "wit/http/deps/filesystem.wit",
+        include_str!("../../guests/wit-http/deps/filesystem.wit"),
+    ),
+    (
+        "wit/http/deps/http.wit",
+        include_str!("../../guests/wit-http/deps/http.wit"),
+    ),
+    (
+        "wit/http/deps/io.wit",
+        include_str!("../../guests/wit-http/deps/io.wit"),
+    ),
+    (
+        "wit/http/deps/random.wit",
+        include_str!("../../guests/wit-http/deps/random.wit"),
+    ),
+    (
+        "wit/http/deps/sockets.wit",
+        include_str!("../../guests/wit-http/deps/sockets.wit"),
+    ),
+];
+
 const RUST: &[File] = &[
     (
         "Cargo.toml",
@@ -109,6 +148,22 @@ const GO: &[File] = &[
     ("build.sh", include_str!("../templates/go/build.sh")),
     ("README.md", include_str!("../templates/go/README.md")),
     (".gitignore", include_str!("../templates/go/gitignore")),
+    // Go's template makes no HTTP request (its componentize tool builds the
+    // handler world only), so its settings grant none and its cases answer
+    // none; the rest is COMMON's.
+    ("handler.toml", include_str!("../templates/go/handler.toml")),
+    (
+        "cases/hello.toml",
+        include_str!("../templates/go/cases/hello.toml"),
+    ),
+    (
+        "cases/not-json.toml",
+        include_str!("../templates/common/cases/not-json.toml"),
+    ),
+    (
+        "cases/returning-tenant.toml",
+        include_str!("../templates/go/cases/returning-tenant.toml"),
+    ),
     // The examples' build tool, lockfile included.
     (
         "componentize/Cargo.toml",
@@ -124,9 +179,10 @@ const GO: &[File] = &[
     ),
 ];
 
-/// What every project gets besides its language's files: the settings
-/// `warren test --config` reads and the cases it runs, which the template
-/// handler passes.
+/// What every project but Go's gets besides its language's files: the
+/// settings `warren test --config` reads (with the `[http]` grant and the
+/// `lookup_url` of the template's tenant lookup) and the cases it runs,
+/// which the template handler passes.
 const COMMON: &[File] = &[
     (
         "handler.toml",
@@ -143,6 +199,10 @@ const COMMON: &[File] = &[
     (
         "cases/returning-tenant.toml",
         include_str!("../templates/common/cases/returning-tenant.toml"),
+    ),
+    (
+        "cases/lookup.toml",
+        include_str!("../templates/common/cases/lookup.toml"),
     ),
 ];
 
@@ -180,7 +240,13 @@ pub fn scaffold(lang: &str, name: &str, dest: &Path) -> anyhow::Result<Vec<PathB
 
     let mut written = Vec::new();
     let wit = [("wit/handler.wit", WIT)];
-    for &(rel, template) in files.iter().chain(COMMON).chain(&wit) {
+    let common = if lang == "go" { &[] } else { COMMON };
+    let wit_http = if matches!(lang, "python" | "c") {
+        WIT_HTTP
+    } else {
+        &[]
+    };
+    for &(rel, template) in files.iter().chain(common).chain(&wit).chain(wit_http) {
         let mut text = template.replace("{{name}}", name);
         if rel == "package-lock.json" {
             text = text.replacen(JS_LOCK_NAME, &format!("\"name\": \"{name}\""), 2);
@@ -255,6 +321,35 @@ mod tests {
             let readme = std::fs::read_to_string(dest.join("README.md")).unwrap();
             assert!(readme.starts_with("# my-handler\n"), "{lang}");
             assert!(readme.contains("warren check my-handler.wasm"), "{lang}");
+        }
+    }
+
+    #[test]
+    fn the_http_languages_get_the_lookup_case_and_their_world() {
+        for lang in LANGUAGES {
+            let dir = tempfile::tempdir().unwrap();
+            let files = scaffold(lang, "x", dir.path()).unwrap();
+            let has = |rel: &str| files.contains(&dir.path().join(rel));
+            let settings = std::fs::read_to_string(dir.path().join("handler.toml")).unwrap();
+            // Go's template makes no request: no grant, no lookup case.
+            let http = lang != "go";
+            assert_eq!(has("cases/lookup.toml"), http, "{lang}");
+            assert_eq!(
+                settings.contains("allow = [\"https://tenants.example.com\"]"),
+                http,
+                "{lang}"
+            );
+            assert_eq!(
+                settings.contains("lookup_url = \"https://tenants.example.com\""),
+                http,
+                "{lang}"
+            );
+            // Python and C build against the handler-http world, kept next
+            // to (not in) the handler world's package.
+            let world = matches!(lang, "python" | "c");
+            for rel in ["wit/http/handler-http.wit", "wit/http/deps/http.wit"] {
+                assert_eq!(has(rel), world, "{lang}: {rel}");
+            }
         }
     }
 

@@ -23,10 +23,11 @@ fi
 cargo build --quiet --release --manifest-path componentize/Cargo.toml
 tool="${CARGO_TARGET_DIR:-$here/componentize/target}/release/componentize"
 mkdir -p .build
-"$tool" bindings wit .build/bindings
+# The handler world plus wasi:http/outgoing-handler (wit/http/).
+"$tool" bindings wit .build/bindings wit/http handler-http
 clang-14 --target=wasm32-wasi -mexec-model=reactor -O2 -std=c11 -Wall -Wextra \
     -fuse-ld=lld -Wl,--strip-all -I .build/bindings \
-    handler.c warren_helpers.c json.c .build/bindings/handler.c .build/bindings/handler_component_type.o \
+    handler.c warren_helpers.c json.c .build/bindings/handler_http.c .build/bindings/handler_http_component_type.o \
     -o .build/{{name}}.core.wasm
 "$tool" component .build/{{name}}.core.wasm {{name}}.wasm
 echo "built {{name}}.wasm ($(stat -c %s {{name}}.wasm) bytes)"

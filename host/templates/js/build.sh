@@ -11,7 +11,10 @@ if [ ! -x node_modules/.bin/componentize-js ]; then
     npm ci --no-audit --no-fund --loglevel=error
 fi
 npx --no-install jco guest-types wit -n handler -o types -q
-# The host offers WASI p2 without wasi:http, so the http features stay out.
+# componentize-js's `http` feature backs `fetch` (through
+# wasi:http/outgoing-handler, which the host links and allows per the
+# handler's [http] grant); `fetch-event` (serving HTTP, an export) stays off:
+# a handler exports `handle` only.
 npx --no-install componentize-js handler.js --wit wit --world-name handler \
-    --disable http fetch-event -o {{name}}.wasm >/dev/null
+    --disable fetch-event -o {{name}}.wasm >/dev/null
 echo "built {{name}}.wasm ($(stat -c %s {{name}}.wasm) bytes)"

@@ -1,9 +1,10 @@
 // Helpers for warren handlers in JavaScript: JSON in and out in one call,
-// typed header access, and the outcomes. Plain JavaScript over the world's
-// imports; copy it into any handler.
+// typed header access, a JSON GET with fetch, and the outcomes. Plain
+// JavaScript over the world's imports; copy it into any handler.
 //
 //   const obj = jsonBody(msg);                 // throws NotJson
 //   const tenant = headerString(msg, "tenant"); // undefined if absent or not text
+//   const info = await getJson("https://api.example.com/x"); // throws, saying why
 //   publishJson(routingKey, obj, { correlationId: msg.correlationId });
 //   return ack() | retry("db busy", 5000) | reject("bad input");
 
@@ -50,6 +51,23 @@ export function publish(out) {
     hostPublish(out);
   } catch (e) {
     throw new PublishRefused(e.payload?.val ?? String(e));
+  }
+}
+
+/**
+ * GET `url` with `fetch` and the answer parsed as JSON. The host sends it
+ * only if the handler's [http] grant allows the URL. Throws an Error whose
+ * message says why not: the request failed (a refused or unreachable
+ * destination), the status was not 2xx ("status 404"), or the answer is not
+ * JSON.
+ */
+export async function getJson(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`status ${response.status}`);
+  try {
+    return await response.json();
+  } catch (e) {
+    throw new Error(`the answer is not JSON: ${e.message}`);
   }
 }
 

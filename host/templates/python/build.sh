@@ -11,5 +11,8 @@ if [ "$(.venv/bin/componentize-py --version 2>/dev/null)" != "componentize-py $v
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check "componentize-py==$version"
 fi
-.venv/bin/componentize-py --wit-path wit --world handler componentize app -o {{name}}.wasm >/dev/null
+# The handler world plus wasi:http/outgoing-handler (wit/http/): componentize-py
+# generates bindings only for what the world it is given imports.
+.venv/bin/componentize-py --wit-path wit --wit-path wit/http --world warren:handler-http/handler-http@0.2.0 \
+    componentize app -o {{name}}.wasm >/dev/null
 echo "built {{name}}.wasm ($(stat -c %s {{name}}.wasm) bytes)"

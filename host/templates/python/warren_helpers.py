@@ -1,19 +1,24 @@
 """Helpers for warren handlers in Python: JSON in and out in one call,
-typed header access, and the outcomes. Plain Python over the generated
-`wit_world` bindings; copy it into any handler.
+typed header access, a JSON GET over outbound HTTP, and the outcomes. Plain
+Python over the generated `wit_world` bindings (of the handler-http world,
+wit/http/); copy it into any handler.
 
     obj = json_body(msg)                      # dict/list/...; raises NotJson
     tenant = header_str(msg, "tenant")        # None if absent or not text
+    info = get_json("https://api.example.com/x")  # raises HttpError
     publish_json(routing_key, obj, correlation_id=msg.correlation_id)
     return ack() | retry("db busy", after_ms=5000) | reject("bad input")
 """
 
 import json
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from componentize_py_types import Err
-from wit_world.imports import host
-from wit_world.imports.types import (
+from wit_world.imports import host, outgoing_handler
+from wit_world.imports.streams import StreamError_Closed
+from wit_world.imports.wasi_http_types import Fields, OutgoingRequest, Scheme_Http, Scheme_Https
+from wit_world.imports.warren_handler_types import (
     FieldValue,
     FieldValue_Boolean,
     FieldValue_F32,
@@ -46,6 +51,10 @@ class PublishRefused(Exception):
     """The host refused a publish; str() is its explanation."""
 
 
+class HttpError(Exception):
+    """An HTTP request failed or was not answered 2xx; str() says why."""
+
+
 def _no_constants(name: str) -> None:
     # Python's json accepts NaN and Infinity; JSON does not.
     raise ValueError(f"invalid number {name}")
@@ -76,6 +85,48 @@ def publish(out: Outbound) -> None:
         host.publish(out)
     except Err as e:
         raise PublishRefused(e.value.value) from None
+
+
+def get_json(url: str) -> Any:
+    """GET `url` (http:// or https://) and the answer parsed as JSON. The host
+    sends it only if the handler's [http] grant allows the URL. Raises
+    HttpError saying why not: the request failed (the wasi:http error code,
+    such as HttpRequestDenied for a URL the grant does not allow or
+    ConnectionTimeout), the status was not 2xx ("status 404"), or the answer
+    is not JSON. The `with` blocks drop each resource before the one it came
+    from, as WASI asks."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise HttpError("not an HTTP URL")
+    request = OutgoingRequest(Fields())
+    request.set_scheme(Scheme_Https() if parts.scheme == "https" else Scheme_Http())
+    request.set_authority(parts.netloc)
+    request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    data = bytearray()
+    try:
+        with outgoing_handler.handle(request, None) as future:
+            with future.subscribe() as ready:
+                ready.block()
+            result = future.get().value  # ready now, and asked once: always Ok
+            if isinstance(result, Err):
+                raise result
+            with result.value as response:
+                if not 200 <= response.status() < 300:
+                    raise HttpError(f"status {response.status()}")
+                with response.consume() as body, body.stream() as stream:
+                    while True:
+                        try:
+                            data += stream.blocking_read(64 * 1024)
+                        except Err as e:
+                            if isinstance(e.value, StreamError_Closed):
+                                break
+                            raise
+    except Err as e:
+        raise HttpError(type(e.value).__name__.removeprefix("ErrorCode_")) from None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise HttpError(f"the answer is not JSON: {e}") from None
 
 
 def header(msg: Message, name: str) -> Optional[FieldValue]:
