@@ -170,6 +170,12 @@ pub fn all() -> Vec<Line> {
             queues: Queues::ClassicV2,
         },
         Line {
+            id: "5c",
+            what: "(issue 14) line 5k's counter guest with no key-value call: the base 5k is read against",
+            kind: Kind::WarrenKv { script: "quiet" },
+            queues: Queues::ClassicV2,
+        },
+        Line {
             id: "5k",
             what: "(issue 14) line 5n with a key-value get + set per message (the counter guest)",
             kind: Kind::WarrenKv {

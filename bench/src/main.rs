@@ -72,7 +72,7 @@ struct RunArgs {
     /// Seconds of publishing at half the drain rate, for the latency figures.
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5k,2eh,5h,6,7a,7b,7r,7c,7g,2e1,51,2eq,5q); all by default.
+    /// Lines to run, comma-separated (1,2,2e,3,4,5,5n,5d,5c,5k,2eh,5h,6,7a,7b,7r,7c,7g,2e1,51,2eq,5q); all by default.
     #[arg(long, value_delimiter = ',')]
     lines: Vec<String>,
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -130,6 +130,11 @@ struct RunArgs {
     /// makes a before/after figure trustworthy on a shared machine.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// The guests the baseline binary runs (default: `--guests`): a build
+    /// from before a WIT change cannot load today's modules, so give it
+    /// the same guests built at its own commit.
+    #[arg(long)]
+    baseline_guests: Option<PathBuf>,
     /// Record `perf record` data of warren in line 5 into this file (the
     /// profiler slows it: the figures of that run are not the benchmark's).
     #[arg(long)]
@@ -259,6 +264,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // same line with `--warren` uses.
         Some(path) => Some(lines::Opts {
             warren: path.clone(),
+            guests: args.baseline_guests.clone().unwrap_or(args.guests.clone()),
             run_id: format!("{}-base", opts.run_id),
             ..opts.clone()
         }),
