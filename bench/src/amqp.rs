@@ -112,6 +112,39 @@ impl Rabbit {
         self.declare_with(queue, kind, None).await
     }
 
+    /// Declares a line's input queue: of `kind`, and for a quorum queue
+    /// with the arguments warren gives its work queue at the default
+    /// delivery limit (dead-lettering to `<queue>.dead`), so that warren
+    /// finds the queue as it would declare it; a bare consumer does not
+    /// mind them.
+    pub async fn declare_input(&self, queue: &str, kind: Queues) -> anyhow::Result<()> {
+        if kind != Queues::Quorum {
+            return self.declare(queue, kind).await;
+        }
+        let topology = warren::amqp::Topology {
+            queue: queue.into(),
+            kind: warren::amqp::QueueKind::Quorum {
+                delivery_limit: warren::config::DEFAULT_DELIVERY_LIMIT,
+            },
+            single_active_consumer: false,
+            dead_letter_queue: format!("{queue}.dead"),
+            bind: None,
+        };
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.ch
+            .queue_declare(
+                queue.into(),
+                opts,
+                warren::amqp::queues::work_queue(&topology),
+            )
+            .await
+            .with_context(|| format!("cannot declare queue {queue}"))?;
+        Ok(())
+    }
+
     /// Declares a durable queue of `kind`, for a classic one in RabbitMQ's
     /// `x-queue-mode` `mode` if given (`lazy`: messages go to disk at once
     /// instead of staying in the queue process's memory).

@@ -346,7 +346,7 @@ async fn measure(
             ""
         }
     ));
-    rabbit.declare(&names.queue, line.queues).await?;
+    rabbit.declare_input(&names.queue, line.queues).await?;
     let output = !matches!(
         line.kind,
         Kind::Warren { output: false, .. } | Kind::WarrenKv { .. }
