@@ -6,6 +6,8 @@
 //! - `/echo...`: 200, body `echo <method> <path>`, and the request's
 //!   `Idempotency-Key` echoed in `x-idempotency-key`;
 //! - `/bytes/N`: 200 with a body of N bytes (`x`), sent in 16 KiB chunks;
+//! - `/big-head/N`: 200 with N headers of 1,000 bytes each (a hostile
+//!   server's response head);
 //! - `/fail-once/ID`: 503 the first time for each ID, then as `/echo`;
 //! - `/hang`: never answers (the connection is held until the test ends or
 //!   30 s pass);
@@ -222,6 +224,16 @@ async fn answer(
         let mut r = full(status, json.to_string());
         r.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
+        return Ok(r);
+    }
+    if let Some(n) = path.strip_prefix("/big-head/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let mut r = full(200, "small body".into());
+        let value: hyper::header::HeaderValue = "h".repeat(1000).parse().unwrap();
+        for i in 0..n {
+            let name: hyper::header::HeaderName = format!("x-filler-{i}").parse().unwrap();
+            r.headers_mut().insert(name, value.clone());
+        }
         return Ok(r);
     }
     if path == "/hang" {

@@ -9,7 +9,8 @@
 //! counted metric and a log line without the query; a handler without
 //! `[handler.http]` cannot send at all; a server that never answers ends at
 //! `timeout_ms` and the message retries; a body over `max_response_bytes`
-//! is cut off with an error; `max_requests` holds; a rerun of a message
+//! is cut off with an error, and so is a response head too large to
+//! parse; `max_requests` holds; a rerun of a message
 //! sends the same `Idempotency-Key`s; HTTPS trusts the configured CA and
 //! refuses a server another CA signed.
 
@@ -266,6 +267,46 @@ async fn a_body_over_max_response_bytes_is_cut_off_with_an_error() {
         f.w()
             .metric("warren_http_errors_total", &[("kind", "body_too_large")]),
         2.0
+    );
+}
+
+/// A hostile server answers with megabytes of headers: the request fails
+/// with an error the guest sees (the client stops reading the head at its
+/// limit), the next request of the same message works, and the host goes
+/// on with the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_too_large_fails_that_request_only() {
+    let server = HttpServer::start().await;
+    let port = server.addr.port();
+    let f = fetcher(
+        "http-head",
+        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
+        "",
+    )
+    .await;
+    let out = run(
+        &f,
+        "m1",
+        &format!(
+            "get {}\nget {}\nget {}",
+            server.url("http", "/big-head/2000"),
+            server.url("http", "/big-head/150"),
+            server.url("http", "/echo/after"),
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("err="), "{out}");
+    assert!(lines[1].starts_with("err="), "{out}");
+    assert!(
+        lines[2].starts_with("status=200 ") && lines[2].ends_with(" body=echo GET /echo/after"),
+        "{out}"
+    );
+    let next = run(&f, "m2", &format!("get {}", server.url("http", "/echo/m2"))).await;
+    assert!(
+        next.starts_with("status=200 ") && next.ends_with(" body=echo GET /echo/m2"),
+        "{next}"
     );
 }
 
