@@ -26,14 +26,21 @@ async fn tally(guest: &str) {
     // Interpreted guests compile for a while the first time on a machine.
     w.wait_log("consuming", Duration::from_secs(240));
     f.warrens.push(w);
-    for (id, body, want) in [
+    // An output goes out before its message's writes are committed with
+    // the done-marker, so each message is sent once the one before it is
+    // settled.
+    for (n, (id, body, want)) in [
         ("t1", "apples", "apples=1 last=nil"),
         ("t2", "pears", "pears=1 last=apples"),
         ("t3", "apples", "apples=2 last=pears"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         f.rabbit.publish(&f.queue, id, body.as_bytes()).await;
         let got = f.rabbit.collect(&f.out, 1, Duration::from_secs(30)).await;
         assert_eq!(got[0].body_str(), want, "{guest}");
+        f.settle(n as u64 + 1, Duration::from_secs(30)).await;
     }
     // A copy of t1: acked as a duplicate, nothing counted.
     f.rabbit.publish(&f.queue, "t1", b"apples").await;

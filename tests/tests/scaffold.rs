@@ -123,8 +123,11 @@ async fn five_commands_to_a_deployed_handler(lang: &str) {
     // the count the key-value store keeps, not the old version's stamp; the
     // second message sees the first one's committed count. The host's
     // [[handler]] table sets no lookup_url (and the messages carry no
-    // tenant header), so the template makes no HTTP request here.
-    for (id, seen) in [(1, 1), (3, 2)] {
+    // tenant header), so the template makes no HTTP request here. An output
+    // goes out before its message's writes are committed with the
+    // done-marker (docs/semantics.md), so the second message is sent only
+    // once the first is settled.
+    for (settled, (id, seen)) in [(1, 1), (3, 2)].into_iter().enumerate() {
         let body = format!(r#"{{"id": {id}}}"#);
         f.rabbit
             .publish(&f.queue, &format!("m-{id}"), body.as_bytes())
@@ -137,6 +140,7 @@ async fn five_commands_to_a_deployed_handler(lang: &str) {
             json!({"id": id, "handled_by": name, "seen": seen}),
             "{lang}"
         );
+        f.settle(settled as u64 + 1, Duration::from_secs(30)).await;
     }
     // And one the template refuses lands in the dead-letter queue.
     f.rabbit.publish(&f.queue, "m-2", b"not json").await;
