@@ -44,15 +44,34 @@ pub struct Opts {
     pub instances: String,
     /// How long to wait for a quiet machine before each line.
     pub wait_quiet: Duration,
-    /// The ports the broker and Redis listen on, to find their processes.
-    pub broker_port: Option<u16>,
+    /// The ports the broker's nodes and Redis listen on, to find their
+    /// processes.
+    pub broker_ports: Vec<u16>,
     pub redis_port: Option<u16>,
-    /// Record a perf profile of warren in line 5 while it drains.
-    pub perf: Option<PathBuf>,
+    /// Record a perf profile of warren into this file while the line of
+    /// this id drains.
+    pub perf: Option<(PathBuf, String)>,
     /// A name unique to this run: queue names and key prefixes start with it.
     pub run_id: String,
     /// The bench's HTTP server (lines 2eh and 5h): `http://127.0.0.1:PORT`.
     pub http_url: Option<String>,
+    /// The URLs warren process i connects to, the i-th modulo their number:
+    /// `amqp_url` alone, or each node of the cluster.
+    pub host_urls: Vec<String>,
+    /// The settings of the cluster lines (`Line::cluster`), when the run
+    /// has any: `amqp_url` on the cluster's first node, `host_urls` and
+    /// `broker_ports` every node's.
+    pub cluster: Option<Box<Opts>>,
+}
+
+impl Opts {
+    /// The URL warren process `i` connects to.
+    fn host_url(&self, i: u32) -> String {
+        let urls = &self.host_urls;
+        urls.get(i as usize % urls.len().max(1))
+            .unwrap_or(&self.amqp_url)
+            .clone()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +116,10 @@ pub struct Line {
     pub kind: Kind,
     /// The kind of its input and output queues (and of warren's own).
     pub queues: Queues,
+    /// On the run's 3-node cluster (`Opts::cluster`) instead of the local
+    /// broker: the bench's own connection and a bare consumer on its first
+    /// node, warren process i on node i.
+    pub cluster: bool,
 }
 
 /// Every line, in the issue's order.
@@ -114,36 +137,42 @@ pub fn all() -> Vec<Line> {
             what: "bare lapin, ack each message",
             kind: Kind::Bare { ack: true },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "2",
             what: "bare lapin, no ack (ceiling)",
             kind: Kind::Bare { ack: false },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "2e",
             what: "(not in the issue) bare lapin echo: publish each message with confirms, then ack",
             kind: Kind::BareEcho { http: false },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "3",
             what: "Python pika, 5 threads, Redis SET NX, manual ack",
             kind: Kind::Seed,
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "4",
             what: "warren, Rust echo, dedup off",
             kind: warren("echo.wasm", false, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5",
             what: "warren, Rust echo, dedup on Redis",
             kind: warren("echo.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5n",
@@ -156,6 +185,7 @@ pub fn all() -> Vec<Line> {
                 tuned: true,
             },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5d",
@@ -168,12 +198,14 @@ pub fn all() -> Vec<Line> {
                 tuned: false,
             },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5c",
             what: "(issue 14) line 5k's counter guest with no key-value call: the base 5k is read against",
             kind: Kind::WarrenKv { script: "quiet" },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5k",
@@ -182,36 +214,42 @@ pub fn all() -> Vec<Line> {
                 script: "quiet;get bench;set bench v",
             },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "2eh",
             what: "(issue 14) line 2e with one loopback HTTP GET per message: a bare hyper client, a connection per request",
             kind: Kind::BareEcho { http: true },
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "5h",
             what: "(issue 14) line 5 with one loopback HTTP GET per message (the fetcher guest)",
             kind: Kind::WarrenHttp,
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "6",
             what: "warren, Rust echo, dedup on Redis, 2 processes",
             kind: warren("echo.wasm", true, 2),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "7a",
             what: "warren, Python enrich, dedup on Redis",
             kind: warren("enrich_python.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "7b",
             what: "warren, JavaScript enrich, dedup on Redis",
             kind: warren("enrich_js.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         // The same handler in the other languages (issue 15's capacity
         // figures: the per-message cost of each language).
@@ -220,18 +258,21 @@ pub fn all() -> Vec<Line> {
             what: "warren, Rust enrich, dedup on Redis",
             kind: warren("enrich.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "7c",
             what: "warren, C enrich, dedup on Redis",
             kind: warren("enrich_c.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
         Line {
             id: "7g",
             what: "warren, Go enrich, dedup on Redis",
             kind: warren("enrich_go.wasm", true, 1),
             queues: Queues::ClassicV2,
+            cluster: false,
         },
     ];
     // Lines 2e and 5 again on other queue kinds (issue 13: which queue kind
@@ -241,6 +282,7 @@ pub fn all() -> Vec<Line> {
         id,
         what,
         queues,
+        cluster: false,
         ..lines
             .iter()
             .find(|l| l.id == of)
@@ -261,6 +303,28 @@ pub fn all() -> Vec<Line> {
             Queues::ClassicV1,
         ),
         again("2e", "2eq", "line 2e on quorum queues", Queues::Quorum),
+        // Issue 15: past one broker. The same quorum queues on a 3-node
+        // cluster: the bare echo on one node, and two warren hosts on two
+        // nodes (one of them not the queue's leader, as in a real cluster
+        // behind a load balancer).
+        Line {
+            cluster: true,
+            ..again(
+                "2e",
+                "2ec",
+                "line 2e on quorum queues of a 3-node cluster",
+                Queues::Quorum,
+            )
+        },
+        Line {
+            cluster: true,
+            ..again(
+                "6",
+                "6c",
+                "line 6 on quorum queues of a 3-node cluster: 2 processes, each on its own node",
+                Queues::Quorum,
+            )
+        },
         again(
             "5",
             "5q",
@@ -373,11 +437,16 @@ async fn measure(
     let mut subject = start(opts, line, names).await?;
     let pids = subject.pids()?;
     // Who else uses the CPU while it drains: the broker, Redis, the bench.
-    let broker = opts.broker_port.and_then(machine::listener);
+    let broker: Vec<u32> = opts
+        .broker_ports
+        .iter()
+        .filter_map(|p| machine::listener(*p))
+        .collect();
     let redis = opts.redis_port.and_then(machine::listener);
-    let others: Vec<u32> = [broker, redis, Some(std::process::id())]
-        .into_iter()
-        .flatten()
+    let others: Vec<u32> = broker
+        .iter()
+        .copied()
+        .chain([redis, Some(std::process::id())].into_iter().flatten())
         .collect();
     let watched: Vec<u32> = pids.iter().chain(&others).copied().collect();
     let (started, before) = match &mut subject {
@@ -396,8 +465,8 @@ async fn measure(
     };
     let rss_idle_mib = machine::rss_mib(&pids);
     let rss = machine::RssPeak::start(pids.clone());
-    let perf = match (&opts.perf, line.id) {
-        (Some(file), "5") => Some(Perf::start(file, pids[0])?),
+    let perf = match &opts.perf {
+        Some((file, id)) if id == line.id => Some(Perf::start(file, pids[0])?),
         _ => None,
     };
     progress::say(format_args!("    draining {n} messages"));
@@ -410,7 +479,8 @@ async fn measure(
     }
     let consumer = machine::usage(&before, &after, &pids);
     let cpu_us = consumer.of * 1e6 / n as f64;
-    let broker_cpu_us = broker.map(|b| machine::usage(&before, &after, &[b]).of * 1e6 / n as f64);
+    let broker_cpu_us =
+        (!broker.is_empty()).then(|| machine::usage(&before, &after, &broker).of * 1e6 / n as f64);
     let known = machine::usage(&before, &after, &watched).of;
     let others_busy = (consumer.machine - known).max(0.0) / consumer.capacity.max(1e-9);
     let drain_rate = n as f64 / took.as_secs_f64();
@@ -540,12 +610,13 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
             tuned,
         } => {
             let tuning = tuned.then(|| tuning(opts));
-            let spec = Spec {
-                amqp_url: opts.amqp_url.clone(),
+            let path = std::path::absolute(opts.guests.join(module))?;
+            let spec = |i| Spec {
+                amqp_url: opts.host_url(i),
                 redis: dedup.then(|| (opts.redis_url.clone(), names.prefix.clone())),
                 dedup: *dedup,
                 name: module.trim_end_matches(".wasm").replace('_', "-"),
-                module: std::path::absolute(opts.guests.join(module))?,
+                module: path.clone(),
                 queue: names.queue.clone(),
                 quorum: line.queues == Queues::Quorum,
                 config: if *output {
@@ -553,11 +624,11 @@ async fn start(opts: &Opts, line: &Line, names: &Names) -> anyhow::Result<Subjec
                 } else {
                     vec![("mode", "ack".into())]
                 },
-                tuning,
+                tuning: tuning.clone(),
                 http_allow: None,
             };
             let ws = (0..*processes)
-                .map(|_| Warren::start(&opts.warren, &spec))
+                .map(|i| Warren::start(&opts.warren, &spec(i)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(Subject::Warren(ws))
         }

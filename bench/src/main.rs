@@ -135,10 +135,15 @@ struct RunArgs {
     /// the same guests built at its own commit.
     #[arg(long)]
     baseline_guests: Option<PathBuf>,
-    /// Record `perf record` data of warren in line 5 into this file (the
-    /// profiler slows it: the figures of that run are not the benchmark's).
+    /// Record `perf record` data of warren in line 5 (or `--perf-line`)
+    /// into this file (the profiler slows it: the figures of that run are
+    /// not the benchmark's). With `--baseline`, the baseline's profile goes
+    /// to the same name with `.base` appended.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// The line `--perf` profiles.
+    #[arg(long, default_value = "5")]
+    perf_line: String,
 }
 
 /// Measures one line, or says why it was skipped or failed.
@@ -146,7 +151,15 @@ async fn measure_line(
     opts: &lines::Opts,
     line: &lines::Line,
     rabbit: &amqp::Rabbit,
+    cluster: Option<&amqp::Rabbit>,
 ) -> Result<report::Measured, String> {
+    // A cluster line runs against the cluster's nodes, with the bench's
+    // connection to its first node.
+    let (opts, rabbit) = match (line.cluster, &opts.cluster, cluster) {
+        (false, _, _) => (opts, rabbit),
+        (true, Some(o), Some(r)) => (&**o, r),
+        (true, _, _) => return Err("failed: no cluster was started for this run".into()),
+    };
     match lines::skip_reason(opts, line) {
         Some(why) => {
             progress::say(format_args!("    {why}"));
@@ -217,11 +230,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         channels: args.channels,
         instances: args.instances.clone(),
         wait_quiet: std::time::Duration::from_secs(args.wait_quiet),
-        broker_port: args
+        broker_ports: args
             .amqp_url
             .parse::<lapin::uri::AMQPUri>()
             .ok()
-            .map(|u| u.authority.port),
+            .map(|u| u.authority.port)
+            .into_iter()
+            .collect(),
+        host_urls: vec![args.amqp_url.clone()],
+        cluster: None,
         redis_port: match &redis::Client::open(args.redis_url.as_str())?
             .get_connection_info()
             .addr
@@ -229,7 +246,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             redis::ConnectionAddr::Tcp(_, port) => Some(*port),
             _ => None,
         },
-        perf: args.perf.clone(),
+        perf: args.perf.clone().map(|f| (f, args.perf_line.clone())),
         run_id: format!(
             "bench-{}-{:x}",
             std::process::id(),
@@ -248,6 +265,45 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             opts.warren.display()
         );
     }
+    // The cluster lines' 3 nodes, started (or found running) before the
+    // first line, and stopped a minute after the run (the tests' cluster).
+    let cluster = if chosen.iter().any(|l| l.cluster) {
+        progress::say(format_args!(
+            "starting a 3-node RabbitMQ cluster on loopback for lines {} (most of a minute)",
+            chosen
+                .iter()
+                .filter(|l| l.cluster)
+                .map(|l| l.id)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let cluster = tokio::task::block_in_place(warren_tests::rabbit_cluster::RabbitCluster::get);
+        let urls = cluster.urls();
+        progress::say(format_args!(
+            "cluster up: nodes on ports {}",
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.port.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let rabbit = amqp::Rabbit::connect(&urls[0]).await?;
+        Some((cluster, rabbit))
+    } else {
+        None
+    };
+    let opts = lines::Opts {
+        cluster: cluster.as_ref().map(|(c, _)| {
+            Box::new(lines::Opts {
+                amqp_url: c.urls()[0].clone(),
+                host_urls: c.urls(),
+                broker_ports: c.nodes.iter().map(|n| n.port).collect(),
+                ..opts.clone()
+            })
+        }),
+        ..opts
+    };
     let rabbit = amqp::Rabbit::connect(&opts.amqp_url).await?;
     let redis_version = redis_version(&opts.redis_url).await?;
     progress::say(format_args!(
@@ -262,14 +318,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) if !path.is_file() => bail!("no baseline warren binary at {}", path.display()),
         // Its own run id: its queues and dedup keys must not be the ones the
         // same line with `--warren` uses.
-        Some(path) => Some(lines::Opts {
-            warren: path.clone(),
-            guests: args.baseline_guests.clone().unwrap_or(args.guests.clone()),
-            run_id: format!("{}-base", opts.run_id),
-            ..opts.clone()
-        }),
+        Some(path) => {
+            let base = |o: &lines::Opts| lines::Opts {
+                warren: path.clone(),
+                guests: args.baseline_guests.clone().unwrap_or(args.guests.clone()),
+                run_id: format!("{}-base", opts.run_id),
+                ..o.clone()
+            };
+            Some(lines::Opts {
+                cluster: opts.cluster.as_deref().map(|c| Box::new(base(c))),
+                perf: opts.perf.as_ref().map(|(f, line)| {
+                    let mut name = f.clone().into_os_string();
+                    name.push(".base");
+                    (name.into(), line.clone())
+                }),
+                ..base(&opts)
+            })
+        }
         None => None,
     };
+    let cluster_rabbit = cluster.as_ref().map(|(_, r)| r);
     let mut rows = Vec::new();
     for line in &chosen {
         let is_warren = matches!(
@@ -279,7 +347,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let (Some(base), true) = (&baseline, is_warren) {
             let id = format!("{}@base", line.id);
             progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
-            let result = measure_line(base, line, &rabbit).await;
+            let result = measure_line(base, line, &rabbit, cluster_rabbit).await;
             rows.push(Row {
                 id,
                 what: format!("{} (baseline)", line.what),
@@ -287,7 +355,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             });
         }
         progress::say(format_args!("line {}: {}", line.id, line.what));
-        let result = measure_line(&opts, line, &rabbit).await;
+        let result = measure_line(&opts, line, &rabbit, cluster_rabbit).await;
         rows.push(Row {
             id: line.id.to_string(),
             what: line.what.to_string(),
@@ -295,6 +363,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     rabbit.close().await;
+    if let Some((cluster, r)) = cluster {
+        r.close().await;
+        drop(cluster);
+    }
 
     let table = report::table(&rows);
     let mut targets = report::targets(&rows);

@@ -1,4 +1,5 @@
-//! `perf record` attached to warren while line 5 drains (`--perf FILE`);
+//! `perf record` attached to warren while one line drains (`--perf FILE`,
+//! `--perf-line ID`, line 5 unless given);
 //! `bench/perf_summary.py` reads what it wrote.
 
 use anyhow::Context as _;

@@ -173,12 +173,15 @@ pub fn against_baseline(rows: &[Row]) -> String {
 
 /// Lines 2e and 5 on each queue kind (classic version 2, warren's
 /// default; version 1; quorum): warren against the bare echo on the same
-/// kind, and what the broker holds in memory for a full input queue.
+/// kind, and what the broker holds in memory for a full input queue; and
+/// two warren hosts on two nodes of a 3-node cluster against the bare echo
+/// on the same cluster (issue 15).
 pub fn queue_kinds(rows: &[Row]) -> String {
     let kinds = [
         ("classic version 2", "2e", "5"),
         ("classic version 1", "2e1", "51"),
         ("quorum", "2eq", "5q"),
+        ("quorum, 3-node cluster, 2 warren hosts", "2ec", "6c"),
     ];
     let mut t = String::new();
     for (kind, bare, ours) in kinds {

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::HandlerEnv;
 use super::http_answers::{self, HttpResponder};
 use crate::config::{HttpPattern, HttpScheme};
 use crate::metrics::{HttpErrorLabels, HttpLabels, Metrics};
@@ -145,10 +146,10 @@ fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
 
 /// The per-store side: the grant, and what this message has sent so far.
 pub(crate) struct HttpHooks {
-    handler: Arc<str>,
-    grant: Option<Arc<HttpGrant>>,
-    /// Where requests and refusals are counted; none counts nothing.
-    metrics: Option<Metrics>,
+    /// The handler: its name, its grant (none refuses every request) and
+    /// where requests and refusals are counted (none counts nothing).
+    /// Shared, not copied: a store is made per message.
+    env: Arc<HandlerEnv>,
     /// The running message's deadline (the store's).
     pub(super) deadline: Instant,
     /// Requests this message has asked for, refused ones included.
@@ -160,19 +161,13 @@ pub(crate) struct HttpHooks {
 }
 
 impl HttpHooks {
-    pub(super) fn new(
-        handler: Arc<str>,
-        grant: Option<Arc<HttpGrant>>,
-        metrics: Option<Metrics>,
-    ) -> Self {
+    pub(super) fn new(env: Arc<HandlerEnv>, message_id: Arc<str>) -> Self {
         Self {
-            handler,
-            grant,
-            metrics,
+            env,
             deadline: Instant::now(),
             sent: 0,
             key_seed: None,
-            message_id: "-".into(),
+            message_id,
         }
     }
 
@@ -185,17 +180,17 @@ impl HttpHooks {
 
     /// Logs and counts a refusal, and gives the guest its error.
     fn refuse(&self, target: &Target, kind: &str, code: Error, why: &str) -> Error {
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.env.metrics {
             m.http_errors
                 .get_or_create(&HttpErrorLabels {
-                    handler: self.handler.to_string(),
+                    handler: self.env.name.clone(),
                     destination: "-".into(),
                     kind: kind.into(),
                 })
                 .inc();
         }
         tracing::warn!(
-            handler = &*self.handler,
+            handler = self.env.name.as_str(),
             message_id = &*self.message_id,
             url = %target,
             refused = kind,
@@ -281,7 +276,7 @@ impl WasiHttpHooks for HttpHooks {
         self.sent = self.sent.saturating_add(1);
         let ordinal = self.sent;
         let target = Target::of(request.uri());
-        let Some(grant) = self.grant.clone() else {
+        let Some(grant) = self.env.http.clone() else {
             let e = self.refuse(
                 &target,
                 "no_grant",
@@ -339,12 +334,12 @@ impl WasiHttpHooks for HttpHooks {
             between_bytes: opts.between_bytes_timeout,
         };
         let done = Done {
-            metrics: self.metrics.clone(),
+            metrics: self.env.metrics.clone(),
             labels: HttpLabels {
-                handler: self.handler.to_string(),
+                handler: self.env.name.clone(),
                 destination: pattern.to_string(),
             },
-            handler: self.handler.clone(),
+            handler: self.env.name.as_str().into(),
             message_id: self.message_id.clone(),
             url: target.to_string(),
             started,

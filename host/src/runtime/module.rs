@@ -70,6 +70,8 @@ pub struct Module {
 
 pub(super) struct ModuleInner {
     digest: Digest,
+    /// `digest.short()`, shared by every store's log tags.
+    pub(super) short: Arc<str>,
     size: usize,
     compile_time: Duration,
     from_cache: bool,
@@ -167,9 +169,11 @@ impl Runtime {
             .map_err(|e| LoadError::Link(format!("{:#}", anyhow::Error::from(e))))?;
         let pre = HandlerPre::new(pre)
             .map_err(|e| LoadError::WrongExport(format!("{:#}", anyhow::Error::from(e))))?;
+        let digest = Digest::of(bytes);
         Ok(Module {
             inner: Arc::new(ModuleInner {
-                digest: Digest::of(bytes),
+                short: digest.short().into(),
+                digest,
                 size: bytes.len(),
                 compile_time: started.elapsed(),
                 from_cache,

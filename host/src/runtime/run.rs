@@ -119,7 +119,7 @@ impl Runtime {
     /// A fresh store for one instance of `module`: limited, and with the
     /// epoch callback that yields every tick and traps past the deadline.
     fn new_store(&self, module: &Module, env: &Arc<HandlerEnv>, id: Arc<str>) -> Store<State> {
-        let state = State::new(env.clone(), env.limits, id, module.digest().short().into());
+        let state = State::new(env.clone(), env.limits, id, module.inner.short.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {

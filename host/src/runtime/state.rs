@@ -72,11 +72,7 @@ impl State {
         Self {
             wasi,
             http_ctx: WasiHttpCtx::new(),
-            http: HttpHooks::new(
-                env.name.as_str().into(),
-                env.http.clone(),
-                env.metrics.clone(),
-            ),
+            http: HttpHooks::new(env.clone(), message_id.clone()),
             table: ResourceTable::new(),
             stdout,
             stderr,
