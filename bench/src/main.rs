@@ -151,14 +151,18 @@ async fn measure_line(
     opts: &lines::Opts,
     line: &lines::Line,
     rabbit: &amqp::Rabbit,
-    cluster: Option<&amqp::Rabbit>,
+    cluster: Result<&amqp::Rabbit, &str>,
 ) -> Result<report::Measured, String> {
     // A cluster line runs against the cluster's nodes, with the bench's
     // connection to its first node.
     let (opts, rabbit) = match (line.cluster, &opts.cluster, cluster) {
         (false, _, _) => (opts, rabbit),
-        (true, Some(o), Some(r)) => (&**o, r),
-        (true, _, _) => return Err("failed: no cluster was started for this run".into()),
+        (true, Some(o), Ok(r)) => (&**o, r),
+        (true, _, Err(why)) => {
+            progress::say(format_args!("    FAILED: no cluster: {why}"));
+            return Err(format!("failed: no cluster: {why}"));
+        }
+        (true, None, Ok(_)) => return Err("failed: no cluster settings".into()),
     };
     match lines::skip_reason(opts, line) {
         Some(why) => {
@@ -277,24 +281,44 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let cluster = tokio::task::block_in_place(warren_tests::rabbit_cluster::RabbitCluster::get);
-        let urls = cluster.urls();
-        progress::say(format_args!(
-            "cluster up: nodes on ports {}",
-            cluster
-                .nodes
-                .iter()
-                .map(|n| n.port.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        let rabbit = amqp::Rabbit::connect(&urls[0]).await?;
-        Some((cluster, rabbit))
+        // The tests' helper panics with what went wrong (a node that does
+        // not boot, a join refused): here that fails the cluster lines,
+        // not the run.
+        let started = tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(warren_tests::rabbit_cluster::RabbitCluster::get)
+        });
+        match started {
+            Ok(cluster) => {
+                progress::say(format_args!(
+                    "cluster up: nodes on ports {}",
+                    cluster
+                        .nodes
+                        .iter()
+                        .map(|n| n.port.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                match amqp::Rabbit::connect(&cluster.urls()[0]).await {
+                    Ok(rabbit) => Ok((cluster, rabbit)),
+                    Err(e) => Err(format!("{e:#}")),
+                }
+            }
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the cluster did not start".into())),
+        }
     } else {
-        None
+        Err("no line of this run needs it".into())
     };
+    if let Err(why) = &cluster
+        && chosen.iter().any(|l| l.cluster)
+    {
+        progress::say(format_args!("cannot start the 3-node cluster: {why}"));
+    }
     let opts = lines::Opts {
-        cluster: cluster.as_ref().map(|(c, _)| {
+        cluster: cluster.as_ref().ok().map(|(c, _)| {
             Box::new(lines::Opts {
                 amqp_url: c.urls()[0].clone(),
                 host_urls: c.urls(),
@@ -337,7 +361,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let cluster_rabbit = cluster.as_ref().map(|(_, r)| r);
+    let cluster_rabbit = cluster.as_ref().map(|(_, r)| r).map_err(String::as_str);
     let mut rows = Vec::new();
     for line in &chosen {
         let is_warren = matches!(
@@ -363,7 +387,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     rabbit.close().await;
-    if let Some((cluster, r)) = cluster {
+    if let Ok((cluster, r)) = cluster {
         r.close().await;
         drop(cluster);
     }
