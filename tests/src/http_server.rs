@@ -9,6 +9,8 @@
 //! - `/big-head/N`: 200 with N headers of 1,000 bytes each (a hostile
 //!   server's response head);
 //! - `/fail-once/ID`: 503 the first time for each ID, then as `/echo`;
+//! - `/slow/MS`: 200 after MS milliseconds; the server counts how many
+//!   of these it held at once ([`HttpServer::most_at_once`]);
 //! - `/hang`: never answers (the connection is held until the test ends or
 //!   30 s pass);
 //! - `/price/SKU`: with a price table ([`HttpServer::start_prices`]), the
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +50,7 @@ pub struct Seen {
 pub struct HttpServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    slow: Arc<Slow>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,6 +61,13 @@ impl Drop for HttpServer {
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `/slow/MS` requests held now, and the most held at once.
+#[derive(Debug, Default)]
+struct Slow {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
 
 impl HttpServer {
     /// A plain HTTP server on 127.0.0.1, a free port.
@@ -103,6 +114,8 @@ impl HttpServer {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         let prices = Arc::new(prices);
+        let slow: Arc<Slow> = Arc::default();
+        let held = slow.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -112,8 +125,11 @@ impl HttpServer {
                 let log = log.clone();
                 let tls = tls.clone();
                 let prices = prices.clone();
+                let held = held.clone();
                 conns.spawn(async move {
-                    let service = service_fn(move |req| answer(req, log.clone(), prices.clone()));
+                    let service = service_fn(move |req| {
+                        answer(req, log.clone(), prices.clone(), held.clone())
+                    });
                     let builder = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
                         Some(acceptor) => match acceptor.accept(tcp).await {
@@ -132,7 +148,12 @@ impl HttpServer {
                 while conns.try_join_next().is_some() {}
             }
         });
-        HttpServer { addr, seen, task }
+        HttpServer {
+            addr,
+            seen,
+            slow,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:PORT` (or `https://`) plus `path`.
@@ -144,12 +165,18 @@ impl HttpServer {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The most `/slow/MS` requests the server held at one time.
+    pub fn most_at_once(&self) -> usize {
+        self.slow.most.load(Ordering::SeqCst)
+    }
 }
 
 async fn answer(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     prices: Arc<HashMap<String, u64>>,
+    slow: Arc<Slow>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let path = req
@@ -235,6 +262,13 @@ async fn answer(
             r.headers_mut().insert(name, value.clone());
         }
         return Ok(r);
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let now = slow.now.fetch_add(1, Ordering::SeqCst) + 1;
+        slow.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        slow.now.fetch_sub(1, Ordering::SeqCst);
+        return Ok(full(200, format!("slow {ms}")));
     }
     if path == "/hang" {
         tokio::time::sleep(Duration::from_secs(30)).await;

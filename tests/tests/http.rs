@@ -12,7 +12,8 @@
 //! is cut off with an error, and so is a response head too large to
 //! parse; `max_requests` holds; a rerun of a message
 //! sends the same `Idempotency-Key`s; HTTPS trusts the configured CA and
-//! refuses a server another CA signed.
+//! refuses a server another CA signed; a batch of a module that sends
+//! requests runs several messages at once.
 
 use std::time::Duration;
 
@@ -435,4 +436,37 @@ async fn https_trusts_the_configured_ca_and_no_other() {
         },
     )
     .await;
+}
+
+/// A module that sends HTTP requests runs several messages of a batch at
+/// once (`RUNS_AT_ONCE`), so a batch calling a slow API is not one request
+/// after another: with 2 batches in flight (8 consumers in batches of 8 on
+/// a 2-core machine), a batch running its messages in turn would hold at
+/// most 2 requests at once. Every message still comes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_on_http_runs_its_messages_at_once() {
+    let server = HttpServer::start().await;
+    let port = server.addr.port();
+    let f = fetcher(
+        "http-at-once",
+        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
+        "consumers = 8\nmax_batch = 8\n",
+    )
+    .await;
+    let script = format!("get {}", server.url("http", "/slow/400"));
+    let ids: Vec<String> = (0..8).map(|i| format!("slow-{i}")).collect();
+    for id in &ids {
+        f.rabbit.publish(&f.queue, id, script.as_bytes()).await;
+    }
+    let got = f.rabbit.collect(&f.out, 8, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 8);
+    for g in &got {
+        assert!(g.body_str().contains("slow 400"), "{}", g.body_str());
+    }
+    let most = server.most_at_once();
+    assert!(
+        most >= 3,
+        "at most {most} requests at once: the batch ran its messages one after another"
+    );
+    assert_eq!(server.seen().len(), 8, "one request per message");
 }

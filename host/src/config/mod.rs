@@ -492,8 +492,9 @@ pub struct Handler {
     /// The most deliveries handled together as one batch: one dedup round
     /// trip, one hand-off to the sandbox and one wait for confirms for all
     /// of them. A batch takes only what has already arrived, so it never
-    /// waits to fill; its messages run one after another, so a slow one
-    /// delays the settling of the others in its batch. 1 handles every
+    /// waits to fill; its messages run one after another (four at a time
+    /// for a module that sends HTTP requests), so a slow one delays the
+    /// settling of the others in its batch. 1 handles every
     /// message on its own, up to `consumers` at once.
     #[serde(default = "defaults::max_batch")]
     pub max_batch: u32,
@@ -708,9 +709,11 @@ impl Handler {
     /// How many batches may be in flight at once on a machine with `cores`
     /// CPUs: enough to hold `consumers` messages in batches of `max_batch`,
     /// and at least one per core (up to `consumers`), because a batch runs
-    /// its messages one after another on one thread, and a guest can only
-    /// compute (it has no I/O to wait for), so batches beyond the cores
-    /// would not run guests faster, and fewer would leave cores idle.
+    /// its messages one after another on one thread, and a guest mostly
+    /// computes, so batches beyond the cores would not run guests faster,
+    /// and fewer would leave cores idle. (A guest that sends HTTP requests
+    /// mostly waits: its batch runs several at once instead, see
+    /// `runtime::RUNS_AT_ONCE`.)
     pub fn batch_slots(&self, cores: u32) -> u32 {
         let to_hold = self.consumers.div_ceil(self.max_batch.max(1));
         to_hold.max(cores.min(self.consumers)).max(1)

@@ -47,7 +47,7 @@ pub use http::{HttpGrant, HttpSettings, IDEMPOTENCY_HEADER, idempotency_key};
 pub use http_answers::{Answer, AskedRequest, HttpResponder, MAX_ASKED_BODY};
 pub use kv::{KvGrant, KvLimits, KvStore, KvWrite, MAX_COUNTER};
 pub use limits::{HandlerEnv, Limits, RuntimeConfig, truncate_on_char};
-pub use module::{Digest, LoadError, Module};
+pub use module::{Digest, LoadError, Module, RUNS_AT_ONCE};
 pub use run::{Completed, RunError};
 use state::State;
 pub use warm::WarmInstances;

@@ -63,6 +63,12 @@ pub enum LoadError {
 
 /// A compiled, pre-linked, type-checked module version. Cheap to clone;
 /// instantiating it is what costs, and that happens per message.
+/// How many messages of one batch run at once when the module sends HTTP
+/// requests ([`Module::waits_on_http`]); other modules run a batch's
+/// messages one after another. Each run holds an instance of its own, so
+/// the sandbox pool has this many slots per batch slot.
+pub const RUNS_AT_ONCE: u32 = 4;
+
 #[derive(Clone)]
 pub struct Module {
     pub(super) inner: Arc<ModuleInner>,
@@ -123,6 +129,16 @@ impl Module {
     /// The names of the component's imports (interfaces), as the file lists them.
     pub fn imports(&self) -> &[String] {
         &self.inner.imports
+    }
+    /// Whether the module can send HTTP requests (it imports
+    /// `wasi:http/outgoing-handler`): its runs spend most of their time
+    /// waiting on a server, not computing, so a batch runs several of them
+    /// at once ([`RUNS_AT_ONCE`]).
+    pub fn waits_on_http(&self) -> bool {
+        self.inner
+            .imports
+            .iter()
+            .any(|i| i.starts_with("wasi:http/outgoing-handler@"))
     }
     /// The names of the component's exports.
     pub fn exports(&self) -> &[String] {

@@ -36,7 +36,12 @@ impl Host {
         // (256 by default) would pay for instances that never run. With
         // `instances = "reuse"` a batch's warm instance is idle, still in
         // its slot, while a shadow candidate runs on the same message:
-        // two slots per batch slot there.
+        // two slots per batch slot there. With fresh instances, a module
+        // that sends HTTP requests runs `RUNS_AT_ONCE` of a batch's
+        // messages at once, a permit each; which module a handler will run
+        // is not known here (a deploy can change it), so every such
+        // handler gets that many slots per batch slot. A slot that is
+        // never used costs address space only.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let instances: u32 = config
             .handlers
@@ -45,7 +50,7 @@ impl Host {
                 let per_batch = if h.instances == crate::config::Instances::Reuse {
                     2
                 } else {
-                    1
+                    crate::runtime::RUNS_AT_ONCE
                 };
                 h.batch_slots(cores) * per_batch
             })
