@@ -29,6 +29,11 @@ async fn run(f: &Running, id: &str, script: &str) -> String {
     got[0].body_str()
 }
 
+/// The `allow` key that lets a handler reach `server`, and nothing else.
+fn allow_only(server: &HttpServer) -> String {
+    format!("allow = [\"http://127.0.0.1:{}\"]", server.addr.port())
+}
+
 /// A fetcher handler with `[handler.http]` keys `http` (none: no table).
 async fn fetcher(name: &str, http: Option<&str>, extra: &str) -> Running {
     let mut toml = extra.to_string();
@@ -47,12 +52,7 @@ async fn fetcher(name: &str, http: Option<&str>, extra: &str) -> Running {
 async fn an_allowed_host_is_reached_and_any_other_is_refused_before_sending() {
     let server = HttpServer::start().await;
     let port = server.addr.port();
-    let f = fetcher(
-        "http-allow",
-        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
-        "",
-    )
-    .await;
+    let f = fetcher("http-allow", Some(&allow_only(&server)), "").await;
     let out = run(
         &f,
         "m1",
@@ -167,12 +167,9 @@ async fn a_handler_without_an_http_table_cannot_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_ends_at_timeout_ms_and_the_message_retries() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
     let f = fetcher(
         "http-timeout",
-        Some(&format!(
-            "allow = [\"http://127.0.0.1:{port}\"]\ntimeout_ms = 300"
-        )),
+        Some(&format!("{}\ntimeout_ms = 300", allow_only(&server))),
         "[handler.retry]\nmax_attempts = 2\nbackoff_ms = 50\nmax_backoff_ms = 100\n",
     )
     .await;
@@ -206,16 +203,13 @@ async fn a_server_that_never_answers_ends_at_timeout_ms_and_the_message_retries(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_never_outlives_the_message_deadline() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
     // The request may take 20 s, the message only 800 ms: the request ends
     // at the message's deadline (the guest sees a timeout there, or is
     // stopped as a handler timeout if it is still running), and the
     // message retries.
     let f = fetcher(
         "http-deadline",
-        Some(&format!(
-            "allow = [\"http://127.0.0.1:{port}\"]\ntimeout_ms = 20000"
-        )),
+        Some(&format!("{}\ntimeout_ms = 20000", allow_only(&server))),
         "timeout_ms = 800\n[handler.retry]\nmax_attempts = 2\nbackoff_ms = 50\nmax_backoff_ms = 100\n",
     )
     .await;
@@ -235,11 +229,11 @@ async fn a_request_never_outlives_the_message_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_response_bytes_is_cut_off_with_an_error() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
     let f = fetcher(
         "http-body",
         Some(&format!(
-            "allow = [\"http://127.0.0.1:{port}\"]\nmax_response_bytes = 100000"
+            "{}\nmax_response_bytes = 100000",
+            allow_only(&server)
         )),
         "",
     )
@@ -278,13 +272,7 @@ async fn a_body_over_max_response_bytes_is_cut_off_with_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_head_too_large_fails_that_request_only() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
-    let f = fetcher(
-        "http-head",
-        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
-        "",
-    )
-    .await;
+    let f = fetcher("http-head", Some(&allow_only(&server)), "").await;
     let out = run(
         &f,
         "m1",
@@ -345,10 +333,9 @@ async fn max_requests_holds_per_message_and_the_header_can_be_turned_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_of_a_message_sends_the_same_idempotency_keys() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
     let f = fetcher(
         "http-idem",
-        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
+        Some(&allow_only(&server)),
         "[handler.retry]\nmax_attempts = 3\nbackoff_ms = 50\nmax_backoff_ms = 100\n",
     )
     .await;
@@ -446,10 +433,9 @@ async fn https_trusts_the_configured_ca_and_no_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_on_http_runs_its_messages_at_once() {
     let server = HttpServer::start().await;
-    let port = server.addr.port();
     let f = fetcher(
         "http-at-once",
-        Some(&format!("allow = [\"http://127.0.0.1:{port}\"]")),
+        Some(&allow_only(&server)),
         "consumers = 8\nmax_batch = 8\n",
     )
     .await;

@@ -78,6 +78,8 @@ pub(super) struct ModuleInner {
     digest: Digest,
     /// `digest.short()`, shared by every store's log tags.
     pub(super) short: Arc<str>,
+    /// Whether `imports` names `wasi:http/outgoing-handler`.
+    sends_http: bool,
     size: usize,
     compile_time: Duration,
     from_cache: bool,
@@ -135,10 +137,7 @@ impl Module {
     /// waiting on a server, not computing, so a batch runs several of them
     /// at once ([`RUNS_AT_ONCE`]).
     pub fn waits_on_http(&self) -> bool {
-        self.inner
-            .imports
-            .iter()
-            .any(|i| i.starts_with("wasi:http/outgoing-handler@"))
+        self.inner.sends_http
     }
     /// The names of the component's exports.
     pub fn exports(&self) -> &[String] {
@@ -167,7 +166,7 @@ impl Runtime {
             (component, hit)
         };
         let ty = component.component_type();
-        let imports = ty
+        let imports: Vec<String> = ty
             .imports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
@@ -186,9 +185,13 @@ impl Runtime {
         let pre = HandlerPre::new(pre)
             .map_err(|e| LoadError::WrongExport(format!("{:#}", anyhow::Error::from(e))))?;
         let digest = Digest::of(bytes);
+        let sends_http = imports
+            .iter()
+            .any(|i| i.starts_with("wasi:http/outgoing-handler@"));
         Ok(Module {
             inner: Arc::new(ModuleInner {
                 short: digest.short().into(),
+                sends_http,
                 digest,
                 size: bytes.len(),
                 compile_time: started.elapsed(),
