@@ -93,6 +93,10 @@ pub struct Metrics {
     /// Key-value writes committed, and commits refused by a conflict.
     pub kv_writes: Family<HandlerLabel, Counter>,
     pub kv_conflicts: Family<HandlerLabel, Counter>,
+    /// Key-value reads the read cache answered, and those that went to
+    /// Redis through it (copied from the store every few seconds).
+    pub kv_read_cache_hits: Counter,
+    pub kv_read_cache_misses: Counter,
     /// Outbound HTTP requests sent, the ones that failed or were refused,
     /// and their latency to the end of the response body.
     pub http_requests: Family<HttpLabels, Counter>,
@@ -226,6 +230,18 @@ impl Metrics {
             "Key-value commits refused because a compare-and-swap no longer held (the message runs again)",
             kv_conflicts.clone(),
         );
+        let kv_read_cache_hits = Counter::default();
+        r.register(
+            "kv_read_cache_hits",
+            "Key-value reads answered by the process's read cache (redis.read_cache_mb)",
+            kv_read_cache_hits.clone(),
+        );
+        let kv_read_cache_misses = Counter::default();
+        r.register(
+            "kv_read_cache_misses",
+            "Key-value reads the read cache sent to Redis",
+            kv_read_cache_misses.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
         r.register(
             "http_requests",
@@ -269,6 +285,8 @@ impl Metrics {
             registry: Arc::new(r),
             kv_writes,
             kv_conflicts,
+            kv_read_cache_hits,
+            kv_read_cache_misses,
             messages,
             failures,
             dedup_bypassed,

@@ -125,6 +125,42 @@ async fn reads_writes_and_errors_in_redis() {
     assert_eq!(b.as_deref(), Some("bye"));
 }
 
+/// The read cache (redis.read_cache_mb, on by default with one server):
+/// repeated reads of a key are answered in the process, and a value
+/// another client writes is what the next message reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_come_from_the_cache_and_another_writer_is_seen_at_once() {
+    let f = Fixture::new("kv-cache")
+        .guest("counter")
+        .handler("counter")
+        .redis(SHARED_REDIS, "pause")
+        .start()
+        .await;
+    assert_eq!(run(&f, "c1", "set p 1").await, "set");
+    for i in 2..12 {
+        assert_eq!(run(&f, &format!("c{i}"), "get p").await, "p=1");
+    }
+    let hits = "warren_kv_read_cache_hits_total";
+    eventually(
+        Duration::from_secs(10),
+        "reads answered by the cache",
+        || async { f.w().metric(hits, &[]) >= 5.0 },
+    )
+    .await;
+    // Another writer (as another host's commit would): the next message,
+    // on the same host, reads the new value.
+    let prefix = f.prefix.as_ref().unwrap();
+    let mut con = redis_con().await;
+    let _: () = con
+        .set(format!("{prefix}:kv/{{counter}}:p"), "2")
+        .await
+        .unwrap();
+    assert_eq!(run(&f, "c20", "get p").await, "p=2");
+    // And this host's own commit, at once.
+    assert_eq!(run(&f, "c21", "set p 3\nget p").await, "set\np=3");
+    assert_eq!(run(&f, "c22", "get p").await, "p=3");
+}
+
 /// Two handlers that name one namespace share it; a third does not see it.
 #[tokio::test(flavor = "multi_thread")]
 async fn namespaces_are_per_handler_unless_shared() {

@@ -344,7 +344,7 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
     let cluster = RedisCluster::get();
     let prefix = unique("cl-store");
     let urls = cluster.urls();
-    let store = Store::connect(RedisServers::Cluster(&urls), &prefix, &TlsPem::default())
+    let store = Store::connect(RedisServers::Cluster(&urls), &prefix, &TlsPem::default(), 0)
         .await
         .expect("connect to the cluster");
     assert!(store.describe().contains("cluster"), "{}", store.describe());

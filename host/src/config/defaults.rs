@@ -7,6 +7,11 @@ pub fn reconnect_max_ms() -> u64 {
 pub fn redis_prefix() -> String {
     "warren".into()
 }
+/// The key-value read cache: 16 MiB holds about 100,000 small counters;
+/// a read it answers costs no round trip (BENCHMARKS.md, line 5k).
+pub fn read_cache_mb() -> u32 {
+    16
+}
 pub fn shutdown_timeout_ms() -> u64 {
     30_000
 }

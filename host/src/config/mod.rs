@@ -186,6 +186,10 @@ pub struct Redis {
     pub prefix: String,
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
+    /// MiB of committed key-value values kept in the process (one server
+    /// only; 0 turns it off). See docs/semantics.md, "Reads".
+    #[serde(default = "defaults::read_cache_mb")]
+    pub read_cache_mb: u32,
     /// Certificates for a `rediss://` URL (`[redis.tls]`).
     #[serde(default)]
     pub tls: Tls,
@@ -389,6 +393,7 @@ impl fmt::Debug for Redis {
             .field("cluster", &redacted(&self.cluster))
             .field("prefix", &self.prefix)
             .field("on_unavailable", &self.on_unavailable)
+            .field("read_cache_mb", &self.read_cache_mb)
             .finish()
     }
 }

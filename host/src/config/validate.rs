@@ -47,6 +47,12 @@ impl super::Redis {
         if self.tls.is_set() && !self.urls().iter().any(|(_, u)| u.starts_with("rediss://")) {
             bail!("key redis.tls: certificates are set but no Redis URL is rediss://");
         }
+        if self.read_cache_mb > 4096 {
+            bail!(
+                "key redis.read_cache_mb: {} MiB is more than the 4096 allowed (0 turns the cache off)",
+                self.read_cache_mb
+            );
+        }
         // Cluster hash tags are the first `{...}` of a key name: the
         // prefix comes first, so a brace in it would decide the slot.
         if cluster && self.prefix.contains(['{', '}']) {

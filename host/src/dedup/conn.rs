@@ -466,6 +466,21 @@ fn client(url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
     })
 }
 
+/// A client for `url` that speaks RESP3, which server-assisted caching
+/// needs (its invalidations arrive as pushes on the same connection).
+pub(super) fn resp3_client(url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
+    let mut info = parse(url)?;
+    info.redis.protocol = ::redis::ProtocolVersion::RESP3;
+    let client = match (&tls.ca, &tls.identity) {
+        (None, None) => Client::open(info),
+        _ => Client::build_with_tls(info, certificates(tls)),
+    };
+    client.map_err(|err| DedupError::InvalidUrl {
+        url: mask_credentials(url),
+        reason: err.to_string(),
+    })
+}
+
 fn parse(url: &str) -> Result<ConnectionInfo, DedupError> {
     url.into_connection_info()
         .map_err(|err| DedupError::InvalidUrl {

@@ -8,7 +8,11 @@
 -- KEYS[3+i] the data key of op i
 -- ARGV[1]  '1' with a lease, '0' without (dedup off or bypassed); 'c1' and
 --          'c0' the same, but only check: write nothing, whatever the
---          outcome (the check before a run's outputs are published)
+--          outcome (the check before a run's outputs are published); a
+--          't' after it ('1t', '0t'): the caller keeps a read cache on this
+--          connection (`read_cache.rs`): read each written key again after
+--          the writes, so that Redis tracks it for this connection, and
+--          return what it now holds
 -- ARGV[2]  the owner token
 -- ARGV[3]  the dedup window in milliseconds
 -- ARGV[4]  the done marker
@@ -25,9 +29,13 @@
 -- Returns {1, ''} when written, {0, ''} when the lease is lost (nothing
 -- written), {2, key} when a compare-and-swap does not hold and {3, key} when
 -- an increment finds no counter or leaves the range (nothing written).
+-- With 't', written is {1, '', k1, v1, t1, k2, v2, t2, ...}: each written
+-- data key, '=' followed by its value (or '-' when it is absent), and its
+-- PTTL.
 -- Every check comes before the first write: scripts do not roll back.
-local with_lease = ARGV[1] == '1' or ARGV[1] == 'c1'
+local with_lease = string.find(ARGV[1], '1', 1, true) ~= nil
 local check_only = string.sub(ARGV[1], 1, 1) == 'c'
+local track = string.find(ARGV[1], 't', 1, true) ~= nil
 if with_lease then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then
     return {0, ''}
@@ -108,5 +116,15 @@ if with_lease then
   if redis.call('PTTL', KEYS[2]) < window then
     redis.call('PEXPIRE', KEYS[2], window)
   end
+end
+if track then
+  local out = {1, ''}
+  for _, k in ipairs(order) do
+    local v = redis.call('GET', k)
+    out[#out + 1] = k
+    if v then out[#out + 1] = '=' .. v else out[#out + 1] = '-' end
+    out[#out + 1] = redis.call('PTTL', k)
+  end
+  return out
 end
 return {1, ''}

@@ -29,6 +29,7 @@
 mod conn;
 pub mod kv;
 mod memory;
+mod read_cache;
 mod redis;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use std::time::Duration;
 
 pub use self::kv::{Commit, KvOp, KvWrites};
 pub use self::memory::MemoryStore;
+pub use self::read_cache::CacheStats;
 pub use self::redis::RedisStore;
 use crate::config::{RedisServers, TlsPem};
 
@@ -146,18 +148,25 @@ impl Store {
     /// server's must chain to `tls.ca` (the system's roots without one),
     /// and `tls.identity` is presented when the server asks.
     pub async fn redis_tls(url: &str, prefix: &str, tls: &TlsPem) -> Result<Store, DedupError> {
-        Self::connect(RedisServers::Single(url), prefix, tls).await
+        Self::connect(RedisServers::Single(url), prefix, tls, 0).await
+    }
+
+    /// [`Store::redis`] with a key-value read cache of `bytes`.
+    pub async fn redis_cached(url: &str, prefix: &str, bytes: usize) -> Result<Store, DedupError> {
+        Self::connect(RedisServers::Single(url), prefix, &TlsPem::default(), bytes).await
     }
 
     /// Connects to the deployment `[redis]` names (one server, a master
     /// through Sentinel, or a Cluster) and loads the scripts. Keys live
-    /// under `prefix`.
+    /// under `prefix`. With one server and `read_cache` > 0, key-value
+    /// reads are cached in up to that many bytes (`read_cache.rs`).
     pub async fn connect(
         servers: RedisServers<'_>,
         prefix: &str,
         tls: &TlsPem,
+        read_cache: usize,
     ) -> Result<Store, DedupError> {
-        RedisStore::connect(servers, prefix, tls)
+        RedisStore::connect(servers, prefix, tls, read_cache)
             .await
             .map(Store::Redis)
     }
@@ -361,6 +370,24 @@ impl Store {
         match self {
             Store::Redis(store) => store.kv_get(namespace, key).await,
             Store::Memory(store) => Ok(store.kv_get(namespace, key)),
+        }
+    }
+
+    /// How many key-value reads the read cache answered and how many went
+    /// to the server; none without a cache.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        match self {
+            Store::Redis(store) => store.cache_stats(),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// The server's id of the read cache's tracking connection, while
+    /// there is one (for `CLIENT KILL` in tests and by operators).
+    pub fn cache_client_id(&self) -> Option<i64> {
+        match self {
+            Store::Redis(store) => store.cache_client_id(),
+            Store::Memory(_) => None,
         }
     }
 

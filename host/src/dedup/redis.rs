@@ -12,10 +12,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script};
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
 
-use super::conn::{Conn, mask_credentials};
+use super::conn::{Conn, mask_credentials, resp3_client};
 use super::kv::{self, Commit, KvOp, KvWrites};
+use super::read_cache::{CacheStats, ReadCache};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
 use crate::config::{RedisServers, TlsPem};
 
@@ -32,6 +34,9 @@ pub struct RedisStore {
     /// sending needs `&mut`.
     conn: Conn,
     shared: Arc<Shared>,
+    /// Committed key-value values kept in the process (one server only):
+    /// see `read_cache.rs`.
+    cache: Option<Arc<ReadCache>>,
 }
 
 /// What never changes after connecting.
@@ -63,9 +68,21 @@ impl RedisStore {
         servers: RedisServers<'_>,
         prefix: &str,
         tls: &TlsPem,
+        read_cache: usize,
     ) -> Result<Self, DedupError> {
         let connect = async {
             let (conn, server) = Conn::connect(servers, tls).await?;
+            // Sentinel and Cluster: no cache (a failover or a moved slot
+            // would need its own tracking connection followed; reads go to
+            // the master or the key's node every time).
+            let cache = match servers {
+                RedisServers::Single(url) if read_cache > 0 => Some(ReadCache::new(
+                    resp3_client(url, tls)?,
+                    server.clone(),
+                    read_cache,
+                )),
+                _ => None,
+            };
             let shared = Arc::new(Shared {
                 prefix: prefix.to_owned(),
                 server,
@@ -91,7 +108,11 @@ impl RedisStore {
                     DedupError::Unavailable(format!("cannot connect to {}: {e}", shared.server))
                 })?;
             }
-            Ok::<_, DedupError>(Self { conn, shared })
+            Ok::<_, DedupError>(Self {
+                conn,
+                shared,
+                cache,
+            })
         };
         let store = match tokio::time::timeout(CALL_DEADLINE, connect).await {
             Ok(store) => store?,
@@ -113,6 +134,18 @@ impl RedisStore {
         };
         tracing::debug!(server = %store.shared.server, prefix, "connected to the dedup store");
         Ok(store)
+    }
+
+    /// How many key-value reads the read cache answered and how many went
+    /// to the server; none without a cache.
+    pub(super) fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// The server's id of the read cache's tracking connection, while
+    /// there is one.
+    pub(super) fn cache_client_id(&self) -> Option<i64> {
+        self.cache.as_ref().and_then(|c| c.client_id())
     }
 
     /// Whether keys carry a hash tag (Redis Cluster): see [`super::Store::key_in`].
@@ -156,7 +189,7 @@ impl RedisStore {
             })
             .collect();
         let replies = self
-            .eval_many::<(i64, i64)>("claim", &self.shared.claim, calls, keys)
+            .eval_many::<(i64, i64)>("claim", &self.shared.claim, calls, keys, None)
             .await;
         replies
             .into_iter()
@@ -225,7 +258,7 @@ impl RedisStore {
             })
             .collect();
         let keys: Vec<&str> = leases.iter().map(|l| l.key.as_str()).collect();
-        self.eval_many(op, script, calls, &keys).await
+        self.eval_many(op, script, calls, &keys, None).await
     }
 
     /// Sends `calls` (EVALSHAs of `script`, one per key of `keys`) as one
@@ -241,6 +274,7 @@ impl RedisStore {
         script: &Script,
         calls: Vec<Cmd>,
         keys: &[&str],
+        via: Option<MultiplexedConnection>,
     ) -> Vec<Result<T, DedupError>> {
         let mut results: Vec<Option<Result<T, DedupError>>> = keys.iter().map(|_| None).collect();
         if calls.is_empty() {
@@ -254,7 +288,10 @@ impl RedisStore {
                 pipe.add_command(cmd);
             }
             for round in 0..2 {
-                let replies = self.conn.send(&pipe, todo.len()).await?;
+                let replies = match &via {
+                    Some(conn) => send_on(conn.clone(), &pipe, todo.len()).await?,
+                    None => self.conn.send(&pipe, todo.len()).await?,
+                };
                 if replies.len() != todo.len() {
                     return Err(RedisError::from((
                         ErrorKind::ResponseError,
@@ -327,30 +364,45 @@ impl RedisStore {
         window: Duration,
         check_only: bool,
     ) -> Vec<Result<Commit, DedupError>> {
+        let prefix = &self.shared.prefix;
+        // Each item's data keys, in op order.
+        let data_keys: Vec<Vec<String>> = items
+            .iter()
+            .map(|(_, writes)| {
+                let ns = &writes.namespace;
+                let keys = writes
+                    .ops
+                    .iter()
+                    .map(|op| kv::data_key(prefix, ns, op.key()));
+                keys.collect()
+            })
+            .collect();
+        // With a read cache, a commit goes over its tracking connection,
+        // which then keeps the committed values (`read_cache.rs`).
+        let tracked = match (&self.cache, check_only) {
+            (Some(cache), false) => cache.track_commit(data_keys.concat()),
+            _ => None,
+        };
+        let track = if tracked.is_some() { "t" } else { "" };
         let mode = |lease: bool| match (check_only, lease) {
-            (false, true) => "1",
-            (false, false) => "0",
-            (true, true) => "c1",
-            (true, false) => "c0",
+            (false, true) => format!("1{track}"),
+            (false, false) => format!("0{track}"),
+            (true, true) => "c1".to_owned(),
+            (true, false) => "c0".to_owned(),
         };
         let window_ms = ttl_millis(window);
-        let prefix = &self.shared.prefix;
         let mut names = Vec::with_capacity(items.len());
         let calls = items
             .iter()
-            .map(|(lease, writes)| {
+            .zip(&data_keys)
+            .map(|((lease, writes), data)| {
                 let index = kv::index_key(prefix, &writes.namespace);
                 let (key, fence) = match lease {
                     Some(l) => (l.key.clone(), fence_key(&l.key)),
                     None => (index.clone(), index.clone()),
                 };
                 let mut keys = vec![key.clone(), fence, index];
-                keys.extend(
-                    writes
-                        .ops
-                        .iter()
-                        .map(|op| kv::data_key(prefix, &writes.namespace, op.key())),
-                );
+                keys.extend(data.iter().cloned());
                 names.push(key);
                 let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
@@ -386,13 +438,36 @@ impl RedisStore {
             })
             .collect();
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-        let replies = self
-            .eval_many::<(i64, String)>("kv commit", &self.shared.kv_commit, calls, &keys)
-            .await;
+        let via = tracked.as_ref().map(|t| t.conn.clone());
+        let replies: Vec<Result<CommitReply, DedupError>> = self
+            .eval_many::<Vec<Value>>("kv commit", &self.shared.kv_commit, calls, &keys, via)
+            .await
+            .into_iter()
+            .map(|reply| {
+                reply.and_then(|r| commit_reply(r).map_err(|e| self.error("kv commit", "-", &e)))
+            })
+            .collect();
+        if let Some(tracked) = tracked {
+            let mut written = Vec::new();
+            let mut unknown = Vec::new();
+            for (reply, data) in replies.iter().zip(&data_keys) {
+                match reply {
+                    Ok((1, _, values)) => written.extend(values.iter().cloned()),
+                    Ok(_) => {}
+                    Err(_) => unknown.extend(data.iter().cloned()),
+                }
+            }
+            tracked.finish(written, &unknown);
+        } else if let (Some(cache), false) = (&self.cache, check_only) {
+            // Whatever came back (a lost reply may hide a commit that went
+            // in), this process's next read of a key it wrote goes to the
+            // server: it reads its own writes without waiting for the push.
+            cache.forget(data_keys.iter().flatten().map(String::as_str));
+        }
         replies
             .into_iter()
             .map(|reply| {
-                let (code, key) = reply?;
+                let (code, key, _) = reply?;
                 Ok(match code {
                     1 => Commit::Done,
                     0 => Commit::Lost,
@@ -415,6 +490,11 @@ impl RedisStore {
         key: &str,
     ) -> Result<Option<Vec<u8>>, DedupError> {
         let name = kv::data_key(&self.shared.prefix, namespace, key);
+        if let Some(cache) = &self.cache
+            && let Ok(Some(value)) = tokio::time::timeout(CALL_DEADLINE, cache.get(&name)).await
+        {
+            return Ok(value);
+        }
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(&name);
         match tokio::time::timeout(CALL_DEADLINE, self.conn.query::<Option<Vec<u8>>>(&cmd)).await {
@@ -440,7 +520,7 @@ impl RedisStore {
         cmd.arg(prefix)
             .arg(kv::data_prefix(&self.shared.prefix, namespace))
             .arg(limit.max(1));
-        self.eval_many::<Vec<String>>("kv list", &self.shared.kv_list, vec![cmd], &[&index])
+        self.eval_many::<Vec<String>>("kv list", &self.shared.kv_list, vec![cmd], &[&index], None)
             .await
             .pop()
             .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
@@ -461,6 +541,47 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+/// What `kv_commit.lua` answers: its code, the key it names, and with a
+/// read cache each written data key's value and PTTL.
+type CommitReply = (i64, String, Vec<(String, Option<Vec<u8>>, i64)>);
+
+fn commit_reply(reply: Vec<Value>) -> RedisResult<CommitReply> {
+    let bad = || RedisError::from((ErrorKind::TypeError, "kv commit: an unexpected reply"));
+    let mut it = reply.into_iter();
+    let code: i64 = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
+    let key: String = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
+    let mut values = Vec::new();
+    while let Some(k) = it.next() {
+        let k: String = ::redis::from_owned_redis_value(k)?;
+        let v: Vec<u8> = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
+        let pttl: i64 = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
+        let value = match v.split_first() {
+            Some((b'=', rest)) => Some(rest.to_vec()),
+            Some((b'-', [])) => None,
+            _ => return Err(bad()),
+        };
+        values.push((k, value, pttl));
+    }
+    Ok((code, key, values))
+}
+
+/// Sends a pipeline of `n` commands on `conn`: one reply per command, an
+/// error reply as an `Err` of its own (as [`Conn::send`]).
+async fn send_on(
+    mut conn: MultiplexedConnection,
+    pipe: &::redis::Pipeline,
+    n: usize,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let replies = conn.req_packed_commands(pipe, 0, n).await?;
+    Ok(replies
+        .into_iter()
+        .map(|v| match v {
+            Value::ServerError(e) => Err(RedisError::from(e)),
+            v => Ok(v),
+        })
+        .collect())
 }
 
 /// The op's tag in `kv_commit.lua`'s arguments.

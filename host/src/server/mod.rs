@@ -257,14 +257,17 @@ impl Host {
 impl Host {
     /// Every [`DEPTH_POLL`], the number of messages in each handler's
     /// dead-letter queue, into `warren_dead_letter_depth` (the dashboard
-    /// shows it). A failed count is logged at debug and tried again: the
-    /// connection's own watch decides whether it is lost.
+    /// shows it), and the read cache's counts into
+    /// `warren_kv_read_cache_{hits,misses}_total`. A failed count is logged
+    /// at debug and tried again: the connection's own watch decides whether
+    /// it is lost.
     async fn poll_dead_letter_depths(&self, broker: &Broker) -> std::convert::Infallible {
         let queues: Vec<(String, QueueKind)> = self
             .handlers
             .iter()
             .map(|h| (h.topology.dead_letter_queue.clone(), h.topology.kind))
             .collect();
+        let mut cached = self.shared.store.cache_stats();
         loop {
             match broker.queue_depths(&queues).await {
                 Ok(depths) => {
@@ -273,6 +276,15 @@ impl Host {
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot count the dead-letter queues"),
+            }
+            // The read cache counts in the store; its counters follow here.
+            if let (Some(before), Some(now)) = (cached, self.shared.store.cache_stats()) {
+                let m = &self.shared.metrics;
+                m.kv_read_cache_hits
+                    .inc_by(now.hits.saturating_sub(before.hits));
+                m.kv_read_cache_misses
+                    .inc_by(now.misses.saturating_sub(before.misses));
+                cached = Some(now);
             }
             tokio::time::sleep(DEPTH_POLL).await;
         }

@@ -78,7 +78,8 @@ impl Host {
         let (store, on_unavailable) = match &config.redis {
             Some(r) => {
                 let tls = r.tls.read("redis.tls")?;
-                let store = Store::connect(r.servers(), &r.prefix, &tls)
+                let cache = r.read_cache_mb as usize * (1 << 20);
+                let store = Store::connect(r.servers(), &r.prefix, &tls, cache)
                     .await
                     .with_context(|| match r.servers() {
                         crate::config::RedisServers::Single(url) => format!(

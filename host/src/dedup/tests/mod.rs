@@ -8,6 +8,7 @@
 //! Sleeps here only let a TTL run out; nothing waits for another task by
 //! sleeping.
 
+mod read_cache;
 mod redis_only;
 
 use std::time::Duration;
@@ -28,9 +29,11 @@ fn unique_prefix() -> String {
     format!("test-dedup-{}", uuid::Uuid::new_v4())
 }
 
+/// With a key-value read cache, so that every semantic test below also
+/// runs through it.
 async fn redis_store() -> Store {
     let url = redis_url();
-    Store::redis(&url, &unique_prefix())
+    Store::redis_cached(&url, &unique_prefix(), 1 << 20)
         .await
         .unwrap_or_else(|err| panic!("the dedup tests need redis at {url} (.ci/setup.sh): {err}"))
 }

@@ -7,7 +7,7 @@ use super::{LEASE, WINDOW, acquire, redis_store, redis_url, unique_prefix};
 use crate::dedup::{Claim, DedupError, Lease, Store, fence_key};
 
 /// A raw connection for looking behind the store's back.
-async fn raw_redis() -> ::redis::aio::MultiplexedConnection {
+pub(super) async fn raw_redis() -> ::redis::aio::MultiplexedConnection {
     ::redis::Client::open(redis_url())
         .expect("redis url")
         .get_multiplexed_async_connection()
@@ -242,14 +242,14 @@ async fn redis_fence_counter_outlives_the_lease_by_the_window() {
 /// A TCP proxy in front of the real Redis. Hung, it keeps every connection
 /// open but forwards nothing (a stalled server or a partition); healed, it
 /// closes the connections it held and forwards again.
-struct Proxy {
-    url: String,
+pub(super) struct Proxy {
+    pub(super) url: String,
     hung: tokio::sync::watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start() -> Proxy {
+    pub(super) async fn start() -> Proxy {
         use ::redis::{ConnectionAddr, IntoConnectionInfo};
 
         let info = redis_url().into_connection_info().expect("redis url");
@@ -291,11 +291,11 @@ impl Proxy {
         Proxy { url, hung, accept }
     }
 
-    fn hang(&self) {
+    pub(super) fn hang(&self) {
         self.hung.send_replace(true);
     }
 
-    fn heal(&self) {
+    pub(super) fn heal(&self) {
         self.hung.send_replace(false);
     }
 }
