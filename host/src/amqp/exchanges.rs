@@ -18,7 +18,25 @@ impl Publisher {
     /// once per connection, with a passive declare on a throwaway channel,
     /// so that a missing one fails this output alone (the broker closes
     /// the throwaway channel, not the publishing one).
+    ///
+    /// An exchange already known costs a lookup and no future: every output
+    /// goes through here, and the check's own state (a channel to open, a
+    /// declare, a timer) is boxed only when it runs, so it does not make
+    /// every output's future larger.
     pub(super) async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
+        if exchange.is_empty()
+            || self
+                .exchanges
+                .lock()
+                .expect("exchanges lock")
+                .contains(exchange)
+        {
+            return Ok(());
+        }
+        Box::pin(self.check_exchange_bounded(exchange)).await
+    }
+
+    async fn check_exchange_bounded(&self, exchange: &str) -> Result<(), PublishError> {
         let what = || format!("checking that exchange {exchange:?} exists");
         match tokio::time::timeout(CALL_TIMEOUT, self.check_exchange_unbounded(exchange)).await {
             Ok(checked) => checked,

@@ -199,20 +199,20 @@ impl Publisher {
         }
     }
 
-    /// Publishes an output, with `properties` as the caller built them
-    /// and, in `x-warren-module`, the digest of the module version that
-    /// produced it. Mandatory: an unroutable output is an error. Headers
-    /// that would not fit in a frame are refused before anything is sent.
+    /// Publishes an output, with `properties` and `headers` as the caller
+    /// built them (taken, not copied) and, in `x-warren-module`, the digest
+    /// of the module version that produced it. Mandatory: an unroutable
+    /// output is an error. Headers that would not fit in a frame are refused
+    /// before anything is sent.
     pub async fn output(
         &self,
-        exchange: &str,
-        routing_key: &str,
+        (exchange, routing_key): (&str, &str),
         body: &[u8],
         properties: BasicProperties,
+        mut headers: FieldTable,
         module: &str,
     ) -> Result<(), PublishError> {
         self.check_exchange(exchange).await?;
-        let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
         let budget = header_budget(self.frame_max, other_properties_size(&properties));
         let size = table_size(&headers);

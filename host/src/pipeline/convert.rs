@@ -234,11 +234,14 @@ fn short(what: &str, s: &str) -> Result<ShortString, String> {
 
 /// Properties for a guest's outbound message: persistent, with the host's
 /// deterministic message id.
-pub fn outbound_properties(o: &Outbound, message_id: &str) -> Result<BasicProperties, String> {
+pub fn outbound_properties(
+    o: &Outbound,
+    message_id: &str,
+) -> Result<(BasicProperties, FieldTable), String> {
+    let headers = table_from_headers(&o.headers)?;
     let mut p = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_message_id(short("message id", message_id)?)
-        .with_headers(table_from_headers(&o.headers)?);
+        .with_message_id(short("message id", message_id)?);
     if let Some(ct) = &o.content_type {
         p = p.with_content_type(short("content-type", ct)?);
     }
@@ -251,7 +254,7 @@ pub fn outbound_properties(o: &Outbound, message_id: &str) -> Result<BasicProper
     if let Some(t) = &o.type_ {
         p = p.with_type(short("type", t)?);
     }
-    Ok(p)
+    Ok((p, headers))
 }
 
 #[cfg(test)]

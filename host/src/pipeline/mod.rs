@@ -493,13 +493,13 @@ impl Pipeline<'_> {
                     let ctx = self.trace.as_ref().and_then(|t| t.publish_context(tag));
                     let from = telemetry::now_ns();
                     let sent = match convert::outbound_properties(out, &id) {
-                        Ok(props) => {
-                            let props = match &ctx {
-                                Some(ctx) => trace::with_context(props, ctx),
-                                None => props,
-                            };
+                        Ok((props, mut headers)) => {
+                            if let Some(ctx) = &ctx {
+                                trace::with_context(&mut headers, ctx);
+                            }
+                            let to = (out.exchange.as_str(), out.routing_key.as_str());
                             self.publisher
-                                .output(&out.exchange, &out.routing_key, &out.body, props, digest)
+                                .output(to, &out.body, props, headers, digest)
                                 .await
                                 .map_err(|e| e.to_string())
                         }

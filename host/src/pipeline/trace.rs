@@ -290,12 +290,8 @@ impl BatchTrace {
 
 /// `props` with the `traceparent` (and `tracestate`) of `ctx`, in place of
 /// any the guest set.
-pub(super) fn with_context(
-    props: crate::amqp::wire::BasicProperties,
-    ctx: &SpanContext,
-) -> crate::amqp::wire::BasicProperties {
+pub(super) fn with_context(h: &mut crate::amqp::wire::FieldTable, ctx: &SpanContext) {
     use crate::amqp::wire::AMQPValue;
-    let mut h = props.headers().clone().unwrap_or_default();
     h.insert(
         TRACEPARENT.into(),
         AMQPValue::LongString(ctx.traceparent().into()),
@@ -306,7 +302,6 @@ pub(super) fn with_context(
             AMQPValue::LongString(state.as_str().into()),
         );
     }
-    props.with_headers(h)
 }
 
 impl Drop for BatchTrace {
