@@ -157,20 +157,24 @@ impl Publisher {
         }
     }
 
+    /// Publishes and waits for the confirm, at most [`CONFIRM_TIMEOUT`]
+    /// when `bounded` (without: the caller bounds it, as
+    /// [`Publisher::output`]'s caller does for a whole batch at once).
     async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        mandatory: bool,
+        bounded_by_us: bool,
     ) -> Result<(), PublishError> {
         let ex = ShortString::try_new(exchange)
             .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
         let rk = ShortString::try_new(routing_key)
             .map_err(|_| PublishError::Invalid("routing key is longer than 255 bytes".into()))?;
+        // Mandatory: an unroutable message comes back as an error.
         let opts = BasicPublishOptions {
-            mandatory,
+            mandatory: true,
             ..BasicPublishOptions::default()
         };
         let what = || {
@@ -178,13 +182,17 @@ impl Publisher {
                 "the confirm of a publish to exchange {exchange:?}, routing key {routing_key:?}"
             )
         };
-        let confirm = bounded(what, CONFIRM_TIMEOUT, async {
+        let send = async {
             self.channel
                 .basic_publish(ex, rk, opts, body, properties)
                 .await?
                 .await
-        })
-        .await?;
+        };
+        let confirm = if bounded_by_us {
+            bounded(what, CONFIRM_TIMEOUT, send).await?
+        } else {
+            send.await.map_err(Error::from)?
+        };
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
@@ -203,7 +211,9 @@ impl Publisher {
     /// built them (taken, not copied) and, in `x-warren-module`, the digest
     /// of the module version that produced it. Mandatory: an unroutable
     /// output is an error. Headers that would not fit in a frame are refused
-    /// before anything is sent.
+    /// before anything is sent. The confirm is awaited without a deadline
+    /// of its own: the caller bounds a batch's outputs together (one timer
+    /// for all of them instead of one each).
     pub async fn output(
         &self,
         (exchange, routing_key): (&str, &str),
@@ -222,7 +232,8 @@ impl Publisher {
             )));
         }
         let props = properties.with_headers(headers);
-        self.publish(exchange, routing_key, body, props, true).await
+        self.publish(exchange, routing_key, body, props, false)
+            .await
     }
 
     /// Sends `msg` to wait `delay` in `wait_queue` (a queue of `kind`),

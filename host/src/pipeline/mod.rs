@@ -39,7 +39,7 @@ use futures_util::stream::FuturesUnordered;
 use tracing::Instrument as _;
 
 use crate::amqp::limits::cap_text;
-use crate::amqp::{Inbound, Publisher};
+use crate::amqp::{CONFIRM_TIMEOUT, Inbound, Publisher};
 use crate::canary::Canary;
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
@@ -517,9 +517,27 @@ impl Pipeline<'_> {
             }
         }
         let mut refused: Vec<Option<String>> = acked.iter().map(|_| None).collect();
-        while let Some((j, sent)) = sends.next().await {
-            if let Err(reason) = sent {
-                refused[j].get_or_insert(reason);
+        // One deadline for the batch's confirms together (the outputs went
+        // out together), rather than a timer per output.
+        let mut waiting: Vec<usize> = acked.iter().map(|(_, outputs)| outputs.len()).collect();
+        let confirms = async {
+            while let Some((j, sent)) = sends.next().await {
+                waiting[j] -= 1;
+                if let Err(reason) = sent {
+                    refused[j].get_or_insert(reason);
+                }
+            }
+        };
+        if tokio::time::timeout(CONFIRM_TIMEOUT, confirms)
+            .await
+            .is_err()
+        {
+            for (j, left) in waiting.iter().enumerate() {
+                if *left > 0 {
+                    refused[j].get_or_insert_with(|| {
+                        format!("{left} output(s) not confirmed within {CONFIRM_TIMEOUT:?}")
+                    });
+                }
             }
         }
         refused
