@@ -274,7 +274,7 @@ impl RedisStore {
         script: &Script,
         calls: Vec<Cmd>,
         keys: &[&str],
-        via: Option<MultiplexedConnection>,
+        mut via: Option<&mut Via>,
     ) -> Vec<Result<T, DedupError>> {
         let mut results: Vec<Option<Result<T, DedupError>>> = keys.iter().map(|_| None).collect();
         if calls.is_empty() {
@@ -289,7 +289,7 @@ impl RedisStore {
             }
             for round in 0..2 {
                 let replies = match &via {
-                    Some(conn) => send_on(conn.clone(), &pipe, todo.len()).await?,
+                    Some(via) => send_on(via.conn.clone(), &pipe, todo.len()).await?,
                     None => self.conn.send(&pipe, todo.len()).await?,
                 };
                 if replies.len() != todo.len() {
@@ -314,6 +314,9 @@ impl RedisStore {
                 }
                 if missing.is_empty() {
                     break;
+                }
+                if let Some(via) = &mut via {
+                    via.resent = true;
                 }
                 self.conn.load(script).await?;
                 (todo, pipe) = (missing, again);
@@ -438,9 +441,18 @@ impl RedisStore {
             })
             .collect();
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-        let via = tracked.as_ref().map(|t| t.conn.clone());
+        let mut via = tracked.as_ref().map(|t| Via {
+            conn: t.conn.clone(),
+            resent: false,
+        });
         let replies: Vec<Result<CommitReply, DedupError>> = self
-            .eval_many::<Vec<Value>>("kv commit", &self.shared.kv_commit, calls, &keys, via)
+            .eval_many::<Vec<Value>>(
+                "kv commit",
+                &self.shared.kv_commit,
+                calls,
+                &keys,
+                via.as_mut(),
+            )
             .await
             .into_iter()
             .map(|reply| {
@@ -448,11 +460,15 @@ impl RedisStore {
             })
             .collect();
         if let Some(tracked) = tracked {
+            // Sent again after a NOSCRIPT, some commits ran out of the
+            // batch's order: which one wrote a key last is then not known.
+            let resent = via.is_some_and(|v| v.resent);
             let mut written = Vec::new();
             let mut unknown = Vec::new();
             for (reply, data) in replies.iter().zip(&data_keys) {
                 match reply {
-                    Ok((1, _, values)) => written.extend(values.iter().cloned()),
+                    Ok((1, _, values)) if !resent => written.extend(values.iter().cloned()),
+                    Ok((1, _, _)) => unknown.extend(data.iter().cloned()),
                     Ok(_) => {}
                     Err(_) => unknown.extend(data.iter().cloned()),
                 }
@@ -565,6 +581,13 @@ fn commit_reply(reply: Vec<Value>) -> RedisResult<CommitReply> {
         values.push((k, value, pttl));
     }
     Ok((code, key, values))
+}
+
+/// The read cache's tracking connection, for a commit sent over it, and
+/// whether some of the commits had to be sent again (NOSCRIPT).
+struct Via {
+    conn: MultiplexedConnection,
+    resent: bool,
 }
 
 /// Sends a pipeline of `n` commands on `conn`: one reply per command, an

@@ -262,3 +262,41 @@ async fn a_cached_value_ends_with_its_ttl() {
         "expired"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_sent_again_after_a_script_flush_leave_nothing_stale() {
+    let prefix = unique_prefix();
+    let store = cached_store(&redis_url(), &prefix).await;
+    assert_eq!(
+        commit(&store, None, &writes(vec![set("k", "0", None)])).await,
+        Commit::Done
+    );
+    cached(&store, "k", b"0").await;
+    let mut raw = raw_redis().await;
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .exec_async(&mut raw)
+        .await
+        .expect("script flush");
+    // Two commits of one key in one batch, both sent again once the script
+    // is loaded: the value read after is the one Redis holds.
+    let (a, b) = (
+        writes(vec![set("k", "a", None)]),
+        writes(vec![set("k", "b", None)]),
+    );
+    let results = store
+        .commit_many(&[(None, &a), (None, &b)], super::WINDOW)
+        .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(Commit::Done))),
+        "{results:?}"
+    );
+    let mut raw_value: Option<Vec<u8>> = ::redis::cmd("GET")
+        .arg(kv::data_key(&prefix, "orders", "k"))
+        .query_async(&mut raw)
+        .await
+        .expect("raw get");
+    assert_eq!(raw_value.as_deref(), Some(&b"b"[..]));
+    raw_value = store.kv_get("orders", "k").await.expect("get");
+    assert_eq!(raw_value.as_deref(), Some(&b"b"[..]));
+}
