@@ -324,6 +324,22 @@ impl ReadCache {
         }
     }
 
+    /// `key`'s value when the cache holds it and may answer now: a lookup,
+    /// no future (most reads, on a hot key).
+    pub(super) fn hit(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let s = self.lock();
+        let live = s.live.as_ref()?;
+        if live.proven.elapsed() >= FRESH_FOR {
+            return None;
+        }
+        let e = s.entries.get(key)?;
+        if e.expires.is_some_and(|t| Instant::now() >= t) {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(e.value.clone())
+    }
+
     /// Reads `key`: from the cache when it holds it and the tracking
     /// connection is proven fresh, else over the tracking connection
     /// (keeping the answer). `None` when there is no tracking connection

@@ -506,10 +506,13 @@ impl RedisStore {
         key: &str,
     ) -> Result<Option<Vec<u8>>, DedupError> {
         let name = kv::data_key(&self.shared.prefix, namespace, key);
-        if let Some(cache) = &self.cache
-            && let Ok(Some(value)) = tokio::time::timeout(CALL_DEADLINE, cache.get(&name)).await
-        {
-            return Ok(value);
+        if let Some(cache) = &self.cache {
+            if let Some(value) = cache.hit(&name) {
+                return Ok(value);
+            }
+            if let Ok(Some(value)) = tokio::time::timeout(CALL_DEADLINE, cache.get(&name)).await {
+                return Ok(value);
+            }
         }
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(&name);
