@@ -456,14 +456,7 @@ fn certificates(tls: &TlsPem) -> TlsCertificates {
 
 /// A client for `url`, with the certificates when there are any.
 fn client(url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
-    let client = match (&tls.ca, &tls.identity) {
-        (None, None) => Client::open(url),
-        _ => Client::build_with_tls(url, certificates(tls)),
-    };
-    client.map_err(|err| DedupError::InvalidUrl {
-        url: mask_credentials(url),
-        reason: err.to_string(),
-    })
+    build(parse(url)?, url, tls)
 }
 
 /// A client for `url` that speaks RESP3, which server-assisted caching
@@ -471,6 +464,10 @@ fn client(url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
 pub(super) fn resp3_client(url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
     let mut info = parse(url)?;
     info.redis.protocol = ::redis::ProtocolVersion::RESP3;
+    build(info, url, tls)
+}
+
+fn build(info: ConnectionInfo, url: &str, tls: &TlsPem) -> Result<Client, DedupError> {
     let client = match (&tls.ca, &tls.identity) {
         (None, None) => Client::open(info),
         _ => Client::build_with_tls(info, certificates(tls)),

@@ -15,6 +15,20 @@ async fn cached_store(url: &str, prefix: &str) -> Store {
         .unwrap_or_else(|err| panic!("the dedup tests need redis at {url} (.ci/setup.sh): {err}"))
 }
 
+/// Commits `key` = `value` in the `orders` namespace.
+async fn put(store: &Store, key: &str, value: &str) {
+    let done = commit(store, None, &writes(vec![set(key, value, None)])).await;
+    assert_eq!(done, Commit::Done, "commit of {key}");
+}
+
+/// A store with a cache, whose `k` holds `value` and is cached.
+async fn with_k_cached(url: &str, prefix: &str, value: &str) -> Store {
+    let store = cached_store(url, prefix).await;
+    put(&store, "k", value).await;
+    cached(&store, "k", value.as_bytes()).await;
+    store
+}
+
 /// Reads `key` until the store has a tracking connection and answers it
 /// from the cache, so that a test starts from a cached value.
 async fn cached(store: &Store, key: &str, want: &[u8]) {
@@ -48,12 +62,7 @@ async fn set_behind(prefix: &str, key: &str, value: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_value_changed_by_another_client_is_read_anew() {
     let prefix = unique_prefix();
-    let store = cached_store(&redis_url(), &prefix).await;
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "1", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"1").await;
+    let store = with_k_cached(&redis_url(), &prefix, "1").await;
 
     // Another host's write: the server's invalidation reaches the cache
     // within the time a push takes, never later than FRESH_FOR.
@@ -77,37 +86,9 @@ async fn a_cached_value_changed_by_another_client_is_read_anew() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stores_own_commit_is_read_at_once() {
-    let prefix = unique_prefix();
-    let store = cached_store(&redis_url(), &prefix).await;
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "1", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"1").await;
-    for i in 2..50 {
-        let v = i.to_string();
-        assert_eq!(
-            commit(&store, None, &writes(vec![set("k", &v, None)])).await,
-            Commit::Done
-        );
-        // No wait: the commit itself forgot the key here.
-        assert_eq!(
-            store.kv_get("orders", "k").await.expect("get"),
-            Some(v.into_bytes())
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_tracking_connection_takes_the_cache_with_it() {
     let prefix = unique_prefix();
-    let store = cached_store(&redis_url(), &prefix).await;
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "1", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"1").await;
+    let store = with_k_cached(&redis_url(), &prefix, "1").await;
 
     // Killed, the connection's invalidations are lost: a write after it
     // must not leave the old value cached.
@@ -142,12 +123,7 @@ async fn a_killed_tracking_connection_takes_the_cache_with_it() {
 async fn a_stalled_tracking_connection_serves_nothing_older_than_fresh_for() {
     let proxy = Proxy::start().await;
     let prefix = unique_prefix();
-    let store = cached_store(&proxy.url, &prefix).await;
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "1", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"1").await;
+    let store = with_k_cached(&proxy.url, &prefix, "1").await;
 
     // Stalled, no push gets through: the write below is not seen as an
     // invalidation, so the cache must stop answering on its own.
@@ -188,20 +164,12 @@ async fn a_stalled_tracking_connection_serves_nothing_older_than_fresh_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_value_is_kept_and_still_followed() {
     let prefix = unique_prefix();
-    let store = cached_store(&redis_url(), &prefix).await;
     // Once the tracking connection is up, commits go over it and keep what
     // they wrote: the next read is a hit without a miss before it.
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "0", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"0").await;
+    let store = with_k_cached(&redis_url(), &prefix, "0").await;
     for i in 1..20 {
         let v = i.to_string();
-        assert_eq!(
-            commit(&store, None, &writes(vec![set("k", &v, None)])).await,
-            Commit::Done
-        );
+        put(&store, "k", &v).await;
         let before = store.cache_stats().expect("a cache");
         assert_eq!(
             store.kv_get("orders", "k").await.expect("get"),
@@ -266,12 +234,7 @@ async fn a_cached_value_ends_with_its_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_sent_again_after_a_script_flush_leave_nothing_stale() {
     let prefix = unique_prefix();
-    let store = cached_store(&redis_url(), &prefix).await;
-    assert_eq!(
-        commit(&store, None, &writes(vec![set("k", "0", None)])).await,
-        Commit::Done
-    );
-    cached(&store, "k", b"0").await;
+    let store = with_k_cached(&redis_url(), &prefix, "0").await;
     let mut raw = raw_redis().await;
     ::redis::cmd("SCRIPT")
         .arg("FLUSH")
