@@ -17,10 +17,22 @@ use warren_tests::process::{Warren, eventually};
 use warren_tests::relay::Relay;
 use warren_tests::tally::table;
 
-/// Runs `script` as one message and returns the guest's transcript.
+/// Runs `script` as one message and returns the guest's transcript, once
+/// the message has settled: its output goes out before its writes are
+/// committed (docs/semantics.md), so the next message may only count on
+/// them after that.
 async fn run(f: &Running, id: &str, script: &str) -> String {
+    // A process the fixture did not start (a test's own) is not watched.
+    let w = f.warrens.first();
+    let before = w.map(Warren::settled);
     f.rabbit.publish(&f.queue, id, script.as_bytes()).await;
     let got = f.rabbit.collect(&f.out, 1, Duration::from_secs(20)).await;
+    if let (Some(w), Some(before)) = (w, before) {
+        eventually(Duration::from_secs(20), "the message settled", || async {
+            w.settled() > before
+        })
+        .await;
+    }
     got[0].body_str()
 }
 

@@ -158,7 +158,7 @@ impl Publisher {
     }
 
     /// Publishes and waits for the confirm, at most [`CONFIRM_TIMEOUT`]
-    /// when `bounded` (without: the caller bounds it, as
+    /// with `own_deadline` (without: the caller bounds it, as
     /// [`Publisher::output`]'s caller does for a whole batch at once).
     async fn publish(
         &self,
@@ -166,7 +166,7 @@ impl Publisher {
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        bounded_by_us: bool,
+        own_deadline: bool,
     ) -> Result<(), PublishError> {
         let ex = ShortString::try_new(exchange)
             .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
@@ -188,7 +188,7 @@ impl Publisher {
                 .await?
                 .await
         };
-        let confirm = if bounded_by_us {
+        let confirm = if own_deadline {
             bounded(what, CONFIRM_TIMEOUT, send).await?
         } else {
             send.await.map_err(Error::from)?

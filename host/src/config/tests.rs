@@ -453,6 +453,12 @@ fn redis_sentinel_and_cluster_sections() {
     assert!(c.secrets().contains(&"pw".to_string()));
     assert!(!format!("{r:?}").contains("pw"));
 
+    let c = parse(&format!("{MINIMAL}\n[redis]\nurl = \"redis://a\"\n")).unwrap();
+    assert_eq!(
+        c.redis.unwrap().read_cache_mb,
+        16,
+        "the read cache's default"
+    );
     let c = parse(&format!(
         "{MINIMAL}\n[redis]\ncluster = [\"redis://n1:7000\", \"redis://n2:7000\"]\n"
     ))
@@ -483,6 +489,10 @@ fn redis_sentinel_and_cluster_sections() {
         (
             "cluster = [\"redis://b\"]\nprefix = \"{w}\"",
             "key redis.prefix: \"{w}\" holds a brace",
+        ),
+        (
+            "url = \"redis://a\"\nread_cache_mb = 5000",
+            "key redis.read_cache_mb: 5000 MiB is more than the 4096 allowed",
         ),
     ] {
         let err = parse(&format!("{MINIMAL}\n[redis]\n{keys}\n")).unwrap_err();

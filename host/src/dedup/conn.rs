@@ -431,7 +431,8 @@ fn not_the_master(e: &RedisError) -> bool {
     matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
 }
 
-fn reply(value: Value) -> RedisResult<Value> {
+/// A reply of a pipeline, an error reply as an `Err` of its own.
+pub(super) fn reply(value: Value) -> RedisResult<Value> {
     match value {
         Value::ServerError(e) => Err(RedisError::from(e)),
         value => Ok(value),

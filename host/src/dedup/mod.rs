@@ -383,7 +383,8 @@ impl Store {
     }
 
     /// The server's id of the read cache's tracking connection, while
-    /// there is one (for `CLIENT KILL` in tests and by operators).
+    /// there is one (tests kill it with `CLIENT KILL ID`; the log line
+    /// "tracking connection up" names it for operators).
     pub fn cache_client_id(&self) -> Option<i64> {
         match self {
             Store::Redis(store) => store.cache_client_id(),

@@ -135,13 +135,36 @@ impl State {
         }
     }
 
-    fn invalidate(&mut self, key: &str) {
+    fn remove(&mut self, key: &str) {
         if let Some(e) = self.entries.remove(key) {
             self.bytes -= cost(key, &e.value);
         }
+    }
+
+    /// Drops `key`'s entry, and marks a read of it in flight so that its
+    /// answer is not kept.
+    fn invalidate(&mut self, key: &str) {
+        self.remove(key);
         if let Some(p) = self.pending.get_mut(key) {
             p.invalidated = true;
         }
+    }
+
+    /// The live connection's id, and whether a ping proves it fresh (hits
+    /// may be served).
+    fn live_state(&self) -> Option<(u64, bool)> {
+        let l = self.live.as_ref()?;
+        Some((l.id, l.proven.elapsed() < FRESH_FOR))
+    }
+
+    /// The kept value of `key`, unless its TTL ran out (then it goes).
+    fn lookup(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
+        let e = self.entries.get(key)?;
+        if e.expires.is_some_and(|t| Instant::now() >= t) {
+            self.invalidate(key);
+            return None;
+        }
+        Some(e.value.clone())
     }
 
     /// Unmarks one read (or commit) of `key`; whether the key was
@@ -171,9 +194,7 @@ impl State {
         if size > capacity / 4 {
             return;
         }
-        if let Some(e) = self.entries.remove(key) {
-            self.bytes -= cost(key, &e.value);
-        }
+        self.remove(key);
         self.stamp += 1;
         self.entries.insert(
             key.to_owned(),
@@ -327,17 +348,13 @@ impl ReadCache {
     /// `key`'s value when the cache holds it and may answer now: a lookup,
     /// no future (most reads, on a hot key).
     pub(super) fn hit(&self, key: &str) -> Option<Option<Vec<u8>>> {
-        let s = self.lock();
-        let live = s.live.as_ref()?;
-        if live.proven.elapsed() >= FRESH_FOR {
+        let mut s = self.lock();
+        if !s.live_state()?.1 {
             return None;
         }
-        let e = s.entries.get(key)?;
-        if e.expires.is_some_and(|t| Instant::now() >= t) {
-            return None;
-        }
+        let value = s.lookup(key)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(e.value.clone())
+        Some(value)
     }
 
     /// Reads `key`: from the cache when it holds it and the tracking
@@ -347,22 +364,14 @@ impl ReadCache {
     pub(super) async fn get(self: &Arc<Self>, key: &str) -> Option<Option<Vec<u8>>> {
         let (id, mut conn) = {
             let mut s = self.lock();
-            let fresh = s
-                .live
-                .as_ref()
-                .map(|l| (l.id, l.proven.elapsed() < FRESH_FOR));
-            match fresh {
+            match s.live_state() {
                 Some((id, true)) => {
-                    match s.entries.get(key) {
-                        Some(e) if e.expires.is_none_or(|t| Instant::now() < t) => {
-                            self.hits.fetch_add(1, Ordering::Relaxed);
-                            return Some(e.value.clone());
-                        }
-                        Some(_) => s.invalidate(key),
-                        None => {}
+                    if let Some(value) = s.lookup(key) {
+                        self.hits.fetch_add(1, Ordering::Relaxed);
+                        return Some(value);
                     }
-                    s.pending.entry(key.to_owned()).or_default().reads += 1;
                     let conn = s.live.as_ref().map(|l| l.conn.clone())?;
+                    s.pending.entry(key.to_owned()).or_default().reads += 1;
                     (id, conn)
                 }
                 Some((id, false)) => {
@@ -424,11 +433,10 @@ impl ReadCache {
     /// connection and [`ReadCache::forget`]s its keys after).
     pub(super) fn track_commit(&self, keys: Vec<String>) -> Option<TrackedCommit<'_>> {
         let mut s = self.lock();
-        let live = s.live.as_ref()?;
-        if live.proven.elapsed() >= FRESH_FOR {
+        let (id, true) = s.live_state()? else {
             return None;
-        }
-        let (id, conn) = (live.id, live.conn.clone());
+        };
+        let conn = s.live.as_ref()?.conn.clone();
         for k in &keys {
             s.pending.entry(k.clone()).or_default().reads += 1;
         }
@@ -478,7 +486,7 @@ impl ReadCache {
                         proven: Instant::now(),
                     });
                     drop(s);
-                    tracing::info!(server = %this.server, "key-value read cache: tracking connection up");
+                    tracing::info!(server = %this.server, client_id, "key-value read cache: tracking connection up");
                     tokio::spawn(Arc::clone(&this).keep_proving(id, conn));
                 }
                 Err(e) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
 use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
 
-use super::conn::{Conn, mask_credentials, resp3_client};
+use super::conn::{Conn, mask_credentials, reply, resp3_client};
 use super::kv::{self, Commit, KvOp, KvWrites};
 use super::read_cache::{CacheStats, ReadCache};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
@@ -386,12 +386,14 @@ impl RedisStore {
             (Some(cache), false) => cache.track_commit(data_keys.concat()),
             _ => None,
         };
-        let track = if tracked.is_some() { "t" } else { "" };
-        let mode = |lease: bool| match (check_only, lease) {
-            (false, true) => format!("1{track}"),
-            (false, false) => format!("0{track}"),
-            (true, true) => "c1".to_owned(),
-            (true, false) => "c0".to_owned(),
+        let track = tracked.is_some();
+        let mode = |lease: bool| match (check_only, lease, track) {
+            (false, true, false) => "1",
+            (false, true, true) => "1t",
+            (false, false, false) => "0",
+            (false, false, true) => "0t",
+            (true, true, _) => "c1",
+            (true, false, _) => "c0",
         };
         let window_ms = ttl_millis(window);
         let mut names = Vec::with_capacity(items.len());
@@ -404,11 +406,10 @@ impl RedisStore {
                     Some(l) => (l.key.clone(), fence_key(&l.key)),
                     None => (index.clone(), index.clone()),
                 };
-                let mut keys = vec![key.clone(), fence, index];
-                keys.extend(data.iter().cloned());
-                names.push(key);
-                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let mut key_refs = vec![key.as_str(), fence.as_str(), index.as_str()];
+                key_refs.extend(data.iter().map(String::as_str));
                 let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
+                names.push(key);
                 match lease {
                     Some(l) => cmd
                         .arg(mode(true))
@@ -601,13 +602,7 @@ async fn send_on(
     n: usize,
 ) -> RedisResult<Vec<RedisResult<Value>>> {
     let replies = conn.req_packed_commands(pipe, 0, n).await?;
-    Ok(replies
-        .into_iter()
-        .map(|v| match v {
-            Value::ServerError(e) => Err(RedisError::from(e)),
-            v => Ok(v),
-        })
-        .collect())
+    Ok(replies.into_iter().map(reply).collect())
 }
 
 /// The op's tag in `kv_commit.lua`'s arguments.
