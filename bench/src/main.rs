@@ -144,6 +144,13 @@ struct RunArgs {
     /// The line `--perf` profiles.
     #[arg(long, default_value = "5")]
     perf_line: String,
+    /// Runs every chosen line this many times, one round after another;
+    /// each line's row is then its round with the median CPU per message,
+    /// and the report lists every round. A line's CPU per message spreads
+    /// by a few µs from one drain to the next on a shared 2-core machine:
+    /// a difference of two lines (5k - 5c) needs several rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
 }
 
 /// Measures one line, or says why it was skipped or failed.
@@ -362,30 +369,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let cluster_rabbit = cluster.as_ref().map(|(_, r)| r).map_err(String::as_str);
-    let mut rows = Vec::new();
-    for line in &chosen {
-        let is_warren = matches!(
-            line.kind,
-            lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. } | lines::Kind::WarrenHttp
-        );
-        if let (Some(base), true) = (&baseline, is_warren) {
-            let id = format!("{}@base", line.id);
-            progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
-            let result = measure_line(base, line, &rabbit, cluster_rabbit).await;
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for round in 1..=args.rounds {
+        // Each round its own run id: its queues and dedup keys are new.
+        if args.rounds > 1 {
+            progress::say(format_args!("round {round} of {}", args.rounds));
+        }
+        let in_round = |o: &lines::Opts| {
+            let mut o = o.clone();
+            if args.rounds > 1 {
+                o.run_id = format!("{}-r{round}", o.run_id);
+            }
+            o
+        };
+        let opts = in_round(&opts);
+        let baseline = baseline.as_ref().map(in_round);
+        let mut rows = Vec::new();
+        for line in &chosen {
+            let is_warren = matches!(
+                line.kind,
+                lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. } | lines::Kind::WarrenHttp
+            );
+            if let (Some(base), true) = (&baseline, is_warren) {
+                let id = format!("{}@base", line.id);
+                progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
+                let result = measure_line(base, line, &rabbit, cluster_rabbit).await;
+                rows.push(Row {
+                    id,
+                    what: format!("{} (baseline)", line.what),
+                    result,
+                });
+            }
+            progress::say(format_args!("line {}: {}", line.id, line.what));
+            let result = measure_line(&opts, line, &rabbit, cluster_rabbit).await;
             rows.push(Row {
-                id,
-                what: format!("{} (baseline)", line.what),
+                id: line.id.to_string(),
+                what: line.what.to_string(),
                 result,
             });
         }
-        progress::say(format_args!("line {}: {}", line.id, line.what));
-        let result = measure_line(&opts, line, &rabbit, cluster_rabbit).await;
-        rows.push(Row {
-            id: line.id.to_string(),
-            what: line.what.to_string(),
-            result,
-        });
+        rounds.push(rows);
     }
+    let rows = report::median_rounds(&rounds);
     rabbit.close().await;
     if let Ok((cluster, r)) = cluster {
         r.close().await;
@@ -399,11 +424,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     targets.push_str(&report::queue_kinds(&rows));
     targets.push_str(&report::extras(&rows));
+    if rounds.len() > 1 {
+        targets.push_str(&report::rounds(&rounds));
+    }
     let doc = format!(
         "# warren end-to-end benchmark: results\n\n\
          Written by `bench/run` (see BENCHMARKS.md for what each line is and how \
          it is measured).\n\n\
-         - N = {} persistent 256-byte messages per line, in one durable queue (classic version 2 unless the line says otherwise)\n\
+         - N = {} persistent 256-byte messages per line, in one durable queue (classic version 2 unless the line says otherwise){}\n\
          - latency: {} s of publishing at half each line's drain rate\n\
          - warren: consumers = {}, max_batch = {}, prefetch = {}, channels = {} per process, instances = {}\n\
          - output queue (lines 2e, 4 to 7): durable, of the line's queue kind{}\n\
@@ -411,6 +439,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
          {table}\n\
          Targets:\n\n{targets}",
         opts.n,
+        if args.rounds > 1 {
+            format!(
+                "\n- rounds: {}, every line once per round; each row is the line's round with the median CPU per message (every round at the end)",
+                args.rounds
+            )
+        } else {
+            String::new()
+        },
         opts.latency_secs,
         opts.consumers,
         opts.max_batch,

@@ -311,6 +311,79 @@ pub fn targets(rows: &[Row]) -> String {
     t
 }
 
+/// One row per line from several rounds: the line's round with the median
+/// CPU per message (of the rounds it was measured in; the first failure
+/// when it never was), in the order of the first round.
+pub fn median_rounds(rounds: &[Vec<Row>]) -> Vec<Row> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|row| {
+            let mut measured: Vec<&Row> = rounds
+                .iter()
+                .filter_map(|r| r.iter().find(|x| x.id == row.id))
+                .filter(|x| x.result.is_ok())
+                .collect();
+            measured.sort_by(|a, b| {
+                let cpu = |r: &Row| r.result.as_ref().map_or(f64::NAN, |m| m.cpu_us);
+                cpu(a).total_cmp(&cpu(b))
+            });
+            let pick = measured.get(measured.len() / 2).copied().unwrap_or(row);
+            Row {
+                id: pick.id.clone(),
+                what: pick.what.clone(),
+                result: pick.result.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Every round's CPU per message by line, and the key-value cost (5k - 5c)
+/// paired within each round, with its median.
+pub fn rounds(rounds: &[Vec<Row>]) -> String {
+    let mut t = String::from("\nEvery round (consumer CPU per message, µs):\n\n| line |");
+    for i in 1..=rounds.len() {
+        t.push_str(&format!(" round {i} |"));
+    }
+    t.push_str("\n|---|");
+    t.push_str(&"---:|".repeat(rounds.len()));
+    t.push('\n');
+    let Some(first) = rounds.first() else {
+        return String::new();
+    };
+    for row in first {
+        t.push_str(&format!("| {} |", row.id));
+        for r in rounds {
+            let cpu = find(r, &row.id).map_or(f64::NAN, |m| m.cpu_us);
+            t.push_str(&format!(" {} |", fig(cpu, 1)));
+        }
+        t.push('\n');
+    }
+    for (k, c, label) in [("5k", "5c", ""), ("5k@base", "5c@base", " (baseline)")] {
+        let mut diffs: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| Some(find(r, k)?.cpu_us - find(r, c)?.cpu_us))
+            .collect();
+        if diffs.len() < 2 {
+            continue;
+        }
+        let shown: Vec<String> = diffs.iter().map(|d| format!("{d:.1}")).collect();
+        diffs.sort_by(f64::total_cmp);
+        let median = if diffs.len() % 2 == 1 {
+            diffs[diffs.len() / 2]
+        } else {
+            (diffs[diffs.len() / 2 - 1] + diffs[diffs.len() / 2]) / 2.0
+        };
+        t.push_str(&format!(
+            "\n- key-value get + set{label}, line {k} - line {c} within each round: {} µs; median **{median:.1} µs** (issue 14 wants at most 5)\n",
+            shown.join(", ")
+        ));
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +505,27 @@ mod tests {
             missing.contains("- line 5d vs line 5 (drain): not measured (want >= 0.9x)"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn rounds_pick_the_median_row_and_pair_the_key_value_cost() {
+        let round = |c: f64, k: f64| vec![row("5c", Ok(m(1.0, c))), row("5k", Ok(m(1.0, k)))];
+        let rounds = [round(30.0, 34.0), round(20.0, 29.0), round(25.0, 28.0)];
+        let rows = median_rounds(&rounds);
+        let cpu: Vec<f64> = rows
+            .iter()
+            .map(|r| r.result.as_ref().unwrap().cpu_us)
+            .collect();
+        assert_eq!(cpu, [25.0, 29.0]);
+        let text = super::rounds(&rounds);
+        assert!(
+            text.contains("4.0, 9.0, 3.0 µs; median **4.0 µs**"),
+            "{text}"
+        );
+        // A line that failed in one round is read from the others.
+        let mut failed = rounds.to_vec();
+        failed[1][0].result = Err("skipped".into());
+        let rows = median_rounds(&failed);
+        assert_eq!(rows[0].result.as_ref().unwrap().cpu_us, 30.0);
     }
 }

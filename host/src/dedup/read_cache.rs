@@ -12,9 +12,14 @@
 //! - A reply can reach its caller after an invalidation that followed it on
 //!   the wire: each key being read is `pending`, an invalidation marks it,
 //!   and a marked read is not kept.
-//! - This process's own commits invalidate their keys here as soon as the
-//!   commit returns ([`ReadCache::forget`]), so the next message on this
-//!   host reads its writes without waiting for the push.
+//! - This process's own commits go over the same connection
+//!   ([`ReadCache::track_commit`]; `NOLOOP`: its own writes push it
+//!   nothing) and the script reads each written key again, so Redis tracks
+//!   it; the cache then keeps what the commit left (the value a set, a
+//!   delete or a compare-and-swap wrote, the sum of an increment as the
+//!   script answers it). A commit sent without the connection forgets its
+//!   keys instead ([`ReadCache::forget`]). Either way the next message on
+//!   this host reads its writes without waiting for a push.
 //! - A connection that closes, fails a read or stops answering takes the
 //!   whole cache with it (pushes may have been lost); reads go to the store
 //!   directly until a new tracking connection is up.
@@ -240,12 +245,12 @@ pub(super) struct TrackedCommit<'a> {
 }
 
 impl TrackedCommit<'_> {
-    /// Keeps what the commit wrote (each key with its value and PTTL, as
-    /// the script read them after writing) and forgets the keys of
+    /// Keeps what the commit wrote (each key with its value, none when
+    /// absent, and when it expires) and forgets the keys of
     /// `unknown`, whose commit may or may not have gone in.
     pub(super) fn finish(
         mut self,
-        written: Vec<(String, Option<Vec<u8>>, i64)>,
+        written: Vec<(String, Option<Vec<u8>>, Option<Instant>)>,
         unknown: &[String],
     ) {
         self.done = true;
@@ -257,9 +262,9 @@ impl TrackedCommit<'_> {
             }
         }
         let live = s.live.as_ref().is_some_and(|l| l.id == self.id);
-        for (k, v, pttl) in written {
+        for (k, v, expires) in written {
             if live && !invalidated.contains(k.as_str()) {
-                s.keep(&k, &v, expiry(pttl), self.cache.capacity);
+                s.keep(&k, &v, expires, self.cache.capacity);
             } else {
                 s.invalidate(&k);
             }
@@ -309,7 +314,7 @@ impl Drop for PendingRead<'_> {
 
 /// When an entry whose key has `pttl` (Redis's PTTL: milliseconds, or -1
 /// for none, -2 for no key) ends.
-fn expiry(pttl: i64) -> Option<Instant> {
+pub(super) fn expiry(pttl: i64) -> Option<Instant> {
     u64::try_from(pttl)
         .ok()
         .map(|ms| Instant::now() + Duration::from_millis(ms))

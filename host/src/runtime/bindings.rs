@@ -24,9 +24,15 @@ pub mod v2 {
         world: "handler",
         additional_derives: [PartialEq],
         exports: { default: async },
-        // The key-value calls wait for the store (a read, within the
-        // message's deadline); the rest only buffer.
-        imports: { "warren:handler/kv": async },
+        // The key-value calls that read wait for the store (within the
+        // message's deadline); `set`, `delete` and the rest only buffer,
+        // and a synchronous call costs less than an async one.
+        imports: {
+            "warren:handler/kv.get": async,
+            "warren:handler/kv.increment": async,
+            "warren:handler/kv.compare-and-swap": async,
+            "warren:handler/kv.list-keys": async,
+        },
         with: { "warren:handler/types": super::warren::handler::types },
     });
 }
@@ -62,5 +68,24 @@ impl Message {
             dedup_key: None,
             fencing_token: 0,
         }
+    }
+}
+
+impl<T: Send + 'static> HandlerPre<T> {
+    /// [`HandlerPre::instantiate_async`] without checking the `handle`
+    /// export's type again. [`HandlerPre::new`] checked it against the
+    /// component once, and every instance of one component has its types;
+    /// the generated method checks on every instantiation (the whole
+    /// `message` record, about half a microsecond of every message).
+    pub async fn instantiate_checked_once(
+        &self,
+        mut store: impl wasmtime::AsContextMut<Data = T>,
+    ) -> wasmtime::Result<Handler> {
+        let mut store = store.as_context_mut();
+        let instance = self.instance_pre.instantiate_async(&mut store).await?;
+        let handle = instance
+            .get_func(&mut store, self.indices.handle)
+            .ok_or_else(|| wasmtime::format_err!("the component has no `handle` export"))?;
+        Ok(Handler { handle })
     }
 }

@@ -169,7 +169,7 @@ impl Runtime {
                 None => module
                     .inner
                     .pre
-                    .instantiate_async(&mut store)
+                    .instantiate_checked_once(&mut store)
                     .await
                     .map_err(|e| (true, e))?,
             };

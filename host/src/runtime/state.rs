@@ -258,17 +258,12 @@ impl handler_v2::kv::Host for State {
         self.kv.get(&grant, &key).await
     }
 
-    async fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), KvError> {
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
         let grant = self.kv_grant()?;
         self.kv.set(&grant, key, value, ttl_ms)
     }
 
-    async fn delete(&mut self, key: String) -> Result<(), KvError> {
+    fn delete(&mut self, key: String) -> Result<(), KvError> {
         let grant = self.kv_grant()?;
         self.kv.delete(&grant, key)
     }

@@ -263,3 +263,63 @@ async fn commits_sent_again_after_a_script_flush_leave_nothing_stale() {
     raw_value = store.kv_get("orders", "k").await.expect("get");
     assert_eq!(raw_value.as_deref(), Some(&b"b"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_every_kind_is_kept_as_redis_holds_it() {
+    let prefix = unique_prefix();
+    let store = with_k_cached(&redis_url(), &prefix, "0").await;
+    // Values the commit starts from, written by another client: an
+    // increment's sum depends on them, which only Redis knows.
+    for (key, value) in [("n", "5"), ("c", "old"), ("d", "gone"), ("f", "1")] {
+        set_behind(&prefix, key, value).await;
+    }
+    let inc = |key: &str, delta| KvOp::Increment {
+        key: key.into(),
+        delta,
+    };
+    let ops = vec![
+        set("a", "1", Some(60_000)),
+        inc("n", 2),
+        inc("n", 3),
+        KvOp::CompareAndSwap {
+            key: "c".into(),
+            expected: Some(b"old".to_vec()),
+            new: Some(b"new".to_vec()),
+        },
+        KvOp::Delete { key: "d".into() },
+        set("e", "7", None),
+        inc("e", 1),
+        inc("f", 1),
+        set("f", "x", None),
+    ];
+    assert_eq!(commit(&store, None, &writes(ops)).await, Commit::Done);
+    let mut raw = raw_redis().await;
+    for key in ["a", "n", "c", "d", "e", "f"] {
+        let in_redis: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(kv::data_key(&prefix, "orders", key))
+            .query_async(&mut raw)
+            .await
+            .expect("raw get");
+        let before = store.cache_stats().expect("a cache");
+        let got = store.kv_get("orders", key).await.expect("get");
+        let after = store.cache_stats().expect("a cache");
+        assert_eq!(got, in_redis, "key {key}: the cache against Redis");
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (1, 0),
+            "key {key}: kept by the commit"
+        );
+    }
+    let want: [(&str, Option<&[u8]>); 6] = [
+        ("a", Some(b"1")),
+        ("n", Some(b"10")),
+        ("c", Some(b"new")),
+        ("d", None),
+        ("e", Some(b"8")),
+        ("f", Some(b"x")),
+    ];
+    for (key, value) in want {
+        let got = store.kv_get("orders", key).await.expect("get");
+        assert_eq!(got.as_deref(), value, "key {key}");
+    }
+}

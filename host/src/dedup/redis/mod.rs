@@ -4,6 +4,8 @@
 //! batch: one EVALSHA per key, sent as one pipeline, so the per-message cost
 //! is the script's work in Redis, not a round trip.
 //!
+//! `commit.rs` holds the key-value commit (`kv_commit.lua`).
+//!
 //! It owns the connection, its timeouts and the mapping of Redis errors onto
 //! [`DedupError`]. It does not retry a failed call or decide what an
 //! unavailable store means for a message; the caller does.
@@ -16,10 +18,12 @@ use ::redis::aio::{ConnectionLike, MultiplexedConnection};
 use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
 
 use super::conn::{Conn, mask_credentials, reply, resp3_client};
-use super::kv::{self, Commit, KvOp, KvWrites};
+use super::kv;
 use super::read_cache::{CacheStats, ReadCache};
 use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
 use crate::config::{RedisServers, TlsPem};
+
+mod commit;
 
 /// The bound on one whole store call, including waiting for a reconnect
 /// (asking the sentinels again, after a failover) and reloading a script
@@ -179,7 +183,7 @@ impl RedisStore {
             .iter()
             .zip(&owners)
             .map(|(key, owner)| {
-                let mut cmd = evalsha(&self.shared.claim, &[key, &fence_key(key)]);
+                let mut cmd = evalsha(&self.shared.claim, &[key, &fence_key(key)], (5, 64));
                 cmd.arg(owner)
                     .arg(lease_ms)
                     .arg(window_ms)
@@ -248,9 +252,9 @@ impl RedisStore {
             .iter()
             .map(|l| {
                 let mut cmd = if with_fence {
-                    evalsha(script, &[&l.key, &fence_key(&l.key)])
+                    evalsha(script, &[&l.key, &fence_key(&l.key)], (4, 64))
                 } else {
-                    evalsha(script, &[&l.key])
+                    evalsha(script, &[&l.key], (4, 64))
                 };
                 cmd.arg(&l.owner);
                 args(&mut cmd);
@@ -359,147 +363,6 @@ impl RedisStore {
         }
     }
 
-    /// Commits each message's key-value writes, with its done-marker when
-    /// it holds a lease, in one round trip: one result per message.
-    pub(super) async fn commit_many(
-        &self,
-        items: &[(Option<&Lease>, &KvWrites)],
-        window: Duration,
-        check_only: bool,
-    ) -> Vec<Result<Commit, DedupError>> {
-        let prefix = &self.shared.prefix;
-        // Each item's data keys, in op order.
-        let data_keys: Vec<Vec<String>> = items
-            .iter()
-            .map(|(_, writes)| {
-                let ns = &writes.namespace;
-                let keys = writes
-                    .ops
-                    .iter()
-                    .map(|op| kv::data_key(prefix, ns, op.key()));
-                keys.collect()
-            })
-            .collect();
-        // With a read cache, a commit goes over its tracking connection,
-        // which then keeps the committed values (`read_cache.rs`).
-        let tracked = match (&self.cache, check_only) {
-            (Some(cache), false) => cache.track_commit(data_keys.concat()),
-            _ => None,
-        };
-        let track = tracked.is_some();
-        let mode = |lease: bool| match (check_only, lease, track) {
-            (false, true, false) => "1",
-            (false, true, true) => "1t",
-            (false, false, false) => "0",
-            (false, false, true) => "0t",
-            (true, true, _) => "c1",
-            (true, false, _) => "c0",
-        };
-        let window_ms = ttl_millis(window);
-        let mut names = Vec::with_capacity(items.len());
-        let calls = items
-            .iter()
-            .zip(&data_keys)
-            .map(|((lease, writes), data)| {
-                let index = kv::index_key(prefix, &writes.namespace);
-                let (key, fence) = match lease {
-                    Some(l) => (l.key.clone(), fence_key(&l.key)),
-                    None => (index.clone(), index.clone()),
-                };
-                let mut key_refs = vec![key.as_str(), fence.as_str(), index.as_str()];
-                key_refs.extend(data.iter().map(String::as_str));
-                let mut cmd = evalsha(&self.shared.kv_commit, &key_refs);
-                names.push(key);
-                match lease {
-                    Some(l) => cmd
-                        .arg(mode(true))
-                        .arg(&l.owner)
-                        .arg(window_ms)
-                        .arg(DONE)
-                        .arg(l.fencing_token),
-                    None => cmd.arg(mode(false)).arg("").arg(window_ms).arg(DONE).arg(0),
-                };
-                for op in &writes.ops {
-                    cmd.arg(op_kind(op)).arg(op.key());
-                    match op {
-                        KvOp::Set { value, ttl_ms, .. } => {
-                            let ttl = ttl_ms.map(|t| t.clamp(1, super::MAX_TTL_MS).to_string());
-                            cmd.arg(&value[..])
-                                .arg(ttl.unwrap_or_default())
-                                .arg("")
-                                .arg("")
-                        }
-                        KvOp::Delete { .. } => cmd.arg("").arg("").arg("").arg(""),
-                        KvOp::Increment { delta, .. } => cmd.arg(*delta).arg("").arg("").arg(""),
-                        KvOp::CompareAndSwap { expected, new, .. } => cmd
-                            .arg(if expected.is_some() { "1" } else { "0" })
-                            .arg(expected.as_deref().unwrap_or_default())
-                            .arg(if new.is_some() { "1" } else { "0" })
-                            .arg(new.as_deref().unwrap_or_default()),
-                    };
-                }
-                cmd
-            })
-            .collect();
-        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut via = tracked.as_ref().map(|t| Via {
-            conn: t.conn.clone(),
-            resent: false,
-        });
-        let replies: Vec<Result<CommitReply, DedupError>> = self
-            .eval_many::<Vec<Value>>(
-                "kv commit",
-                &self.shared.kv_commit,
-                calls,
-                &keys,
-                via.as_mut(),
-            )
-            .await
-            .into_iter()
-            .map(|reply| {
-                reply.and_then(|r| commit_reply(r).map_err(|e| self.error("kv commit", "-", &e)))
-            })
-            .collect();
-        if let Some(tracked) = tracked {
-            // Sent again after a NOSCRIPT, some commits ran out of the
-            // batch's order: which one wrote a key last is then not known.
-            let resent = via.is_some_and(|v| v.resent);
-            let mut written = Vec::new();
-            let mut unknown = Vec::new();
-            for (reply, data) in replies.iter().zip(&data_keys) {
-                match reply {
-                    Ok((1, _, values)) if !resent => written.extend(values.iter().cloned()),
-                    Ok((1, _, _)) => unknown.extend(data.iter().cloned()),
-                    Ok(_) => {}
-                    Err(_) => unknown.extend(data.iter().cloned()),
-                }
-            }
-            tracked.finish(written, &unknown);
-        } else if let (Some(cache), false) = (&self.cache, check_only) {
-            // Whatever came back (a lost reply may hide a commit that went
-            // in), this process's next read of a key it wrote goes to the
-            // server: it reads its own writes without waiting for the push.
-            cache.forget(data_keys.iter().flatten().map(String::as_str));
-        }
-        replies
-            .into_iter()
-            .map(|reply| {
-                let (code, key, _) = reply?;
-                Ok(match code {
-                    1 => Commit::Done,
-                    0 => Commit::Lost,
-                    2 => Commit::Conflict(format!(
-                        "key {key:?} changed before the message committed"
-                    )),
-                    _ => Commit::NotACounter(format!(
-                        "key {key:?} does not hold a counter, or the counter would leave ±{}",
-                        kv::MAX_COUNTER
-                    )),
-                })
-            })
-            .collect()
-    }
-
     /// The committed value of one key of a namespace.
     pub(super) async fn kv_get(
         &self,
@@ -536,7 +399,7 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Vec<String>, DedupError> {
         let index = kv::index_key(&self.shared.prefix, namespace);
-        let mut cmd = evalsha(&self.shared.kv_list, &[&index]);
+        let mut cmd = evalsha(&self.shared.kv_list, &[&index], (3, 64 + prefix.len()));
         cmd.arg(prefix)
             .arg(kv::data_prefix(&self.shared.prefix, namespace))
             .arg(limit.max(1));
@@ -563,30 +426,6 @@ impl RedisStore {
     }
 }
 
-/// What `kv_commit.lua` answers: its code, the key it names, and with a
-/// read cache each written data key's value and PTTL.
-type CommitReply = (i64, String, Vec<(String, Option<Vec<u8>>, i64)>);
-
-fn commit_reply(reply: Vec<Value>) -> RedisResult<CommitReply> {
-    let bad = || RedisError::from((ErrorKind::TypeError, "kv commit: an unexpected reply"));
-    let mut it = reply.into_iter();
-    let code: i64 = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
-    let key: String = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
-    let mut values = Vec::new();
-    while let Some(k) = it.next() {
-        let k: String = ::redis::from_owned_redis_value(k)?;
-        let v: Vec<u8> = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
-        let pttl: i64 = ::redis::from_owned_redis_value(it.next().ok_or_else(bad)?)?;
-        let value = match v.split_first() {
-            Some((b'=', rest)) => Some(rest.to_vec()),
-            Some((b'-', [])) => None,
-            _ => return Err(bad()),
-        };
-        values.push((k, value, pttl));
-    }
-    Ok((code, key, values))
-}
-
 /// The read cache's tracking connection, for a commit sent over it, and
 /// whether some of the commits had to be sent again (NOSCRIPT).
 struct Via {
@@ -605,19 +444,14 @@ async fn send_on(
     Ok(replies.into_iter().map(reply).collect())
 }
 
-/// The op's tag in `kv_commit.lua`'s arguments.
-fn op_kind(op: &KvOp) -> &'static str {
-    match op {
-        KvOp::Set { .. } => "s",
-        KvOp::Delete { .. } => "d",
-        KvOp::Increment { .. } => "i",
-        KvOp::CompareAndSwap { .. } => "c",
-    }
-}
-
 /// An EVALSHA of `script` on `keys`, to which the caller adds the arguments.
-fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
-    let mut cmd = ::redis::cmd("EVALSHA");
+/// `more` is how many arguments and bytes of them the caller will add:
+/// with them counted the command is built in one allocation of each of
+/// its buffers instead of growing them argument by argument.
+fn evalsha(script: &Script, keys: &[&str], more: (usize, usize)) -> Cmd {
+    let bytes = 7 + 40 + 4 + keys.iter().map(|k| k.len()).sum::<usize>() + more.1;
+    let mut cmd = Cmd::with_capacity(3 + keys.len() + more.0, bytes);
+    cmd.arg("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
 }

@@ -17,21 +17,23 @@
 -- ARGV[3]  the dedup window in milliseconds
 -- ARGV[4]  the done marker
 -- ARGV[5]  the fencing token the lease was granted
--- then six per op i, from ARGV[6 + 6*(i-1)]:
---   kind ('s' set, 'd' delete, 'i' increment, 'c' compare-and-swap),
---   the key as the handler named it (the index member), and
---   s: value, ttl ms or '', -, -
---   d: -, -, -, -
---   i: delta, -, -, -
+-- then each op, in order, from ARGV[6]: its kind ('s' set, 'd' delete,
+-- 'i' increment, 'c' compare-and-swap), the key as the handler named it
+-- (the index member), and what the kind takes:
+--   s: value, ttl ms or ''
+--   d: nothing
+--   i: delta
 --   c: '1' if a value is expected ('0': absent), expected, '1' if a new
 --      value is written ('0': delete), new
 --
 -- Returns {1, ''} when written, {0, ''} when the lease is lost (nothing
 -- written), {2, key} when a compare-and-swap does not hold and {3, key} when
 -- an increment finds no counter or leaves the range (nothing written).
--- With 't', written is {1, '', k1, v1, t1, k2, v2, t2, ...}: each written
--- data key, '=' followed by its value (or '-' when it is absent), and its
--- PTTL.
+-- With 't', written is {1, '', k1, v1, t1, k2, v2, t2, ...} for each data
+-- key whose value or TTL the caller cannot know from its own ops (an
+-- increment made it, or it kept the TTL it had): the key, '=' followed by
+-- its value (or '-' when it is absent), and its PTTL. The others the
+-- caller keeps as its ops left them.
 -- Every check comes before the first write: scripts do not roll back.
 local with_lease = string.find(ARGV[1], '1', 1, true) ~= nil
 local check_only = string.sub(ARGV[1], 1, 1) == 'c'
@@ -48,23 +50,39 @@ local MAX = 9007199254740991
 local view = {}
 local order = {}
 local n = #KEYS - 3
+local o = 6
 for i = 1, n do
   local k = KEYS[3 + i]
-  local o = 6 + 6 * (i - 1)
-  local kind, member, a, b, c, d = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+  local kind, member = ARGV[o], ARGV[o + 1]
+  local a, b, c, d
+  if kind == 's' then
+    a, b = ARGV[o + 2], ARGV[o + 3]
+    o = o + 4
+  elseif kind == 'd' then
+    o = o + 2
+  elseif kind == 'i' then
+    a = ARGV[o + 2]
+    o = o + 3
+  else
+    a, b, c, d = ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5]
+    o = o + 6
+  end
   local e = view[k]
   if e == nil then
-    e = {v = redis.call('GET', k), ttl = 'keep', member = member}
+    e = {v = redis.call('GET', k), ttl = 'keep', member = member, inc = false}
     view[k] = e
     order[#order + 1] = k
   end
   if kind == 's' then
     e.v = a
+    e.inc = false
     if b == '' then e.ttl = 'none' else e.ttl = b end
   elseif kind == 'd' then
     e.v = false
+    e.inc = false
     e.ttl = 'none'
   elseif kind == 'i' then
+    e.inc = true
     local now = 0
     if e.v then
       local digits = string.match(e.v, '^%-?(%d+)$')
@@ -88,6 +106,7 @@ for i = 1, n do
       return {2, member}
     end
     if c == '1' then e.v = d else e.v = false end
+    e.inc = false
     e.ttl = 'none'
   end
 end
@@ -120,10 +139,15 @@ end
 if track then
   local out = {1, ''}
   for _, k in ipairs(order) do
+    -- Read every written key again, so that Redis tracks it for this
+    -- connection.
     local v = redis.call('GET', k)
-    out[#out + 1] = k
-    if v then out[#out + 1] = '=' .. v else out[#out + 1] = '-' end
-    out[#out + 1] = redis.call('PTTL', k)
+    local e = view[k]
+    if e.inc or e.ttl == 'keep' then
+      out[#out + 1] = k
+      if v then out[#out + 1] = '=' .. v else out[#out + 1] = '-' end
+      out[#out + 1] = redis.call('PTTL', k)
+    end
   end
   return out
 end
