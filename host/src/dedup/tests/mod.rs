@@ -91,6 +91,7 @@ on_both_stores!(
     kv_commit_writes_with_the_done_marker_all_or_nothing,
     kv_commit_of_a_stale_owner_writes_nothing,
     kv_values_expire_and_listing_skips_them,
+    an_increment_after_a_set_keeps_the_ttl_that_set_gave,
 );
 
 fn writes(ops: Vec<KvOp>) -> KvWrites {
@@ -265,6 +266,33 @@ async fn kv_values_expire_and_listing_skips_them(store: Store) {
         store.kv_get("orders", "ctr").await.unwrap(),
         Some(b"1".to_vec())
     );
+}
+
+async fn an_increment_after_a_set_keeps_the_ttl_that_set_gave(store: Store) {
+    let inc = |key: &str| KvOp::Increment {
+        key: key.into(),
+        delta: 1,
+    };
+    // `k` had a short TTL; a set without one, then an increment, in one
+    // commit: the set dropped the TTL and the increment keeps that.
+    let w = writes(vec![set("k", "1", Some(100))]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    let w = writes(vec![set("k", "5", None), inc("k")]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    // `j`: a set with a short TTL, then an increment: the TTL stays.
+    let w = writes(vec![set("j", "1", Some(100)), inc("j")]);
+    assert_eq!(commit(&store, None, &w).await, Commit::Done);
+    assert_eq!(
+        store.kv_get("orders", "j").await.unwrap(),
+        Some(b"2".to_vec())
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.kv_get("orders", "k").await.unwrap(),
+        Some(b"6".to_vec()),
+        "the set without a TTL dropped the old one"
+    );
+    assert_eq!(store.kv_get("orders", "j").await.unwrap(), None, "expired");
 }
 
 async fn claim_acquires_with_fencing_token_one(store: Store) {
