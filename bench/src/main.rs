@@ -125,7 +125,8 @@ struct RunArgs {
     wait_quiet: u64,
     /// Another warren binary (e.g. a build of an earlier commit) to measure
     /// beside `--warren`: every warren line runs with it too, right before
-    /// the line with `--warren`, as line `ID@base`, and the report gives
+    /// the line with `--warren` (after it in every second round of
+    /// `--rounds`), as line `ID@base`, and the report gives
     /// the ratios of each pair. Comparing two builds in one run is what
     /// makes a before/after figure trustworthy on a shared machine.
     #[arg(long)]
@@ -390,23 +391,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 line.kind,
                 lines::Kind::Warren { .. } | lines::Kind::WarrenKv { .. } | lines::Kind::WarrenHttp
             );
-            if let (Some(base), true) = (&baseline, is_warren) {
-                let id = format!("{}@base", line.id);
-                progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
-                let result = measure_line(base, line, &rabbit, cluster_rabbit).await;
-                rows.push(Row {
-                    id,
-                    what: format!("{} (baseline)", line.what),
-                    result,
-                });
+            // The baseline first in odd rounds, second in even ones: on
+            // this machine whichever of a pair runs second costs about 5%
+            // less, so rounds that alternate cancel the order out.
+            let base = baseline.as_ref().filter(|_| is_warren);
+            let order = if round % 2 == 1 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_base in order {
+                match (is_base, base) {
+                    (true, Some(base)) => {
+                        let id = format!("{}@base", line.id);
+                        progress::say(format_args!("line {id}: {} (baseline binary)", line.what));
+                        let result = measure_line(base, line, &rabbit, cluster_rabbit).await;
+                        rows.push(Row {
+                            id,
+                            what: format!("{} (baseline)", line.what),
+                            result,
+                        });
+                    }
+                    (true, None) => {}
+                    (false, _) => {
+                        progress::say(format_args!("line {}: {}", line.id, line.what));
+                        let result = measure_line(&opts, line, &rabbit, cluster_rabbit).await;
+                        rows.push(Row {
+                            id: line.id.to_string(),
+                            what: line.what.to_string(),
+                            result,
+                        });
+                    }
+                }
             }
-            progress::say(format_args!("line {}: {}", line.id, line.what));
-            let result = measure_line(&opts, line, &rabbit, cluster_rabbit).await;
-            rows.push(Row {
-                id: line.id.to_string(),
-                what: line.what.to_string(),
-                result,
-            });
         }
         rounds.push(rows);
     }
