@@ -40,8 +40,13 @@ RULES = [
      r"warren::runtime::|wasmtime|cranelift"),
     ("dedup: Redis claim and done-marker (client side)",
      r"redis::|warren::dedup::|combine::"),
+    ("message conversion (to the guest's record, output properties, output ids)",
+     r"warren::pipeline::convert|message_for_guest|outbound_properties|output_message_id|uuid::"),
+    # The publisher's calls are inlined into the batch's future, so its
+    # frame is often `run_and_publish` alone; the sandbox rules above have
+    # already taken that frame's stacks that run a guest.
     ("outputs: publish and wait for the confirm",
-     r"warren::amqp::publisher::"),
+     r"warren::amqp::publisher::|publish_outputs|run_and_publish|basic_publish|PublisherConfirm"),
     ("acks: the batcher and basic.ack",
      r"ack_batcher|warren::amqp::consumer::flush|lapin::acker"),
     ("deliveries: the consumer stream",
@@ -52,8 +57,6 @@ RULES = [
      r"spawn_blocking|Spawner::spawn_task"),
     ("hand-off to the blocking pool: the thread parking and waking",
      "blocking-thread:"),
-    ("message conversion (to_message, headers, output ids)",
-     r"to_message|headers_from_table|warren::amqp::convert|output_message_id|uuid::"),
     ("metrics and tracing",
      r"prometheus_client|warren::metrics|tracing::|tracing_core|tracing_subscriber"),
     ("tasks and timers (batch spawns, lease renewal, Redis call deadlines)",
