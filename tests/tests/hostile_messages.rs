@@ -242,3 +242,53 @@ async fn a_forged_routing_key_does_not_redirect_the_output() {
     r.delete(&[&q, &out, &format!("{victim}.out"), &format!("{q}.dead")])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_handlers_limit_is_dead_lettered_at_once_and_whole() {
+    let q = unique("big-body");
+    let (out, dead) = (format!("{q}.out"), format!("{q}.dead"));
+    let r = Rabbit::connect().await;
+    r.declare(&out).await;
+    let w = start(
+        "sandbox",
+        &q,
+        &format!("max_message_bytes = 65536\n[handler.config]\nout_routing_key = \"{out}\"\n"),
+    );
+
+    // One byte over the limit, then one at it, then a small one: the first
+    // never reaches the guest (no attempt, no retry), the others run.
+    let mut over = b"sleep:0 ".to_vec();
+    over.resize(65_537, b'o');
+    let mut at = b"sleep:0 ".to_vec();
+    at.resize(65_536, b'a');
+    r.publish(&q, "over", &over).await;
+    r.publish(&q, "at", &at).await;
+    r.publish(&q, "plain", b"sleep:0 plain").await;
+
+    let handled = r.collect(&out, 2, Duration::from_secs(60)).await;
+    let mut sizes: Vec<usize> = handled.iter().map(|g| g.body.len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, [13, 65_536]);
+    let dl = r.collect(&dead, 1, Duration::from_secs(60)).await;
+    assert_eq!(dl.len(), 1);
+    let g = &dl[0];
+    assert_eq!(g.message_id.as_deref(), Some("over"));
+    assert_eq!(
+        g.header("x-warren-error-kind").as_deref(),
+        Some("body-too-large")
+    );
+    let reason = g.header("x-warren-reason").unwrap_or_default();
+    assert!(
+        reason.contains("65537 bytes") && reason.contains("at most 65536"),
+        "{reason}"
+    );
+    assert_eq!(g.body, over, "the dead-lettered copy keeps the whole body");
+    // Dead-lettered on its first and only delivery to the handler.
+    assert_eq!(g.header("x-warren-attempt").as_deref(), Some("1"));
+    assert!(
+        !w.logs().contains(LOST),
+        "the connection was lost:\n{}",
+        w.logs()
+    );
+    r.delete(&[&q, &out, &dead]).await;
+}

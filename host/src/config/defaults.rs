@@ -47,6 +47,12 @@ pub fn reuse_max() -> u32 {
 pub fn memory_mb() -> u32 {
     64
 }
+/// 16 MiB: RabbitMQ 4's own default `max_message_size`, and a quarter of
+/// the default guest memory cap, so a body this size leaves the guest room
+/// to work on it.
+pub fn max_message_bytes() -> u64 {
+    16 << 20
+}
 pub fn max_attempts() -> u32 {
     5
 }

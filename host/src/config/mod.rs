@@ -510,6 +510,12 @@ pub struct Handler {
     /// Cap on one instance's linear memories and tables, all together.
     #[serde(default = "defaults::memory_mb")]
     pub memory_mb: u32,
+    /// The largest message body this handler takes; a larger one is
+    /// dead-lettered at once (kind `body-too-large`), before any claim or
+    /// guest run. The guest's memory cap bounds it too (see
+    /// [`Handler::body_limit`]).
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: u64,
     /// Where messages end that cannot be handled; default `<queue>.dead`.
     pub dead_letter_queue: Option<String>,
     pub bind: Option<Bind>,
@@ -709,6 +715,14 @@ impl Handler {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The largest body a message may have to be handled: `max_message_bytes`,
+    /// and never more than the guest's memory cap, since the body is copied
+    /// into the guest's memory (a body the guest cannot hold would only
+    /// fail in the guest, attempt after attempt, each copying it again).
+    pub fn body_limit(&self) -> u64 {
+        self.max_message_bytes.min(u64::from(self.memory_mb) << 20)
     }
 
     /// How many batches may be in flight at once on a machine with `cores`

@@ -580,3 +580,24 @@ fn http_errors_name_the_handler_and_the_key() {
         }
     }
 }
+
+#[test]
+fn the_body_limit_is_max_message_bytes_within_the_guests_memory_cap() {
+    let h = &parse(MINIMAL).unwrap().handlers[0];
+    assert_eq!(h.max_message_bytes, 16 << 20);
+    assert_eq!(h.body_limit(), 16 << 20);
+    let h = &parse(&format!("{MINIMAL}max_message_bytes = 1000\n"))
+        .unwrap()
+        .handlers[0];
+    assert_eq!(h.body_limit(), 1000);
+    // A body is copied into the guest's memory: never more than its cap.
+    let h = &parse(&format!("{MINIMAL}memory_mb = 8\n"))
+        .unwrap()
+        .handlers[0];
+    assert_eq!(h.body_limit(), 8 << 20);
+    let err = parse(&format!("{MINIMAL}max_message_bytes = 0\n")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/warren/warren.toml: handler \"echo\": key max_message_bytes: must be at least 1"
+    );
+}

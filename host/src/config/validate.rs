@@ -159,6 +159,7 @@ impl Config {
                 ("max_batch", h.max_batch as u64),
                 ("timeout_ms", h.timeout_ms),
                 ("memory_mb", h.memory_mb as u64),
+                ("max_message_bytes", h.max_message_bytes),
                 ("retry.max_attempts", h.retry.max_attempts as u64),
                 ("dedup.lease_ms", h.dedup.lease_ms),
                 ("dedup.window_s", h.dedup.window_s),

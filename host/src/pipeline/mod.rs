@@ -425,7 +425,7 @@ impl Pipeline<'_> {
 
     /// Step 1: each message's key; a message without one is dead-lettered
     /// when dedup needs one (`dedup.missing = "reject"`), and so is one with
-    /// a header nested too deep.
+    /// a header nested too deep or a body over the handler's limit.
     async fn keys(&self, batch: Vec<Inbound>) -> Vec<Job> {
         let dedup = &self.h.cfg.dedup;
         let mut jobs = Vec::with_capacity(batch.len());
@@ -441,6 +441,24 @@ impl Pipeline<'_> {
                     msg,
                     Settle::DeadLetter {
                         kind: "invalid-headers",
+                        reason,
+                    },
+                ));
+                continue;
+            }
+            // A body larger than the handler takes: never copied for a
+            // guest, never retried.
+            let size = msg.body().len() as u64;
+            if size > self.h.cfg.body_limit() {
+                let reason = format!(
+                    "message body is {size} bytes; handler {} takes at most {} (max_message_bytes, and the guest's memory_mb)",
+                    self.name(),
+                    self.h.cfg.body_limit()
+                );
+                keyless.push((
+                    msg,
+                    Settle::DeadLetter {
+                        kind: "body-too-large",
                         reason,
                     },
                 ));
