@@ -209,6 +209,13 @@ impl Store {
     /// from handler `a` with key `b:c`) and means no message key can name
     /// another key's fencing counter (`…:fence`). Ordinary names and ids
     /// (uuids, hex digests) appear unchanged.
+    ///
+    /// A message key longer than [`PLAIN_KEY_MAX`] bytes is stored as
+    /// `sha256:` and its SHA-256 in hex instead: a `header:NAME` key can be
+    /// as long as a frame (about 128 KiB), and its done-marker lives for
+    /// `window_s` (a day by default), so without this a publisher could
+    /// make every message cost Redis that much for a day. No escaped key
+    /// contains the bare `:` of that form, so the mapping stays one-to-one.
     pub fn key_in(&self, handler: &str, namespace: &str, key: &str) -> String {
         let (prefix, tagged) = match self {
             Store::Redis(store) => (store.prefix(), store.cluster()),
@@ -217,7 +224,7 @@ impl Store {
         let mut out = String::with_capacity(
             prefix.len()
                 + handler.len()
-                + key.len()
+                + key.len().min(PLAIN_KEY_MAX + 8)
                 + 4
                 + if tagged { namespace.len() + 3 } else { 0 },
         );
@@ -230,7 +237,13 @@ impl Store {
         }
         escape_into(handler, &mut out);
         out.push(':');
-        escape_into(key, &mut out);
+        if key.len() > PLAIN_KEY_MAX {
+            use sha2::{Digest as _, Sha256};
+            out.push_str("sha256:");
+            out.push_str(&hex::encode(Sha256::digest(key.as_bytes())));
+        } else {
+            escape_into(key, &mut out);
+        }
         out
     }
 
@@ -449,6 +462,10 @@ fn ttl_millis(duration: Duration) -> u64 {
 }
 
 /// Appends `part` with `%` and `:` escaped, so it holds no `:` of its own.
+/// The longest message key stored in Redis as it is (an AMQP message id's
+/// own limit); longer ones are stored by their SHA-256 ([`Store::key_in`]).
+pub const PLAIN_KEY_MAX: usize = 255;
+
 fn escape_into(part: &str, out: &mut String) {
     for c in part.chars() {
         match c {

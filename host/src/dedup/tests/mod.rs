@@ -465,6 +465,33 @@ async fn handlers_do_not_collide(store: Store) {
     assert_ne!(store.key("a:b", "c"), store.key("a", "b:c"));
     assert_ne!(store.key("h", "x:fence"), fence_key(&store.key("h", "x")));
     assert_ne!(store.key("h", "%3A"), store.key("h", ":"));
+
+    // A key past PLAIN_KEY_MAX is stored by its digest: bounded, the same
+    // for the same key, distinct for another, and never equal to a short
+    // key spelling out the digest form.
+    let at = "k".repeat(crate::dedup::PLAIN_KEY_MAX);
+    assert!(
+        store.key("h", &at).ends_with(&at),
+        "a key at the limit is kept"
+    );
+    let long = "k".repeat(100_000);
+    let hashed = store.key("h", &long);
+    assert!(hashed.len() < 128, "{} bytes", hashed.len());
+    assert_eq!(hashed, store.key("h", &long));
+    assert_ne!(hashed, store.key("h", &format!("{long}x")));
+    let spelled = hashed
+        .rsplit_once(":sha256:")
+        .map(|(_, d)| format!("sha256:{d}"));
+    assert_ne!(store.key("h", &spelled.expect("the digest form")), hashed);
+    let l = acquire(&store, &hashed, LEASE).await;
+    assert!(store.complete(&l, WINDOW).await.expect("complete"));
+    assert_eq!(
+        store
+            .claim(&store.key("h", &long), LEASE, WINDOW)
+            .await
+            .expect("claim"),
+        Claim::Done
+    );
     let x = acquire(&store, &store.key("h", "x"), LEASE).await;
     let x_fence = acquire(&store, &store.key("h", "x:fence"), LEASE).await;
     assert_eq!((x.fencing_token, x_fence.fencing_token), (1, 1));
