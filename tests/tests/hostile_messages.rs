@@ -33,6 +33,12 @@ fn deepest(frame_max: u32, id: &str) -> usize {
     (frame_max as usize - fixed) / 5
 }
 
+/// The process never lost its broker connection over the test.
+fn assert_connection_kept(w: &Warren) {
+    let logs = w.logs();
+    assert!(!logs.contains(LOST), "the connection was lost:\n{logs}");
+}
+
 fn start(module: &str, q: &str, extra: &str) -> Warren {
     let mut w = Warren::start(&config(&guest(module), "hostile", q, None, extra), None);
     w.wait_log("consuming", Duration::from_secs(30));
@@ -103,11 +109,7 @@ async fn headers_nested_as_deep_as_the_broker_passes_are_dead_lettered_and_the_q
         assert_eq!(g.header("x-warren-dropped-headers").as_deref(), Some("h"));
         assert_eq!(g.body_str(), "sleep:0 deep");
     }
-    assert!(
-        !w.logs().contains(LOST),
-        "the connection was lost:\n{}",
-        w.logs()
-    );
+    assert_connection_kept(&w);
     r.delete(&[&q, &out, &dead]).await;
 }
 
@@ -172,7 +174,7 @@ async fn a_failing_message_with_headers_at_the_frame_limit_is_dead_lettered_with
     assert_eq!(g.header("x-warren-dropped-headers").as_deref(), Some("big"));
     assert_eq!(g.header("small").as_deref(), Some("kept"));
     assert_eq!(g.body_str(), "retry");
-    assert!(!w.logs().contains(LOST), "the connection was lost");
+    assert_connection_kept(&w);
     r.delete(&[&q, &dead]).await;
 }
 
@@ -286,11 +288,7 @@ async fn a_body_over_the_handlers_limit_is_dead_lettered_at_once_and_whole() {
     assert_eq!(g.body, over, "the dead-lettered copy keeps the whole body");
     // Dead-lettered on its first and only delivery to the handler.
     assert_eq!(g.header("x-warren-attempt").as_deref(), Some("1"));
-    assert!(
-        !w.logs().contains(LOST),
-        "the connection was lost:\n{}",
-        w.logs()
-    );
+    assert_connection_kept(&w);
     r.delete(&[&q, &out, &dead]).await;
 }
 
@@ -365,11 +363,7 @@ async fn a_dedup_key_of_a_hundred_kib_costs_redis_a_short_key_and_still_deduplic
             &k[..80]
         );
     }
-    assert!(
-        !w.logs().contains(LOST),
-        "the connection was lost:\n{}",
-        w.logs()
-    );
+    assert_connection_kept(&w);
     let _: () = redis::cmd("DEL")
         .arg(&keys)
         .query_async(&mut con)

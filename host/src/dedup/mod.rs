@@ -461,11 +461,11 @@ fn ttl_millis(duration: Duration) -> u64 {
         .clamp(1, MAX_TTL_MS)
 }
 
-/// Appends `part` with `%` and `:` escaped, so it holds no `:` of its own.
 /// The longest message key stored in Redis as it is (an AMQP message id's
 /// own limit); longer ones are stored by their SHA-256 ([`Store::key_in`]).
 pub const PLAIN_KEY_MAX: usize = 255;
 
+/// Appends `part` with `%` and `:` escaped, so it holds no `:` of its own.
 fn escape_into(part: &str, out: &mut String) {
     for c in part.chars() {
         match c {

@@ -428,6 +428,7 @@ impl Pipeline<'_> {
     /// a header nested too deep or a body over the handler's limit.
     async fn keys(&self, batch: Vec<Inbound>) -> Vec<Job> {
         let dedup = &self.h.cfg.dedup;
+        let body_limit = self.h.cfg.body_limit();
         let mut jobs = Vec::with_capacity(batch.len());
         let mut keyless = Vec::new();
         for mut msg in batch {
@@ -449,11 +450,10 @@ impl Pipeline<'_> {
             // A body larger than the handler takes: never copied for a
             // guest, never retried.
             let size = msg.body().len() as u64;
-            if size > self.h.cfg.body_limit() {
+            if size > body_limit {
                 let reason = format!(
-                    "message body is {size} bytes; handler {} takes at most {} (max_message_bytes, and the guest's memory_mb)",
+                    "message body is {size} bytes; handler {} takes at most {body_limit} (max_message_bytes, and the guest's memory_mb)",
                     self.name(),
-                    self.h.cfg.body_limit()
                 );
                 keyless.push((
                     msg,
