@@ -3,9 +3,10 @@
 //! other publish on it, so each exchange is checked once per connection, on
 //! a throwaway channel of its own, before the first output to it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use futures_util::StreamExt as _;
 use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{FieldTable, ShortString};
@@ -13,27 +14,67 @@ use lapin::types::{FieldTable, ShortString};
 use super::publisher::{PublishError, Publisher};
 use super::{CALL_TIMEOUT, Error};
 
+/// Exchanges checked at once, each on a throwaway channel of its own.
+const PROBES_AT_ONCE: usize = 16;
+
 impl Publisher {
-    /// Makes sure `exchange` exists before anything is published to it:
-    /// once per connection, with a passive declare on a throwaway channel,
-    /// so that a missing one fails this output alone (the broker closes
-    /// the throwaway channel, not the publishing one).
-    ///
-    /// An exchange already known costs a lookup and no future: every output
-    /// goes through here, and the check's own state (a channel to open, a
-    /// declare, a timer) is boxed only when it runs, so it does not make
-    /// every output's future larger.
-    pub(super) async fn check_exchange(&self, exchange: &str) -> Result<(), PublishError> {
-        if exchange.is_empty()
-            || self
-                .exchanges
-                .lock()
-                .expect("exchanges lock")
-                .contains(exchange)
-        {
-            return Ok(());
+    /// Of `exchanges`, those not known to exist on this connection, each
+    /// once: what [`Publisher::check_exchanges`] must check before
+    /// anything is published to them. Usually none, for one lock and a
+    /// lookup per name.
+    pub fn unknown_exchanges<'a>(
+        &self,
+        exchanges: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'a str> {
+        let mut unknown = Vec::new();
+        let known = self.exchanges.lock().expect("exchanges lock");
+        let mut seen = HashSet::new();
+        for e in exchanges {
+            if !e.is_empty() && !known.contains(e) && seen.insert(e) {
+                unknown.push(e);
+            }
         }
-        Box::pin(self.check_exchange_bounded(exchange)).await
+        unknown
+    }
+
+    /// Makes sure each of `unknown` exists before anything is published to
+    /// it: once per connection, with a passive declare on a throwaway
+    /// channel, so that a missing one fails the outputs to it alone (the
+    /// broker closes the throwaway channel, not the publishing one). They
+    /// are checked together, [`PROBES_AT_ONCE`] at a time, within one
+    /// [`CALL_TIMEOUT`] (a missing one is checked again by every batch
+    /// that names it: it may have been declared since). Returns those that
+    /// failed, with why.
+    pub async fn check_exchanges<'a>(&self, unknown: Vec<&'a str>) -> HashMap<&'a str, String> {
+        if unknown.is_empty() {
+            return HashMap::new();
+        }
+        // A few at a time: each opens a channel, and a guest can name up to
+        // its publish limit of exchanges per message.
+        let checks: Vec<_> = unknown
+            .iter()
+            .map(|e| self.check_exchange_bounded(e))
+            .collect();
+        let mut checked = Vec::with_capacity(unknown.len());
+        let all = async {
+            let mut checks = futures_util::stream::iter(checks).buffered(PROBES_AT_ONCE);
+            while let Some(c) = checks.next().await {
+                checked.push(c);
+            }
+        };
+        let _ = tokio::time::timeout(CALL_TIMEOUT, all).await;
+        unknown
+            .into_iter()
+            .enumerate()
+            .filter_map(|(n, e)| match checked.get(n) {
+                Some(Ok(())) => None,
+                Some(Err(why)) => Some((e, why.to_string())),
+                None => Some((
+                    e,
+                    format!("exchange {e:?} not checked within {CALL_TIMEOUT:?}"),
+                )),
+            })
+            .collect()
     }
 
     async fn check_exchange_bounded(&self, exchange: &str) -> Result<(), PublishError> {

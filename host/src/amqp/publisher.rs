@@ -19,7 +19,7 @@ use std::time::Duration;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 
 use super::bookkeeping::{H_SIG, Key, Values};
 use super::consumer::Inbound;
@@ -157,21 +157,16 @@ impl Publisher {
         }
     }
 
-    /// Publishes and waits for the confirm, at most [`CONFIRM_TIMEOUT`]
-    /// with `own_deadline` (without: the caller bounds it, as
-    /// [`Publisher::output`]'s caller does for a whole batch at once).
+    /// Publishes and waits for the confirm, at most [`CONFIRM_TIMEOUT`].
     async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        own_deadline: bool,
     ) -> Result<(), PublishError> {
-        let ex = ShortString::try_new(exchange)
-            .map_err(|_| PublishError::Invalid("exchange name is longer than 255 bytes".into()))?;
-        let rk = ShortString::try_new(routing_key)
-            .map_err(|_| PublishError::Invalid("routing key is longer than 255 bytes".into()))?;
+        let ex = short_name("exchange name", exchange)?;
+        let rk = short_name("routing key", routing_key)?;
         // Mandatory: an unroutable message comes back as an error.
         let opts = BasicPublishOptions {
             mandatory: true,
@@ -188,41 +183,24 @@ impl Publisher {
                 .await?
                 .await
         };
-        let confirm = if own_deadline {
-            bounded(what, CONFIRM_TIMEOUT, send).await?
-        } else {
-            send.await.map_err(Error::from)?
-        };
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-                reply: format!("{} {}", returned.reply_code, returned.reply_text),
-            }),
-            Confirmation::Nack(_) => Err(PublishError::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
-        }
+        let confirm = bounded(what, CONFIRM_TIMEOUT, send).await?;
+        checked(confirm, exchange, routing_key)
     }
 
-    /// Publishes an output, with `properties` and `headers` as the caller
-    /// built them (taken, not copied) and, in `x-warren-module`, the digest
-    /// of the module version that produced it. Mandatory: an unroutable
-    /// output is an error. Headers that would not fit in a frame are refused
-    /// before anything is sent. The confirm is awaited without a deadline
-    /// of its own: the caller bounds a batch's outputs together (one timer
-    /// for all of them instead of one each).
-    pub async fn output(
+    /// Makes an output ready to send, with `properties` and `headers` as
+    /// the caller built them (taken, not copied) and, in
+    /// `x-warren-module`, the digest of the module version that produced
+    /// it. Headers that would not fit in a frame, and names over 255 bytes,
+    /// are refused here, before anything is sent. Its exchange must have
+    /// been checked first ([`Publisher::check_exchanges`]).
+    pub fn ready_output<'a>(
         &self,
-        (exchange, routing_key): (&str, &str),
-        body: &[u8],
+        (exchange, routing_key): (&'a str, &'a str),
+        body: &'a [u8],
         properties: BasicProperties,
         mut headers: FieldTable,
         module: &str,
-    ) -> Result<(), PublishError> {
-        self.check_exchange(exchange).await?;
+    ) -> Result<Ready<'a>, PublishError> {
         headers.insert(H_MODULE.into(), AMQPValue::LongString(module.into()));
         let budget = header_budget(self.frame_max, other_properties_size(&properties));
         let size = table_size(&headers);
@@ -231,9 +209,41 @@ impl Publisher {
                 "output headers take {size} bytes; at most {budget} fit in a frame"
             )));
         }
-        let props = properties.with_headers(headers);
-        self.publish(exchange, routing_key, body, props, false)
-            .await
+        Ok(Ready {
+            to: (exchange, routing_key),
+            exchange: short_name("exchange name", exchange)?,
+            routing_key: short_name("routing key", routing_key)?,
+            body,
+            properties: properties.with_headers(headers),
+        })
+    }
+
+    /// Sends every output in `ready` at once and in order, mandatory (an
+    /// unroutable output is an error), without waiting for the confirms:
+    /// per output, the confirm to wait for ([`Sent::confirmed`]) or why it
+    /// could not be sent. The caller bounds the wait for the confirms (one
+    /// timer for a batch's outputs instead of one each).
+    ///
+    /// One future per output, polled together: lapin queues an output's
+    /// frames when its future is first polled and resolves it once the
+    /// frames are written, so awaiting them one by one would wait for the
+    /// connection's writer once per output.
+    pub async fn send_outputs<'a>(
+        &self,
+        ready: Vec<Ready<'a>>,
+    ) -> Vec<Result<Sent<'a>, PublishError>> {
+        let sends = ready.into_iter().map(|r| async move {
+            let opts = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = self
+                .channel
+                .basic_publish(r.exchange, r.routing_key, opts, r.body, r.properties)
+                .await?;
+            Ok(Sent { confirm, to: r.to })
+        });
+        futures_util::future::join_all(sends).await
     }
 
     /// Sends `msg` to wait `delay` in `wait_queue` (a queue of `kind`),
@@ -276,7 +286,7 @@ impl Publisher {
         self.declare_wait_queue(work_queue, wait_queue, kind, delay)
             .await?;
         let props = props.with_headers(headers);
-        self.publish("", wait_queue, msg.body(), props, true).await
+        self.publish("", wait_queue, msg.body(), props).await
     }
 
     /// Copies `msg` to `dead_letter_queue` with the reason headers.
@@ -350,8 +360,7 @@ impl Publisher {
             );
         }
         let props = props.with_headers(headers);
-        self.publish("", dead_letter_queue, msg.body(), props, true)
-            .await
+        self.publish("", dead_letter_queue, msg.body(), props).await
     }
 
     async fn declare_wait_queue(
@@ -385,4 +394,53 @@ impl Publisher {
             .insert(wait_queue.to_string());
         Ok(())
     }
+}
+
+/// An output checked and ready to send ([`Publisher::ready_output`]).
+#[derive(Debug)]
+pub struct Ready<'a> {
+    /// The exchange and routing key, for errors.
+    to: (&'a str, &'a str),
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &'a [u8],
+    properties: BasicProperties,
+}
+
+/// An output the broker has been sent, whose confirm may not have come.
+#[derive(Debug)]
+pub struct Sent<'a> {
+    confirm: PublisherConfirm,
+    to: (&'a str, &'a str),
+}
+
+impl Sent<'_> {
+    /// Waits for the broker's confirm: an error if it refused the output
+    /// or could route it nowhere. Not bounded: the caller bounds it.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        let confirm = self.confirm.await?;
+        checked(confirm, self.to.0, self.to.1)
+    }
+}
+
+/// The outcome of a mandatory publish from its confirm.
+fn checked(confirm: Confirmation, exchange: &str, routing_key: &str) -> Result<(), PublishError> {
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            reply: format!("{} {}", returned.reply_code, returned.reply_text),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }),
+    }
+}
+
+/// `name` as an AMQP short string, or an error naming `what` is too long.
+fn short_name(what: &str, name: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(name)
+        .map_err(|_| PublishError::Invalid(format!("{what} is longer than 255 bytes")))
 }

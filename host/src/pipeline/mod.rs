@@ -23,6 +23,7 @@ pub mod convert;
 mod guests;
 mod keys;
 mod kv;
+mod outputs;
 mod renew;
 mod settle;
 mod trace;
@@ -34,18 +35,15 @@ pub use kv::KvView;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use tracing::Instrument as _;
 
 use crate::amqp::limits::cap_text;
-use crate::amqp::{CONFIRM_TIMEOUT, Inbound, Publisher};
+use crate::amqp::{Inbound, Publisher};
 use crate::canary::Canary;
 use crate::config::MissingKey;
 use crate::context::{HandlerCtx, Shared};
 use crate::dedup::{Commit, KvWrites, Lease};
 use crate::runtime::{Completed, Module, Outbound, Outcome};
-use crate::telemetry;
 use settle::{InPlace, Settle};
 
 /// Handles a batch of deliveries from one consumer channel to the end.
@@ -487,78 +485,6 @@ impl Pipeline<'_> {
         let kept = self.settle_all(keyless, None).await;
         debug_assert!(kept.is_empty());
         jobs
-    }
-
-    /// Step 4: publishes every output of every acked message, each with its
-    /// deterministic id, all at once, and waits for their confirms. Returns,
-    /// per message, why an output of it was not confirmed (the first refusal
-    /// to arrive), or none when all were.
-    async fn publish_outputs(
-        &self,
-        acked: &[(Job, Vec<Outbound>)],
-        digest: &str,
-    ) -> Vec<Option<String>> {
-        let mut sends = FuturesUnordered::new();
-        for (j, (job, outputs)) in acked.iter().enumerate() {
-            if outputs.is_empty() {
-                continue;
-            }
-            let base = job.key.clone().unwrap_or_else(|| output_id_base(&job.msg));
-            let tag = job.msg.delivery_tag();
-            for (i, out) in outputs.iter().enumerate() {
-                let id = output_message_id(self.name(), &base, i);
-                sends.push(async move {
-                    let ctx = self.trace.as_ref().and_then(|t| t.publish_context(tag));
-                    let from = telemetry::now_ns();
-                    let sent = match convert::outbound_properties(out, &id) {
-                        Ok((props, mut headers)) => {
-                            if let Some(ctx) = &ctx {
-                                trace::with_context(&mut headers, ctx);
-                            }
-                            let to = (out.exchange.as_str(), out.routing_key.as_str());
-                            self.publisher
-                                .output(to, &out.body, props, headers, digest)
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                        Err(invalid) => Err(format!("invalid outbound message: {invalid}")),
-                    };
-                    if let (Some(t), Some(ctx)) = (&self.trace, ctx) {
-                        let err = sent.as_ref().err().map(String::as_str);
-                        t.published(tag, ctx, &out.exchange, &out.routing_key, &id, from, err);
-                    }
-                    (
-                        j,
-                        sent.map_err(|e| format!("output {i} not confirmed: {e}")),
-                    )
-                });
-            }
-        }
-        let mut refused: Vec<Option<String>> = acked.iter().map(|_| None).collect();
-        // One deadline for the batch's confirms together (the outputs went
-        // out together), rather than a timer per output.
-        let mut waiting: Vec<usize> = acked.iter().map(|(_, outputs)| outputs.len()).collect();
-        let confirms = async {
-            while let Some((j, sent)) = sends.next().await {
-                waiting[j] -= 1;
-                if let Err(reason) = sent {
-                    refused[j].get_or_insert(reason);
-                }
-            }
-        };
-        if tokio::time::timeout(CONFIRM_TIMEOUT, confirms)
-            .await
-            .is_err()
-        {
-            for (j, left) in waiting.iter().enumerate() {
-                if *left > 0 {
-                    refused[j].get_or_insert_with(|| {
-                        format!("{left} output(s) not confirmed within {CONFIRM_TIMEOUT:?}")
-                    });
-                }
-            }
-        }
-        refused
     }
 
     /// Step 5: marks the keys of the messages whose outputs are durable as
