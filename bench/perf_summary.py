@@ -46,7 +46,7 @@ RULES = [
     # frame is often `run_and_publish` alone; the sandbox rules above have
     # already taken that frame's stacks that run a guest.
     ("outputs: publish and wait for the confirm",
-     r"warren::amqp::publisher::|publish_outputs|run_and_publish|basic_publish|PublisherConfirm"),
+     r"warren::amqp::publisher::|warren::pipeline::outputs::|publish_outputs|run_and_publish|basic_publish|PublisherConfirm"),
     ("acks: the batcher and basic.ack",
      r"ack_batcher|warren::amqp::consumer::flush|lapin::acker"),
     ("deliveries: the consumer stream",
