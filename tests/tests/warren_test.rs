@@ -354,6 +354,87 @@ fn one_message_prints_the_outcome_outputs_logs_and_time() {
     assert!(out.contains("dropped:  "), "{out}");
 }
 
+/// A body over the handler's limit ends under `warren test` as under
+/// `warren run`: no guest runs, the outcome is `body-too-large` with the
+/// reason `warren run` dead-letters it with, and the exit status is 1; a
+/// body at the limit is handled; a case file can expect the refusal.
+#[test]
+fn a_body_over_the_handlers_limit_ends_as_warren_run_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.toml");
+    std::fs::write(
+        &settings,
+        "max_message_bytes = 64\n[config]\nfield = \"enriched_by\"\nvalue = \"warren\"\n",
+    )
+    .unwrap();
+    // `{"pad":""}` is 10 bytes.
+    let body = |len: usize| format!("{{\"pad\":\"{}\"}}", "x".repeat(len - 10));
+    let run = |b: &str| {
+        warren_test(
+            &[
+                path_str(&guest("enrich")),
+                "--body",
+                "-",
+                "--config",
+                path_str(&settings),
+            ],
+            Some(b.as_bytes()),
+        )
+    };
+
+    let o = run(&body(64));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("outcome:  ack\n"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&body(65));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "outcome:  body-too-large (message body is 65 bytes; handler ",
+        " takes at most 64 (max_message_bytes, and the guest's memory_mb))\n",
+        "warren run dead-letters it at once, before any guest runs",
+        "outputs:",
+        "logs:     none\n",
+    ] {
+        if want == "outputs:" {
+            assert!(!out.contains(want), "a refused body has no outputs:\n{out}");
+        } else {
+            assert!(out.contains(want), "{want:?} not in:\n{out}");
+        }
+    }
+
+    let cases = dir.path().join("cases");
+    std::fs::create_dir(&cases).unwrap();
+    std::fs::write(
+        cases.join("over.toml"),
+        format!(
+            "[input]\nbody = {:?}\n\n[expect]\noutcome = \"body-too-large\"\nreason_starts_with = \"message body is 65 bytes; handler \"\n",
+            body(65)
+        ),
+    )
+    .unwrap();
+    let o = warren_test(
+        &[
+            path_str(&guest("enrich")),
+            "--cases",
+            path_str(&cases),
+            "--config",
+            path_str(&settings),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("PASS over"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// The sandbox guest's misbehaviours, the error kind `warren run` files each
 /// under, and what `warren test` prints for it.
 const HOSTILE: [(&str, &str, &str); 4] = [

@@ -725,6 +725,20 @@ impl Handler {
         self.max_message_bytes.min(u64::from(self.memory_mb) << 20)
     }
 
+    /// Why a body of `size` bytes is not handled (over
+    /// [`Handler::body_limit`]), or none: the reason `warren run`
+    /// dead-letters it with (kind `body-too-large`), and `warren test`
+    /// reports.
+    pub fn body_refusal(&self, size: u64) -> Option<String> {
+        let limit = self.body_limit();
+        (size > limit).then(|| {
+            format!(
+                "message body is {size} bytes; handler {} takes at most {limit} (max_message_bytes, and the guest's memory_mb)",
+                self.name
+            )
+        })
+    }
+
     /// How many batches may be in flight at once on a machine with `cores`
     /// CPUs: enough to hold `consumers` messages in batches of `max_batch`,
     /// and at least one per core (up to `consumers`), because a batch runs

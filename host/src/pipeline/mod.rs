@@ -448,11 +448,9 @@ impl Pipeline<'_> {
             // A body larger than the handler takes: never copied for a
             // guest, never retried.
             let size = msg.body().len() as u64;
-            if size > body_limit {
-                let reason = format!(
-                    "message body is {size} bytes; handler {} takes at most {body_limit} (max_message_bytes, and the guest's memory_mb)",
-                    self.name(),
-                );
+            if size > body_limit
+                && let Some(reason) = self.h.cfg.body_refusal(size)
+            {
                 keyless.push((
                     msg,
                     Settle::DeadLetter {

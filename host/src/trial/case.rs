@@ -169,7 +169,7 @@ impl CaseFile {
 }
 
 /// The outcome names a case may expect.
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 9] = [
     "ack",
     "retry",
     "reject",
@@ -178,6 +178,7 @@ const OUTCOMES: [&str; 8] = [
     "stack-overflow",
     "trap",
     "instantiate",
+    "body-too-large",
 ];
 
 fn outcome_kind(name: &str) -> anyhow::Result<()> {

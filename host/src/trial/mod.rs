@@ -246,6 +246,9 @@ pub struct Trial {
     /// Some under `--cases`: each case's `[[http]]` answers the handler's
     /// requests. None for `--body`: requests go out as under `warren run`.
     answers: Option<Arc<answer::CaseHttp>>,
+    /// The handler's settings, for what `warren run` checks before a guest
+    /// runs.
+    handler: Handler,
 }
 
 impl std::fmt::Debug for Trial {
@@ -260,13 +263,35 @@ impl std::fmt::Debug for Trial {
 /// What one message's run came to.
 #[derive(Debug)]
 pub struct Observed {
-    pub result: Result<Completed, RunError>,
+    pub result: Result<Completed, Failure>,
     /// What the run's key-value writes commit to (none unless acked).
     pub kv: store::Written,
     /// The guest's log lines and output, `level: text` and `stdout: text`.
     pub logs: Vec<String>,
     /// Instantiation (none when a warm instance served) and `handle`.
     pub elapsed: Duration,
+}
+
+/// Why a message came to no outcome: its guest failed, or `warren run`
+/// would not have run a guest for it at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Run(RunError),
+    /// Dead-lettered at once by `warren run`, before any dedup claim or
+    /// guest: `kind` is the `x-warren-error-kind` it would carry.
+    #[error("{reason}")]
+    BeforeGuest { kind: &'static str, reason: String },
+}
+
+impl Failure {
+    /// The error kind `warren run` files it under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Run(e) => e.kind(),
+            Failure::BeforeGuest { kind, .. } => kind,
+        }
+    }
 }
 
 impl Observed {
@@ -323,6 +348,7 @@ impl Trial {
             tokio,
             store,
             answers,
+            handler: h.clone(),
         })
     }
 
@@ -333,6 +359,19 @@ impl Trial {
     /// Runs one message, on this thread, under the handler's deadline and
     /// memory cap.
     pub fn run(&self, msg: &Message) -> Observed {
+        // What `warren run` dead-letters in its first step, before any
+        // claim or guest.
+        if let Some(reason) = self.handler.body_refusal(msg.body.len() as u64) {
+            return Observed {
+                result: Err(Failure::BeforeGuest {
+                    kind: "body-too-large",
+                    reason,
+                }),
+                kv: Ok(Default::default()),
+                logs: Vec::new(),
+                elapsed: Duration::ZERO,
+            };
+        }
         let permit = self.runtime.try_acquire().expect("one run at a time");
         let started = Instant::now();
         let result = self.capture.during(|| {
@@ -352,6 +391,7 @@ impl Trial {
             })
         });
         let elapsed = started.elapsed();
+        let result = result.map_err(Failure::Run);
         let kv = match &result {
             Ok(done) => self.store.written(done),
             Err(_) => Ok(Default::default()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::case::{Mismatch, headers_to_toml};
 use super::store::{Written, value_to_toml};
-use super::{Observed, Summary, Trial};
+use super::{Failure, Observed, Summary, Trial};
 use crate::runtime::{Completed, Outbound, Outcome};
 
 /// How to print: plain (a file, a pipe, CI) or for a terminal.
@@ -130,10 +130,15 @@ pub fn one(trial: &Trial, o: &Observed, style: Style, out: &mut impl Write) -> i
         }
         Err(e) => {
             writeln!(out, "outcome:  {} ({e})", style.red(e.kind()))?;
-            writeln!(
-                out,
-                "          warren run would retry it with backoff, and dead-letter it past max_attempts"
-            )?;
+            let then = match e {
+                Failure::Run(_) => {
+                    "warren run would retry it with backoff, and dead-letter it past max_attempts"
+                }
+                Failure::BeforeGuest { .. } => {
+                    "warren run dead-letters it at once, before any guest runs; it is never retried"
+                }
+            };
+            writeln!(out, "          {then}")?;
         }
     }
     if o.logs.is_empty() {
