@@ -435,6 +435,48 @@ fn a_body_over_the_handlers_limit_ends_as_warren_run_ends_it() {
     );
 }
 
+/// A header nested deeper than `warren run` hands to a guest ends under
+/// `warren test` as live: `invalid-headers` with the host's reason, no
+/// guest run; 32 levels are handled.
+#[test]
+fn a_header_nested_too_deep_ends_as_warren_run_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let case = |depth: usize, expect: &str| {
+        format!(
+            "[input]\nbody = \"{{}}\"\n\n[input.headers]\ndeep = {}\n\n[expect]\n{expect}\n",
+            nested(depth)
+        )
+    };
+    std::fs::write(
+        dir.path().join("at-the-limit.toml"),
+        case(32, "outcome = \"ack\"\n\n[[expect.publish]]\nexchange = \"\"\nrouting_key = \"test.out\"\ncontent_type = \"application/json\"\nbody_json = '{\"attempt\": 1, \"enriched_by\": \"warren\"}'"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("too-deep.toml"),
+        case(
+            33,
+            "outcome = \"invalid-headers\"\nreason = 'header \"deep\" nests 33 levels deep; at most 32 are accepted'",
+        ),
+    )
+    .unwrap();
+    let o = warren_test(
+        &[
+            path_str(&guest("enrich")),
+            "--cases",
+            path_str(dir.path()),
+            "--config",
+            path_str(&enrich_settings()),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("PASS at-the-limit"), "{}", text(&o));
+    assert!(out.contains("PASS too-deep"), "{}", text(&o));
+}
+
 /// The sandbox guest's misbehaviours, the error kind `warren run` files each
 /// under, and what `warren test` prints for it.
 const HOSTILE: [(&str, &str, &str); 4] = [

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::bookkeeping::{Bookkeeping, Key, value_text, verified};
-use super::limits::{MAX_DEPTH, too_deep};
+use super::limits::too_deep;
 use super::{CALL_TIMEOUT, ConsumerProbe, Error, bounded};
 
 /// Acks ready to send before a flush is forced.
@@ -266,10 +266,7 @@ impl Inbound {
     /// header nested deeper than the limit.
     pub fn unreadable(&self) -> Option<String> {
         let (name, depth) = too_deep(self.delivery.properties.headers().as_ref()?)?;
-        Some(format!(
-            "header {:?} nests {depth} levels deep; at most {MAX_DEPTH} are accepted",
-            super::limits::cap_text(&name, 64)
-        ))
+        Some(super::limits::too_deep_reason(&name, depth))
     }
 
     /// The attempt this delivery is: the signed `x-warren-attempt` a retry

@@ -74,6 +74,16 @@ pub fn depth(v: &AMQPValue) -> usize {
     deepest
 }
 
+/// Why a message whose header `name` nests `depth` levels is not handed
+/// to a guest (dead-lettered as `invalid-headers`): one wording for
+/// `warren run` and `warren test`.
+pub fn too_deep_reason(name: &str, depth: usize) -> String {
+    format!(
+        "header {:?} nests {depth} levels deep; at most {MAX_DEPTH} are accepted",
+        cap_text(name, 64)
+    )
+}
+
 /// The first header of `table` that nests deeper than [`MAX_DEPTH`], with
 /// its depth.
 pub fn too_deep(table: &FieldTable) -> Option<(String, usize)> {

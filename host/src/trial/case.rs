@@ -169,7 +169,7 @@ impl CaseFile {
 }
 
 /// The outcome names a case may expect.
-const OUTCOMES: [&str; 9] = [
+const OUTCOMES: [&str; 10] = [
     "ack",
     "retry",
     "reject",
@@ -179,6 +179,7 @@ const OUTCOMES: [&str; 9] = [
     "trap",
     "instantiate",
     "body-too-large",
+    "invalid-headers",
 ];
 
 fn outcome_kind(name: &str) -> anyhow::Result<()> {

@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::amqp::limits::{MAX_DEPTH, too_deep_reason};
 use crate::config::{self, Handler, Instances, MAX_MEMORY_MB};
 use crate::metrics::Metrics;
 use crate::runtime::{
-    Completed, HandlerEnv, HttpGrant, HttpResponder, HttpSettings, KvGrant, KvLimits, KvStore,
-    Limits, Message, Module, RunError, Runtime, RuntimeConfig, WarmInstances,
+    Completed, FieldValue, HandlerEnv, Headers, HttpGrant, HttpResponder, HttpSettings, KvGrant,
+    KvLimits, KvStore, Limits, Message, Module, Nested, RunError, Runtime, RuntimeConfig,
+    WarmInstances,
 };
 pub use case::{CaseFile, DEFAULT_ROUTING_KEY, headers_from_toml};
 pub use report::Style;
@@ -272,6 +274,37 @@ pub struct Observed {
     pub elapsed: Duration,
 }
 
+/// The first header of `headers` that nests deeper than `warren run`
+/// hands to a guest ([`MAX_DEPTH`], counted as the host counts a
+/// delivery's: 0 for a scalar, 1 for an array of scalars, ...), with its
+/// depth. Each arena slot is visited at most once, so an arena that is not
+/// a tree costs no more than its size.
+fn too_deep(headers: &Headers) -> Option<(&str, usize)> {
+    headers.entries.iter().find_map(|h| {
+        let mut deepest = 0;
+        let mut visits = headers.nested.len();
+        let mut stack = vec![(&h.value, 0usize)];
+        while let Some((v, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            let (FieldValue::Array(i) | FieldValue::Table(i)) = v else {
+                continue;
+            };
+            if visits == 0 {
+                break;
+            }
+            visits -= 1;
+            match headers.nested.get(*i as usize) {
+                Some(Nested::Array(values)) => stack.extend(values.iter().map(|v| (v, d + 1))),
+                Some(Nested::Table(entries)) => {
+                    stack.extend(entries.iter().map(|e| (&e.value, d + 1)))
+                }
+                None => {}
+            }
+        }
+        (deepest > MAX_DEPTH).then_some((h.name.as_str(), deepest))
+    })
+}
+
 /// Why a message came to no outcome: its guest failed, or `warren run`
 /// would not have run a guest for it at all.
 #[derive(Debug, thiserror::Error)]
@@ -366,6 +399,17 @@ impl Trial {
                 result: Err(Failure::BeforeGuest {
                     kind: "body-too-large",
                     reason,
+                }),
+                kv: Ok(Default::default()),
+                logs: Vec::new(),
+                elapsed: Duration::ZERO,
+            };
+        }
+        if let Some((name, depth)) = too_deep(&msg.headers) {
+            return Observed {
+                result: Err(Failure::BeforeGuest {
+                    kind: "invalid-headers",
+                    reason: too_deep_reason(name, depth),
                 }),
                 kv: Ok(Default::default()),
                 logs: Vec::new(),
