@@ -45,17 +45,20 @@ fn start(module: &str, q: &str, extra: &str) -> Warren {
     w
 }
 
+/// The sandbox guest on `q`, publishing to `out` (declared here), with
+/// `keys` added to its handler table.
+async fn sandbox_to(r: &Rabbit, q: &str, out: &str, keys: &str) -> Warren {
+    r.declare(out).await;
+    let extra = format!("{keys}[handler.config]\nout_routing_key = \"{out}\"\n");
+    start("sandbox", q, &extra)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_nested_as_deep_as_the_broker_passes_are_dead_lettered_and_the_queue_goes_on() {
     let q = unique("deep");
     let (out, dead) = (format!("{q}.out"), format!("{q}.dead"));
     let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let w = start(
-        "sandbox",
-        &q,
-        &format!("[handler.config]\nout_routing_key = \"{out}\"\n"),
-    );
+    let w = sandbox_to(&r, &q, &out, "").await;
 
     let mut raw = RawPublisher::connect();
     let max = deepest(raw.frame_max, "deep-max");
@@ -251,12 +254,7 @@ async fn a_body_over_the_handlers_limit_is_dead_lettered_at_once_and_whole() {
     let q = unique("big-body");
     let (out, dead) = (format!("{q}.out"), format!("{q}.dead"));
     let r = Rabbit::connect().await;
-    r.declare(&out).await;
-    let w = start(
-        "sandbox",
-        &q,
-        &format!("max_message_bytes = 65536\n[handler.config]\nout_routing_key = \"{out}\"\n"),
-    );
+    let w = sandbox_to(&r, &q, &out, "max_message_bytes = 65536\n").await;
 
     // One byte over the limit, then one at it, then a small one: the first
     // never reaches the guest (no attempt, no retry), the others run.

@@ -63,6 +63,21 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `warren test` on every case in `dir`, with the handler settings in
+/// `settings`.
+fn run_cases(module: &str, dir: &Path, settings: &Path) -> Output {
+    warren_test(
+        &[
+            path_str(&guest(module)),
+            "--cases",
+            path_str(dir),
+            "--config",
+            path_str(settings),
+        ],
+        None,
+    )
+}
+
 fn enrich_settings() -> PathBuf {
     repo_root().join("guests/cases/enrich.toml")
 }
@@ -72,16 +87,7 @@ fn the_enrich_cases_pass_in_every_language() {
     let cases = repo_root().join("guests/cases/enrich");
     let n = std::fs::read_dir(&cases).unwrap().count();
     for (lang, file) in LANGUAGES {
-        let o = warren_test(
-            &[
-                path_str(&guest(file)),
-                "--cases",
-                path_str(&cases),
-                "--config",
-                path_str(&enrich_settings()),
-            ],
-            None,
-        );
+        let o = run_cases(file, &cases, &enrich_settings());
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{lang}: {}", text(&o));
         assert_eq!(out.matches("PASS ").count(), n, "{lang}: {out}");
@@ -152,16 +158,7 @@ fn the_thousand_polyglot_inputs_as_case_files_pass_in_every_language() {
     let dir = tempfile::tempdir().unwrap();
     write_thousand_cases(dir.path());
     for (lang, file) in LANGUAGES {
-        let o = warren_test(
-            &[
-                path_str(&guest(file)),
-                "--cases",
-                path_str(dir.path()),
-                "--config",
-                path_str(&enrich_settings()),
-            ],
-            None,
-        );
+        let o = run_cases(file, dir.path(), &enrich_settings());
         let out = String::from_utf8_lossy(&o.stdout);
         let failures: Vec<&str> = out.lines().filter(|l| !l.starts_with("PASS ")).collect();
         assert!(
@@ -197,16 +194,7 @@ fn a_broken_expectation_fails_with_a_readable_diff_and_exit_status_1() {
         .replace("it is an array", "it is a list");
     std::fs::write(&array, broken).unwrap();
 
-    let o = warren_test(
-        &[
-            path_str(&guest("enrich")),
-            "--cases",
-            path_str(dir.path()),
-            "--config",
-            path_str(&enrich_settings()),
-        ],
-        None,
-    );
+    let o = run_cases("enrich", dir.path(), &enrich_settings());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     // The JSON body as a diff of pretty, key-sorted values: the wrong
@@ -417,16 +405,7 @@ fn a_body_over_the_handlers_limit_ends_as_warren_run_ends_it() {
         ),
     )
     .unwrap();
-    let o = warren_test(
-        &[
-            path_str(&guest("enrich")),
-            "--cases",
-            path_str(&cases),
-            "--config",
-            path_str(&settings),
-        ],
-        None,
-    );
+    let o = run_cases("enrich", &cases, &settings);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("PASS over"),
@@ -461,16 +440,7 @@ fn a_header_nested_too_deep_ends_as_warren_run_ends_it() {
         ),
     )
     .unwrap();
-    let o = warren_test(
-        &[
-            path_str(&guest("enrich")),
-            "--cases",
-            path_str(dir.path()),
-            "--config",
-            path_str(&enrich_settings()),
-        ],
-        None,
-    );
+    let o = run_cases("enrich", dir.path(), &enrich_settings());
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("PASS at-the-limit"), "{}", text(&o));

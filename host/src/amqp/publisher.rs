@@ -157,7 +157,8 @@ impl Publisher {
         }
     }
 
-    /// Publishes and waits for the confirm, at most [`CONFIRM_TIMEOUT`].
+    /// Publishes, mandatory, and waits for the confirm, at most
+    /// [`CONFIRM_TIMEOUT`].
     async fn publish(
         &self,
         exchange: &str,
@@ -165,26 +166,31 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let ex = short_name("exchange name", exchange)?;
-        let rk = short_name("routing key", routing_key)?;
-        // Mandatory: an unroutable message comes back as an error.
+        let ready = Ready::new((exchange, routing_key), body, properties)?;
+        let sent = async { self.send(ready).await?.confirmed().await };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+            Ok(confirmed) => confirmed,
+            Err(_) => Err(PublishError::Unanswered(Error::Timeout {
+                what: format!(
+                    "the confirm of a publish to exchange {exchange:?}, routing key {routing_key:?}"
+                ),
+                after: CONFIRM_TIMEOUT,
+            })),
+        }
+    }
+
+    /// Sends one message, mandatory (an unroutable one comes back as an
+    /// error), without waiting for its confirm.
+    async fn send<'a>(&self, r: Ready<'a>) -> Result<Sent<'a>, PublishError> {
         let opts = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let what = || {
-            format!(
-                "the confirm of a publish to exchange {exchange:?}, routing key {routing_key:?}"
-            )
-        };
-        let send = async {
-            self.channel
-                .basic_publish(ex, rk, opts, body, properties)
-                .await?
-                .await
-        };
-        let confirm = bounded(what, CONFIRM_TIMEOUT, send).await?;
-        checked(confirm, exchange, routing_key)
+        let confirm = self
+            .channel
+            .basic_publish(r.exchange, r.routing_key, opts, r.body, r.properties)
+            .await?;
+        Ok(Sent { confirm, to: r.to })
     }
 
     /// Makes an output ready to send, with `properties` and `headers` as
@@ -209,13 +215,11 @@ impl Publisher {
                 "output headers take {size} bytes; at most {budget} fit in a frame"
             )));
         }
-        Ok(Ready {
-            to: (exchange, routing_key),
-            exchange: short_name("exchange name", exchange)?,
-            routing_key: short_name("routing key", routing_key)?,
+        Ready::new(
+            (exchange, routing_key),
             body,
-            properties: properties.with_headers(headers),
-        })
+            properties.with_headers(headers),
+        )
     }
 
     /// Sends every output in `ready` at once and in order, mandatory (an
@@ -232,17 +236,7 @@ impl Publisher {
         &self,
         ready: Vec<Ready<'a>>,
     ) -> Vec<Result<Sent<'a>, PublishError>> {
-        let sends = ready.into_iter().map(|r| async move {
-            let opts = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
-            let confirm = self
-                .channel
-                .basic_publish(r.exchange, r.routing_key, opts, r.body, r.properties)
-                .await?;
-            Ok(Sent { confirm, to: r.to })
-        });
+        let sends = ready.into_iter().map(|r| self.send(r));
         futures_util::future::join_all(sends).await
     }
 
@@ -396,7 +390,7 @@ impl Publisher {
     }
 }
 
-/// An output checked and ready to send ([`Publisher::ready_output`]).
+/// A message checked and ready to send ([`Publisher::ready_output`]).
 #[derive(Debug)]
 pub struct Ready<'a> {
     /// The exchange and routing key, for errors.
@@ -405,6 +399,24 @@ pub struct Ready<'a> {
     routing_key: ShortString,
     body: &'a [u8],
     properties: BasicProperties,
+}
+
+impl<'a> Ready<'a> {
+    /// A message for `to` (exchange, routing key): an error if either name
+    /// is longer than an AMQP short string.
+    fn new(
+        to: (&'a str, &'a str),
+        body: &'a [u8],
+        properties: BasicProperties,
+    ) -> Result<Self, PublishError> {
+        Ok(Ready {
+            to,
+            exchange: short_name("exchange name", to.0)?,
+            routing_key: short_name("routing key", to.1)?,
+            body,
+            properties,
+        })
+    }
 }
 
 /// An output the broker has been sent, whose confirm may not have come.

@@ -426,7 +426,6 @@ impl Pipeline<'_> {
     /// a header nested too deep or a body over the handler's limit.
     async fn keys(&self, batch: Vec<Inbound>) -> Vec<Job> {
         let dedup = &self.h.cfg.dedup;
-        let body_limit = self.h.cfg.body_limit();
         let mut jobs = Vec::with_capacity(batch.len());
         let mut keyless = Vec::new();
         for mut msg in batch {
@@ -447,10 +446,7 @@ impl Pipeline<'_> {
             }
             // A body larger than the handler takes: never copied for a
             // guest, never retried.
-            let size = msg.body().len() as u64;
-            if size > body_limit
-                && let Some(reason) = self.h.cfg.body_refusal(size)
-            {
+            if let Some(reason) = self.h.cfg.body_refusal(msg.body().len() as u64) {
                 keyless.push((
                     msg,
                     Settle::DeadLetter {

@@ -9,11 +9,10 @@
 
 use crate::amqp::CONFIRM_TIMEOUT;
 use crate::runtime::Outbound;
-use crate::telemetry;
+use crate::telemetry::{self, SpanContext};
 
 use super::keys::output_id_base;
 use super::{Job, Pipeline, convert, output_message_id};
-use crate::telemetry::SpanContext;
 
 /// One output on its way, for the verdict and its span.
 struct Going<'a> {
@@ -56,7 +55,12 @@ impl Pipeline<'_> {
             for (i, out) in outputs.iter().enumerate() {
                 let id = output_message_id(self.name(), &base, i);
                 let ctx = self.trace.as_ref().and_then(|t| t.publish_context(tag));
-                let from = telemetry::now_ns();
+                // The span's start, only when there is a span.
+                let from = if ctx.is_some() {
+                    telemetry::now_ns()
+                } else {
+                    0
+                };
                 let prepared = match missing.get(out.exchange.as_str()) {
                     Some(why) => Err(why.clone()),
                     None => convert::outbound_properties(out, &id)

@@ -394,23 +394,14 @@ impl Trial {
     pub fn run(&self, msg: &Message) -> Observed {
         // What `warren run` dead-letters in its first step, before any
         // claim or guest.
-        if let Some(reason) = self.handler.body_refusal(msg.body.len() as u64) {
+        let refused = match self.handler.body_refusal(msg.body.len() as u64) {
+            Some(reason) => Some(("body-too-large", reason)),
+            None => too_deep(&msg.headers)
+                .map(|(name, depth)| ("invalid-headers", too_deep_reason(name, depth))),
+        };
+        if let Some((kind, reason)) = refused {
             return Observed {
-                result: Err(Failure::BeforeGuest {
-                    kind: "body-too-large",
-                    reason,
-                }),
-                kv: Ok(Default::default()),
-                logs: Vec::new(),
-                elapsed: Duration::ZERO,
-            };
-        }
-        if let Some((name, depth)) = too_deep(&msg.headers) {
-            return Observed {
-                result: Err(Failure::BeforeGuest {
-                    kind: "invalid-headers",
-                    reason: too_deep_reason(name, depth),
-                }),
+                result: Err(Failure::BeforeGuest { kind, reason }),
                 kv: Ok(Default::default()),
                 logs: Vec::new(),
                 elapsed: Duration::ZERO,
