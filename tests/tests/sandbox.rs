@@ -260,6 +260,68 @@ async fn per_message_instances_share_nothing() {
     }
 }
 
+/// Minor page faults this thread has taken (`/proc/thread-self/stat`, field
+/// 10): a test on tokio's current-thread runtime runs its guests here.
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// Whether the kernel has `PAGEMAP_SCAN` (Linux 6.7+), which the slot
+/// reset needs to keep pages resident; without it every reset decommits.
+fn kernel_has_pagemap_scan() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 7)
+}
+
+/// The slot reset keeps the pages a guest dirtied resident and rewrites
+/// them, scanning for them a buffer of runs at a time (vendor/README.md). A
+/// guest that leaves many more separate runs of dirty pages than one buffer
+/// holds (96 here, in its data image and past it) must find none of them in
+/// the next fresh instance, and with `PAGEMAP_SCAN` the next instances take
+/// no page faults for them (the published wasmtime decommitted every page
+/// past the 32nd run, so each of them faulted again). A reused instance
+/// does see its own writes, which shows the check would see stale pages.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fresh_instance_sees_no_page_an_earlier_one_wrote() {
+    let (rt, module, env) = setup();
+    let stale = |done: Completed| String::from_utf8(done.publishes[0].body.clone()).unwrap();
+    for i in 0..8 {
+        let seen = stale(run(&rt, &module, &env, "scribble").await.unwrap());
+        assert_eq!(seen, "stale 0", "fresh instance {i}");
+    }
+    let before = minor_faults();
+    let n = 24;
+    for i in 0..n {
+        let seen = stale(run(&rt, &module, &env, "scribble").await.unwrap());
+        assert_eq!(seen, "stale 0", "fresh instance {}", i + 8);
+    }
+    let per_message = (minor_faults() - before) / n;
+    if kernel_has_pagemap_scan() {
+        assert!(
+            per_message < 16,
+            "{per_message} page faults per fresh instance of a guest that dirties 96 pages"
+        );
+    }
+
+    let warm = WarmInstances::default();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let permit = rt.try_acquire().unwrap();
+        let done = rt
+            .run_warm(&module, &env, &message("scribble"), &permit, &warm, 10)
+            .await
+            .unwrap();
+        seen.push(stale(done));
+    }
+    assert_eq!(seen, ["stale 0", "stale 96"]);
+}
+
 #[tokio::test]
 async fn reused_instances_carry_state_until_max_uses_or_a_trap() {
     let (rt, module, env) = setup();

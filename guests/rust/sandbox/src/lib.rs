@@ -26,7 +26,14 @@
 //! - `sleep:N...`: busy-wait N milliseconds of wall time, then ack.
 //! - `sleep N...`: sleep N milliseconds in `std::thread::sleep` (a blocking
 //!   WASI poll, where no wasm code runs for the epoch to stop), then ack.
+//! - `scribble`: count the pages of two static arrays (one in the data
+//!   image, every byte 0xA5; one zero-initialised) that differ from how the
+//!   module starts, publish `stale N` to `sandbox.scribble`, then write to
+//!   every other page of both: far more separate runs of dirty pages than
+//!   one scan of the host's slot reset reports at a time. A fresh instance
+//!   must always see `stale 0`.
 
+use std::cell::UnsafeCell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +44,19 @@ struct Sandbox;
 
 /// Messages this instance has served (`count` mode): 1 in a fresh instance.
 static SERVED: AtomicU32 = AtomicU32::new(0);
+
+/// Pages per array in `scribble` mode.
+const SCRIBBLE_PAGES: usize = 96;
+const PAGE: usize = 4096;
+/// Page-aligned, so that writing to every other page leaves separate runs.
+#[repr(align(4096))]
+struct Pages(UnsafeCell<[u8; SCRIBBLE_PAGES * PAGE]>);
+// SAFETY: a guest instance is single-threaded and runs one call at a time.
+unsafe impl Sync for Pages {}
+/// In the module's data image: every byte starts as 0xA5.
+static IMAGED: Pages = Pages(UnsafeCell::new([0xA5; SCRIBBLE_PAGES * PAGE]));
+/// Zero-initialised: past the data image.
+static ZEROED: Pages = Pages(UnsafeCell::new([0; SCRIBBLE_PAGES * PAGE]));
 
 impl Handler for Sandbox {
     fn handle(msg: Message) -> Outcome {
@@ -51,6 +71,14 @@ impl Handler for Sandbox {
                     "sandbox.count",
                     format!("count {n}"),
                 )) {
+                    Ok(()) => Outcome::Ack,
+                    Err(e) => Outcome::reject(format!("{e:?}")),
+                }
+            }
+            "scribble" => {
+                let stale = scribble();
+                let out = Outbound::new("", "sandbox.scribble", format!("stale {stale}"));
+                match warren_guest::publish(out) {
                     Ok(()) => Outcome::Ack,
                     Err(e) => Outcome::reject(format!("{e:?}")),
                 }
@@ -160,6 +188,28 @@ fn ack_with(record: Vec<u8>) -> Outcome {
         Ok(()) => Outcome::Ack,
         Err(e) => Outcome::reject(format!("cannot publish the record: {e:?}")),
     }
+}
+
+/// Counts the pages of `IMAGED` and `ZEROED` that are not as the module
+/// starts them, then writes to every other page of both.
+fn scribble() -> usize {
+    // SAFETY: a guest instance runs one call at a time, and no reference to
+    // either array outlives this function.
+    let (imaged, zeroed) = unsafe { (&mut *IMAGED.0.get(), &mut *ZEROED.0.get()) };
+    let mut stale = 0;
+    for (array, initial) in [(&mut *imaged, 0xA5u8), (&mut *zeroed, 0)] {
+        stale += array
+            .chunks(PAGE)
+            .filter(|page| page.iter().any(|&b| b != initial))
+            .count();
+    }
+    for array in [imaged, zeroed] {
+        for page in array.chunks_mut(PAGE).step_by(2) {
+            page[0] = black_box(0x5A);
+            page[PAGE / 2] = black_box(0x5A);
+        }
+    }
+    stale
 }
 
 /// Recursion on scalars, which live in wasm locals and so on the host's
