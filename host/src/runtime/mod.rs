@@ -153,7 +153,10 @@ impl Runtime {
             // Linux 6.7+) instead of madvise: the pages stay mapped, so the
             // next message neither makes the syscall nor takes page faults.
             // Measured on the echo guest: madvise and the faults after it
-            // were over half of the per-message time.
+            // were over half of the per-message time. The vendored wasmtime
+            // (vendor/README.md) scans past the first 32 runs of dirty
+            // pages, so an interpreter's heap stays mapped too, and resets
+            // dirty pages that are swapped out.
             .pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT / 16);
