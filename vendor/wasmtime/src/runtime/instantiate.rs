@@ -165,6 +165,11 @@ impl CompiledModule {
         }
     }
 
+    /// The function location for `key`, if it has one. (warren's patch.)
+    pub fn try_func_loc(&self, key: FuncKey) -> Option<&FunctionLoc> {
+        self.index.func_loc(key)
+    }
+
     /// Gets the function location information for a given function index.
     pub fn func_loc(&self, key: FuncKey) -> &FunctionLoc {
         self.index

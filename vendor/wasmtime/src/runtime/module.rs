@@ -19,7 +19,8 @@ use core::ptr::NonNull;
 use std::{fs::File, path::Path};
 use wasmparser::{Parser, ValidPayload, Validator};
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, EntityIndex, FuncKey, HostPtr, ModuleTypes,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityIndex, FuncKey, HostPtr,
+    ModuleTypes,
     ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex, WasmChecksum,
 };
 mod registry;
@@ -150,6 +151,12 @@ struct ModuleInner {
     /// improves memory usage for modules that are created but may not ever be
     /// instantiated.
     memory_images: OnceLock<Option<ModuleMemoryImages>>,
+
+    /// The text-section offsets of each defined function's array-to-wasm
+    /// trampoline and wasm body, indexed by `DefinedFuncIndex`, built the
+    /// first time an instance of this module makes a `VMFuncRef` (warren's
+    /// patch; see `Module::func_ref_offsets`).
+    func_ref_offsets: OnceLock<Box<[FuncRefOffsets]>>,
 
     /// Flag indicating whether this module can be serialized or not.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
@@ -553,6 +560,7 @@ impl Module {
                 engine: engine.clone(),
                 code,
                 memory_images: OnceLock::new(),
+                func_ref_offsets: OnceLock::new(),
                 module,
                 #[cfg(any(feature = "cranelift", feature = "winch"))]
                 serializable,
@@ -1170,6 +1178,48 @@ impl Module {
         Some(NonNull::new(ptr).unwrap())
     }
 
+    /// Where the code of the defined function `index` is, for a `VMFuncRef`:
+    /// the text-section offsets of its array-to-wasm trampoline and of its
+    /// wasm body. `None` for a function with no trampoline (one that never
+    /// escapes, so no `VMFuncRef` is ever made for it).
+    ///
+    /// (warren's patch.) Wasmtime finds these with two binary searches per
+    /// lookup, and makes a `VMFuncRef` the first time an instance asks for
+    /// one: a dynamically linked component whose code takes the address of
+    /// thousands of functions (`ref.func`) in every new instance spent most
+    /// of its instantiation there. The table is built once per module, on
+    /// the first request, from the same lookups.
+    pub(crate) fn func_ref_offsets(&self, index: DefinedFuncIndex) -> Option<(usize, usize)> {
+        let table = self.inner.func_ref_offsets.get_or_init(|| {
+            let compiled = &self.inner.module;
+            let module_index = compiled.module().module_index;
+            compiled
+                .module()
+                .defined_func_indices()
+                .map(|def| {
+                    let array = compiled
+                        .try_func_loc(FuncKey::ArrayToWasmTrampoline(module_index, def));
+                    let wasm = compiled.try_func_loc(FuncKey::DefinedWasmFunction(module_index, def));
+                    match (array, wasm) {
+                        (Some(array), Some(wasm)) => FuncRefOffsets {
+                            array_call: array.start,
+                            wasm_call: wasm.start,
+                        },
+                        _ => FuncRefOffsets::NONE,
+                    }
+                })
+                .collect()
+        });
+        let offsets = table.get(index.as_u32() as usize)?;
+        if *offsets == FuncRefOffsets::NONE {
+            return None;
+        }
+        Some((
+            usize::try_from(offsets.array_call).unwrap(),
+            usize::try_from(offsets.wasm_call).unwrap(),
+        ))
+    }
+
     pub(crate) fn memory_images(&self) -> Result<Option<&ModuleMemoryImages>> {
         let images = self
             .inner
@@ -1218,6 +1268,20 @@ pub struct ModuleFunction {
     pub offset: usize,
     /// The byte length of this function in the text section.
     pub len: usize,
+}
+
+/// See `Module::func_ref_offsets` (warren's patch).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FuncRefOffsets {
+    array_call: u32,
+    wasm_call: u32,
+}
+
+impl FuncRefOffsets {
+    const NONE: FuncRefOffsets = FuncRefOffsets {
+        array_call: u32::MAX,
+        wasm_call: u32::MAX,
+    };
 }
 
 impl Drop for ModuleInner {

@@ -882,8 +882,13 @@ impl Instance {
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
         let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
         let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
+        // warren's patch: the module's table of code offsets, built once,
+        // instead of two binary searches per funcref.
+        let offsets = self
+            .runtime_module()
+            .and_then(|m| m.func_ref_offsets(def_index));
         // SAFETY: the type/offset/keys here are all valid for the defined
-        // function at `def_index`.
+        // function at `def_index`, and `offsets` are that function's.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
@@ -891,6 +896,7 @@ impl Instance {
                 vmctx_offset,
                 array_to_wasm_key,
                 wasm_key,
+                offsets,
             )
         }
     }
@@ -918,6 +924,7 @@ impl Instance {
                 vmctx_offset,
                 array_to_wasm_key,
                 wasm_key,
+                None,
             )
         }
     }
@@ -930,7 +937,9 @@ impl Instance {
     /// This function requires that `type_index` accurately describes this
     /// function and `vmctx_offset` is indeed the correct offset for the
     /// functions here. Effectively all the arguments here must be "logically
-    /// correct" for the `VMFuncRef` being initialized.
+    /// correct" for the `VMFuncRef` being initialized. `offsets`, when
+    /// given, are the text-section offsets of the two keys' code (warren's
+    /// patch: `Module::func_ref_offsets`).
     unsafe fn initialize_and_return_funcref(
         self: Pin<&mut Self>,
         registry: &ModuleRegistry,
@@ -938,6 +947,7 @@ impl Instance {
         vmctx_offset: u32,
         array_to_wasm_key: FuncKey,
         wasm_key: FuncKey,
+        offsets: Option<(usize, usize)>,
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -967,19 +977,29 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let (array_code, wasm_code) = match offsets {
+            Some((array_offset, wasm_offset)) => {
+                let array = module_with_code.code_at(array_offset);
+                let wasm = module_with_code.code_at(wasm_offset);
+                debug_assert_eq!(
+                    array.as_ptr().cast_const(),
+                    module_with_code.function(array_to_wasm_key).as_ptr()
+                );
+                debug_assert_eq!(
+                    wasm.as_ptr().cast_const(),
+                    module_with_code.function(wasm_key).as_ptr()
+                );
+                (array, wasm)
+            }
+            None => (
+                NonNull::from(module_with_code.function(array_to_wasm_key)).cast::<u8>(),
+                NonNull::from(module_with_code.function(wasm_key)).cast::<u8>(),
+            ),
+        };
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        let array_call = VmPtr::from(array_code.cast());
+
+        let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
