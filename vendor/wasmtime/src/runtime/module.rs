@@ -20,8 +20,8 @@ use std::{fs::File, path::Path};
 use wasmparser::{Parser, ValidPayload, Validator};
 use wasmtime_environ::{
     CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityIndex, FuncKey, HostPtr,
-    ModuleTypes,
-    ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex, WasmChecksum,
+    ModuleTypes, ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex,
+    WasmChecksum,
 };
 mod registry;
 
@@ -1197,9 +1197,10 @@ impl Module {
                 .module()
                 .defined_func_indices()
                 .map(|def| {
-                    let array = compiled
-                        .try_func_loc(FuncKey::ArrayToWasmTrampoline(module_index, def));
-                    let wasm = compiled.try_func_loc(FuncKey::DefinedWasmFunction(module_index, def));
+                    let array =
+                        compiled.try_func_loc(FuncKey::ArrayToWasmTrampoline(module_index, def));
+                    let wasm =
+                        compiled.try_func_loc(FuncKey::DefinedWasmFunction(module_index, def));
                     match (array, wasm) {
                         (Some(array), Some(wasm)) => FuncRefOffsets {
                             array_call: array.start,

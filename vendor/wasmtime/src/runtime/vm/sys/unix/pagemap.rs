@@ -286,10 +286,9 @@ pub unsafe fn reset_with_pagemap(
     // past the 32nd run faults again in the next instance of the slot.)
     const MAX_REGIONS: usize = 32;
     let mut storage = [MaybeUninit::uninit(); MAX_REGIONS];
-    let host_pages = keep_resident.byte_count() / host_page_size;
     let end = ptr.cast_const().wrapping_add(len.byte_count());
     let mut cursor = ptr.cast_const();
-    let mut pages_left = host_pages;
+    let mut pages_left = keep_resident.byte_count() / host_page_size;
     let mut bytes_resident = 0;
 
     while cursor < end && pages_left > 0 {
