@@ -8,7 +8,6 @@ use crate::{code_memory::CodeMemory, type_registry::TypeCollection};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::ops::{Add, Range, Sub};
-use core::ptr::NonNull;
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
@@ -427,13 +426,6 @@ impl<'a> ModuleWithCode<'a> {
     /// Provide the Module wrapped in this tuple.
     pub fn module(&self) -> &'a Module {
         self.module
-    }
-
-    /// The code at `offset` in this module's text section, in this store
-    /// (warren's patch; the offsets come from `Module::func_ref_offsets`).
-    #[inline]
-    pub fn code_at(&self, offset: usize) -> NonNull<u8> {
-        NonNull::from(&self.store_code.text()[offset])
     }
 
     /// Returns the slice in the text section of the function that

@@ -974,76 +974,47 @@ impl Instance {
             .runtime_module()
             .expect("funcref impossible in fake module");
 
-        // warren's patch: without the `debug` feature a store runs the
-        // engine's code in place (`StoreCodeStorage::Shared`), so a
-        // function's code is at its offset in the engine's text section and
-        // the store's registry need not be searched for every funcref.
-        #[cfg(not(feature = "debug"))]
-        if let Some((array_offset, wasm_offset)) = offsets {
-            let text = module.engine_code().text();
-            let array = NonNull::from(&text[array_offset]);
-            let wasm = NonNull::from(&text[wasm_offset]);
-            #[cfg(debug_assertions)]
-            {
-                let in_store =
-                    ModuleWithCode::in_store(registry, module).expect("module not in store");
-                debug_assert_eq!(
-                    array.as_ptr().cast_const(),
-                    in_store.function(array_to_wasm_key).as_ptr()
-                );
-                debug_assert_eq!(
-                    wasm.as_ptr().cast_const(),
-                    in_store.function(wasm_key).as_ptr()
-                );
-            }
-            // SAFETY: as below; the code pointers are the same ones the
-            // store's registry would give.
-            return unsafe { self.write_funcref(vmctx_offset, type_index, array, wasm) };
-        }
-
-        let module_with_code =
-            ModuleWithCode::in_store(registry, module).expect("module not in store");
-
         let (array_code, wasm_code) = match offsets {
+            // warren's patch: the offsets are added to the start of the
+            // code this store runs. Without the `debug` feature that is the
+            // engine's one copy (`StoreCodeStorage::Shared`), so the store's
+            // registry need not be searched for every funcref; with it, a
+            // store may run a private copy, which the registry finds.
             Some((array_offset, wasm_offset)) => {
-                let array = module_with_code.code_at(array_offset);
-                let wasm = module_with_code.code_at(wasm_offset);
-                debug_assert_eq!(
-                    array.as_ptr().cast_const(),
-                    module_with_code.function(array_to_wasm_key).as_ptr()
-                );
-                debug_assert_eq!(
-                    wasm.as_ptr().cast_const(),
-                    module_with_code.function(wasm_key).as_ptr()
-                );
+                #[cfg(not(feature = "debug"))]
+                let text = module.engine_code().text();
+                #[cfg(feature = "debug")]
+                let text = registry
+                    .store_code(module.engine_code())
+                    .expect("module not in store")
+                    .text();
+                let array = NonNull::from(&text[array_offset]);
+                let wasm = NonNull::from(&text[wasm_offset]);
+                #[cfg(debug_assertions)]
+                {
+                    let in_store =
+                        ModuleWithCode::in_store(registry, module).expect("module not in store");
+                    debug_assert_eq!(
+                        array.as_ptr().cast_const(),
+                        in_store.function(array_to_wasm_key).as_ptr()
+                    );
+                    debug_assert_eq!(
+                        wasm.as_ptr().cast_const(),
+                        in_store.function(wasm_key).as_ptr()
+                    );
+                }
                 (array, wasm)
             }
-            None => (
-                NonNull::from(module_with_code.function(array_to_wasm_key)).cast::<u8>(),
-                NonNull::from(module_with_code.function(wasm_key)).cast::<u8>(),
-            ),
+            None => {
+                let module_with_code =
+                    ModuleWithCode::in_store(registry, module).expect("module not in store");
+                (
+                    NonNull::from(module_with_code.function(array_to_wasm_key)).cast::<u8>(),
+                    NonNull::from(module_with_code.function(wasm_key)).cast::<u8>(),
+                )
+            }
         };
 
-        // SAFETY: the caller's contract, passed on.
-        unsafe { self.write_funcref(vmctx_offset, type_index, array_code, wasm_code) }
-    }
-
-    /// Writes a `VMFuncRef` for code at `array_code` and `wasm_code` at
-    /// `vmctx_offset` in this instance's `VMContext` and returns a pointer to
-    /// it (warren's patch: the tail of `initialize_and_return_funcref`).
-    ///
-    /// # Safety
-    ///
-    /// As `initialize_and_return_funcref`: `vmctx_offset` is a funcref's
-    /// offset in this instance's `VMContext`, and the code pointers and
-    /// `type_index` are that function's.
-    unsafe fn write_funcref(
-        self: Pin<&mut Self>,
-        vmctx_offset: u32,
-        type_index: VMSharedTypeIndex,
-        array_code: NonNull<u8>,
-        wasm_code: NonNull<u8>,
-    ) -> Option<NonNull<VMFuncRef>> {
         let array_call = VmPtr::from(array_code.cast());
 
         let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
