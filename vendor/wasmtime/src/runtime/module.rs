@@ -21,7 +21,7 @@ use wasmparser::{Parser, ValidPayload, Validator};
 use wasmtime_environ::{
     CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityIndex, FuncKey, HostPtr,
     ModuleTypes, ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex,
-    WasmChecksum,
+    WasmChecksum, packed_option::ReservedValue,
 };
 mod registry;
 
@@ -152,11 +152,11 @@ struct ModuleInner {
     /// instantiated.
     memory_images: OnceLock<Option<ModuleMemoryImages>>,
 
-    /// The text-section offsets of each defined function's array-to-wasm
-    /// trampoline and wasm body, indexed by `DefinedFuncIndex`, built the
+    /// What a `VMFuncRef` of each defined function needs besides the
+    /// instance's `VMContext`, indexed by `DefinedFuncIndex`, built the
     /// first time an instance of this module makes a `VMFuncRef` (warren's
-    /// patch; see `Module::func_ref_offsets`).
-    func_ref_offsets: OnceLock<Box<[FuncRefOffsets]>>,
+    /// patch; see `Module::func_ref_template`).
+    func_ref_templates: OnceLock<Box<[FuncRefTemplate]>>,
 
     /// Flag indicating whether this module can be serialized or not.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
@@ -560,7 +560,7 @@ impl Module {
                 engine: engine.clone(),
                 code,
                 memory_images: OnceLock::new(),
-                func_ref_offsets: OnceLock::new(),
+                func_ref_templates: OnceLock::new(),
                 module,
                 #[cfg(any(feature = "cranelift", feature = "winch"))]
                 serializable,
@@ -1178,47 +1178,58 @@ impl Module {
         Some(NonNull::new(ptr).unwrap())
     }
 
-    /// Where the code of the defined function `index` is, for a `VMFuncRef`:
-    /// the text-section offsets of its array-to-wasm trampoline and of its
-    /// wasm body. `None` for a function with no trampoline (one that never
-    /// escapes, so no `VMFuncRef` is ever made for it).
+    /// What a `VMFuncRef` of the defined function `index` holds besides
+    /// the instance's `VMContext`: the text-section offsets of its
+    /// array-to-wasm trampoline and of its wasm body, its engine-level type,
+    /// and where in an instance's `VMContext` the `VMFuncRef` goes. `None`
+    /// for a function that never escapes (no `VMFuncRef` is ever made for
+    /// it, and it has no trampoline).
     ///
-    /// (warren's patch.) Wasmtime finds these with two binary searches per
-    /// lookup, and makes a `VMFuncRef` the first time an instance asks for
-    /// one: a dynamically linked component whose code takes the address of
-    /// thousands of functions (`ref.func`) in every new instance spent most
-    /// of its instantiation there. The table is built once per module, on
-    /// the first request, from the same lookups.
-    pub(crate) fn func_ref_offsets(&self, index: DefinedFuncIndex) -> Option<(usize, usize)> {
-        let table = self.inner.func_ref_offsets.get_or_init(|| {
-            let compiled = &self.inner.module;
-            let module_index = compiled.module().module_index;
-            compiled
-                .module()
-                .defined_func_indices()
-                .map(|def| {
-                    let array =
-                        compiled.try_func_loc(FuncKey::ArrayToWasmTrampoline(module_index, def));
-                    let wasm =
-                        compiled.try_func_loc(FuncKey::DefinedWasmFunction(module_index, def));
-                    match (array, wasm) {
-                        (Some(array), Some(wasm)) => FuncRefOffsets {
-                            array_call: array.start,
-                            wasm_call: wasm.start,
-                        },
-                        _ => FuncRefOffsets::NONE,
-                    }
-                })
-                .collect()
-        });
-        let offsets = table.get(index.as_u32() as usize)?;
-        if *offsets == FuncRefOffsets::NONE {
-            return None;
-        }
-        Some((
-            usize::try_from(offsets.array_call).unwrap(),
-            usize::try_from(offsets.wasm_call).unwrap(),
-        ))
+    /// (warren's patch.) Wasmtime finds the code with two binary searches
+    /// per lookup, and makes a `VMFuncRef` the first time an instance asks
+    /// for one: a dynamically linked component whose code takes the address
+    /// of thousands of functions (`ref.func`) in every new instance spent
+    /// most of its instantiation there. The table is built once per module,
+    /// on the first request, from the same lookups, and keeps all four
+    /// values of a function in one 16-byte entry, so that making a
+    /// `VMFuncRef` reads one cache line of the module's metadata.
+    #[inline]
+    pub(crate) fn func_ref_template(&self, index: DefinedFuncIndex) -> Option<FuncRefTemplate> {
+        let table = self
+            .inner
+            .func_ref_templates
+            .get_or_init(|| self.func_ref_templates());
+        let template = *table.get(index.as_u32() as usize)?;
+        (!template.is_none()).then_some(template)
+    }
+
+    /// Builds the table behind [`Module::func_ref_template`].
+    #[cold]
+    fn func_ref_templates(&self) -> Box<[FuncRefTemplate]> {
+        let compiled = &self.inner.module;
+        let module = compiled.module();
+        let module_index = module.module_index;
+        module
+            .defined_func_indices()
+            .map(|def| {
+                let func = &module.functions[module.func_index(def)];
+                if func.func_ref.is_reserved_value() {
+                    return FuncRefTemplate::none();
+                }
+                let array =
+                    compiled.try_func_loc(FuncKey::ArrayToWasmTrampoline(module_index, def));
+                let wasm = compiled.try_func_loc(FuncKey::DefinedWasmFunction(module_index, def));
+                match (array, wasm, func.signature.as_engine_type_index()) {
+                    (Some(array), Some(wasm), Some(type_index)) => FuncRefTemplate {
+                        array_call: array.start,
+                        wasm_call: wasm.start,
+                        type_index,
+                        vmctx_offset: self.inner.offsets.vmctx_func_ref(func.func_ref),
+                    },
+                    _ => FuncRefTemplate::none(),
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn memory_images(&self) -> Result<Option<&ModuleMemoryImages>> {
@@ -1271,18 +1282,32 @@ pub struct ModuleFunction {
     pub len: usize,
 }
 
-/// See `Module::func_ref_offsets` (warren's patch).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FuncRefOffsets {
-    array_call: u32,
-    wasm_call: u32,
+/// See `Module::func_ref_template` (warren's patch).
+#[derive(Clone, Copy)]
+pub(crate) struct FuncRefTemplate {
+    /// Text-section offset of the array-to-wasm trampoline.
+    pub(crate) array_call: u32,
+    /// Text-section offset of the wasm body.
+    pub(crate) wasm_call: u32,
+    pub(crate) type_index: VMSharedTypeIndex,
+    /// Offset of the `VMFuncRef` in an instance's `VMContext`.
+    pub(crate) vmctx_offset: u32,
 }
 
-impl FuncRefOffsets {
-    const NONE: FuncRefOffsets = FuncRefOffsets {
-        array_call: u32::MAX,
-        wasm_call: u32::MAX,
-    };
+impl FuncRefTemplate {
+    /// The entry of a function that never escapes.
+    fn none() -> FuncRefTemplate {
+        FuncRefTemplate {
+            array_call: u32::MAX,
+            wasm_call: u32::MAX,
+            type_index: VMSharedTypeIndex::reserved_value(),
+            vmctx_offset: u32::MAX,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.array_call == u32::MAX
+    }
 }
 
 impl Drop for ModuleInner {

@@ -876,17 +876,33 @@ impl Instance {
         def_index: DefinedFuncIndex,
     ) -> Option<NonNull<VMFuncRef>> {
         let module = self.env_module();
-        let index = module.func_index(def_index);
-        let func = &module.functions[index];
-        let type_index = func.signature.unwrap_engine_type_index();
-        let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
         let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
         let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // warren's patch: the module's table of code offsets, built once,
-        // instead of two binary searches per funcref.
-        let offsets = self
+        // warren's patch: the type, the place in the `VMContext` and both
+        // code offsets from one entry of the module's table, built once,
+        // instead of the module's function metadata and two binary searches
+        // per funcref.
+        let template = self
             .runtime_module()
-            .and_then(|m| m.func_ref_offsets(def_index));
+            .and_then(|m| m.func_ref_template(def_index));
+        let (type_index, vmctx_offset, offsets) = match template {
+            Some(t) => {
+                #[cfg(debug_assertions)]
+                {
+                    let func = &module.functions[module.func_index(def_index)];
+                    debug_assert_eq!(t.type_index, func.signature.unwrap_engine_type_index());
+                    debug_assert_eq!(t.vmctx_offset, self.offsets().vmctx_func_ref(func.func_ref));
+                }
+                let offsets = (t.array_call as usize, t.wasm_call as usize);
+                (t.type_index, t.vmctx_offset, Some(offsets))
+            }
+            None => {
+                let func = &module.functions[module.func_index(def_index)];
+                let type_index = func.signature.unwrap_engine_type_index();
+                let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+                (type_index, vmctx_offset, None)
+            }
+        };
         // SAFETY: the type/offset/keys here are all valid for the defined
         // function at `def_index`, and `offsets` are that function's.
         unsafe {
@@ -939,7 +955,7 @@ impl Instance {
     /// functions here. Effectively all the arguments here must be "logically
     /// correct" for the `VMFuncRef` being initialized. `offsets`, when
     /// given, are the text-section offsets of the two keys' code (warren's
-    /// patch: `Module::func_ref_offsets`).
+    /// patch: `Module::func_ref_template`).
     unsafe fn initialize_and_return_funcref(
         self: Pin<&mut Self>,
         registry: &ModuleRegistry,
