@@ -885,21 +885,19 @@ impl Instance {
         let template = self
             .runtime_module()
             .and_then(|m| m.func_ref_template(def_index));
+        let from_metadata = || {
+            let func = &module.functions[module.func_index(def_index)];
+            let type_index = func.signature.unwrap_engine_type_index();
+            (type_index, self.offsets().vmctx_func_ref(func.func_ref))
+        };
         let (type_index, vmctx_offset, offsets) = match template {
             Some(t) => {
-                #[cfg(debug_assertions)]
-                {
-                    let func = &module.functions[module.func_index(def_index)];
-                    debug_assert_eq!(t.type_index, func.signature.unwrap_engine_type_index());
-                    debug_assert_eq!(t.vmctx_offset, self.offsets().vmctx_func_ref(func.func_ref));
-                }
+                debug_assert_eq!((t.type_index, t.vmctx_offset), from_metadata());
                 let offsets = (t.array_call as usize, t.wasm_call as usize);
                 (t.type_index, t.vmctx_offset, Some(offsets))
             }
             None => {
-                let func = &module.functions[module.func_index(def_index)];
-                let type_index = func.signature.unwrap_engine_type_index();
-                let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+                let (type_index, vmctx_offset) = from_metadata();
                 (type_index, vmctx_offset, None)
             }
         };
