@@ -481,14 +481,16 @@ async fn measure(
     let cpu_us = consumer.of * 1e6 / n as f64;
     let broker_cpu_us =
         (!broker.is_empty()).then(|| machine::usage(&before, &after, &broker).of * 1e6 / n as f64);
+    let redis_cpu_us = redis.map(|r| machine::usage(&before, &after, &[r]).of * 1e6 / n as f64);
     let known = machine::usage(&before, &after, &watched).of;
     let others_busy = (consumer.machine - known).max(0.0) / consumer.capacity.max(1e-9);
     let drain_rate = n as f64 / took.as_secs_f64();
     progress::say(format_args!(
         "    drained in {:.2} s: {drain_rate:.0} msg/s, {cpu_us:.1} µs consumer CPU per message, \
-         broker {}, other programs {:.0}% of the machine",
+         broker {}, Redis {}, other programs {:.0}% of the machine",
         took.as_secs_f64(),
         broker_cpu_us.map_or("unknown".into(), |b| format!("{b:.1} µs")),
+        redis_cpu_us.map_or("unknown".into(), |b| format!("{b:.1} µs")),
         others_busy * 100.0,
     ));
 
@@ -502,6 +504,7 @@ async fn measure(
             latency_rate: f64::NAN,
             achieved_rate: f64::NAN,
             broker_cpu_us,
+            redis_cpu_us,
             others_busy,
             samples: 0,
             published: 0,
@@ -556,6 +559,7 @@ async fn measure(
         latency_rate: rate,
         achieved_rate: achieved,
         broker_cpu_us,
+        redis_cpu_us,
         others_busy,
         samples: samples.len(),
         published: count,

@@ -19,6 +19,9 @@ pub struct Measured {
     /// The broker's CPU time per message drained, in microseconds (if its
     /// process was found).
     pub broker_cpu_us: Option<f64>,
+    /// Redis's CPU time per message drained, in microseconds (if its
+    /// process was found): what dedup costs the server.
+    pub redis_cpu_us: Option<f64>,
     /// Share of the machine's CPU used by other programs (not the consumer,
     /// the broker, Redis or the bench) while the line drained.
     pub others_busy: f64,
@@ -85,8 +88,8 @@ fn ratio(x: f64, base: Option<f64>) -> String {
 pub fn table(rows: &[Row]) -> String {
     let base = find(rows, "2");
     let mut t = String::new();
-    t += "| # | consumer | drain (msg/s) | vs 2 | CPU/msg (µs) | vs 2 | broker CPU/msg (µs) | p50 (ms) | vs 2 | p99 (ms) | vs 2 | latency at (msg/s) | RSS idle (MiB) | RSS draining (MiB) | full queue in broker memory (MiB) | notes |\n";
-    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    t += "| # | consumer | drain (msg/s) | vs 2 | CPU/msg (µs) | vs 2 | broker CPU/msg (µs) | Redis CPU/msg (µs) | p50 (ms) | vs 2 | p99 (ms) | vs 2 | latency at (msg/s) | RSS idle (MiB) | RSS draining (MiB) | full queue in broker memory (MiB) | notes |\n";
+    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for r in rows {
         match &r.result {
             Ok(m) => {
@@ -111,7 +114,7 @@ pub fn table(rows: &[Row]) -> String {
                 }
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.id,
                     r.what,
                     m.drain_rate,
@@ -119,6 +122,7 @@ pub fn table(rows: &[Row]) -> String {
                     m.cpu_us,
                     ratio(m.cpu_us, base.map(|b| b.cpu_us)),
                     m.broker_cpu_us.map_or("-".into(), |b| format!("{b:.1}")),
+                    m.redis_cpu_us.map_or("-".into(), |b| format!("{b:.1}")),
                     fig(m.p50_ms, 2),
                     ratio(m.p50_ms, base.map(|b| b.p50_ms)),
                     fig(m.p99_ms, 2),
@@ -133,7 +137,7 @@ pub fn table(rows: &[Row]) -> String {
             Err(why) => {
                 let _ = writeln!(
                     t,
-                    "| {} | {} | | | | | | | | | | | | | | {} |",
+                    "| {} | {} | | | | | | | | | | | | | | | {} |",
                     r.id,
                     r.what,
                     why.replace('\n', " ").replace('|', "/")
@@ -405,6 +409,7 @@ mod tests {
             latency_rate: drain_rate / 2.0,
             achieved_rate: drain_rate / 2.0,
             broker_cpu_us: Some(5.0),
+            redis_cpu_us: None,
             others_busy: 0.0,
             samples: 10,
             published: 10,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use warren_tests::fixture::Fixture;
 use warren_tests::process::Warren;
+use warren_tests::redis_server::RedisServer;
 
 /// Batches of `handler` seen so far, and how many of them held one message.
 fn batches(w: &Warren, handler: &str) -> (f64, f64) {
@@ -132,4 +133,62 @@ async fn max_batch_1_handles_every_message_alone() {
     assert_eq!(bodies.len(), 50);
     assert_eq!(f.w().outcome("ack"), 50);
     assert_eq!(batches(f.w(), "alone"), (50.0, 50.0));
+}
+
+/// Script calls Redis has run since it started (`INFO commandstats`).
+async fn evalsha_calls(url: &str) -> u64 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("info commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_claims_and_completes_its_keys_in_one_script_call_each() {
+    // A Redis of the test's own, so that its command counts are this
+    // test's alone.
+    let redis = RedisServer::start();
+    let mut f = Fixture::new("batch-redis")
+        .handler("scripted")
+        .redis(&redis.url(), "pause")
+        .extra("consumers = 32\nmax_batch = 32\nprefetch = 64\n")
+        .prepare()
+        .await;
+    const N: usize = 96;
+    f.rabbit
+        .publish_many(
+            &f.queue,
+            (0..N).map(|i| (Some(format!("m-{i}")), format!("m-{i}").into_bytes())),
+        )
+        .await;
+    f.launch();
+    let mut got = f.rabbit.collect(&f.out, N, Duration::from_secs(60)).await;
+    f.settle(N as u64, Duration::from_secs(30)).await;
+    got.extend(f.rabbit.drain(&f.out).await);
+    assert_eq!(got.len(), N, "an output twice or missing");
+
+    let (all, single) = batches(f.w(), "scripted");
+    assert!(
+        single < all && all < N as f64,
+        "no batch held more than one message ({all} batches, {single} of one)"
+    );
+    // One claim and one done-marker call per batch, whatever its size:
+    // not one per message.
+    let calls = evalsha_calls(&redis.url()).await;
+    assert_eq!(
+        calls,
+        2 * all as u64,
+        "{calls} script calls for {all} batches of {N} messages (redis log: {})",
+        redis.log()
+    );
 }

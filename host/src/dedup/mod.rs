@@ -438,9 +438,12 @@ fn one<T>(results: Vec<Result<T, DedupError>>) -> Result<T, DedupError> {
         .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
 }
 
+/// What a namespaced key's fencing counter adds to its name.
+const FENCE_SUFFIX: &str = ":fence";
+
 /// The name of the fencing counter that belongs to a namespaced key.
 fn fence_key(key: &str) -> String {
-    format!("{key}:fence")
+    [key, FENCE_SUFFIX].concat()
 }
 
 /// A new owner token: a uuid v4, which can never equal [`DONE`]. Its

@@ -1,8 +1,11 @@
 //! The Redis dedup store: one connection (`conn`: to one server, to the
 //! master Sentinel names, or to a Cluster) shared by every caller in the
-//! process, and the four protocol steps as Lua scripts called by SHA. Every step takes a
-//! batch: one EVALSHA per key, sent as one pipeline, so the per-message cost
-//! is the script's work in Redis, not a round trip.
+//! process, and the four protocol steps as Lua scripts called by SHA. Every
+//! step takes a batch, and its script loops over the batch's keys: one
+//! EVALSHA per batch (per hash tag in a Cluster), so the per-message cost
+//! is the script's work in Redis, not a round trip or a script call. A key
+//! whose value has another type fails alone (the scripts call Redis with
+//! `pcall` where that can happen and answer that key with the error).
 //!
 //! `commit.rs` holds the key-value commit (`kv_commit.lua`).
 //!
@@ -20,7 +23,7 @@ use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, V
 use super::conn::{Conn, mask_credentials, reply, resp3_client};
 use super::kv;
 use super::read_cache::{CacheStats, ReadCache};
-use super::{Claim, DONE, DedupError, Lease, fence_key, new_owner, ttl_millis};
+use super::{Claim, DONE, DedupError, FENCE_SUFFIX, Lease, fence_key, new_owner, ttl_millis};
 use crate::config::{RedisServers, TlsPem};
 
 mod commit;
@@ -178,28 +181,18 @@ impl RedisStore {
         let lease_ms = ttl_millis(lease);
         let window_ms = ttl_millis(window);
         let owners: Vec<String> = keys.iter().map(|_| new_owner()).collect();
-        let replicated = self.conn.replicated();
-        let calls = keys
-            .iter()
-            .zip(&owners)
-            .map(|(key, owner)| {
-                let mut cmd = evalsha(&self.shared.claim, &[key, &fence_key(key)], (5, 64));
-                cmd.arg(owner)
-                    .arg(lease_ms)
-                    .arg(window_ms)
-                    .arg(DONE)
-                    .arg(if replicated { "1" } else { "0" });
-                cmd
-            })
-            .collect();
+        let replicated = if self.conn.replicated() { "1" } else { "0" };
         let replies = self
-            .eval_many::<(i64, i64)>("claim", &self.shared.claim, calls, keys, None)
+            .eval_batch("claim", &self.shared.claim, keys, &owners, true, |cmd| {
+                cmd.arg(lease_ms).arg(window_ms).arg(DONE).arg(replicated);
+            })
             .await;
         replies
             .into_iter()
             .zip(keys.iter().zip(owners))
             .map(|(reply, (key, owner))| {
-                let (outcome, value) = reply?;
+                let (outcome, value) = ::redis::from_owned_redis_value::<(i64, i64)>(reply?)
+                    .map_err(|e| self.error("claim", key, &e))?;
                 claim_outcome(key, owner, outcome, value, lease_ms)
             })
             .collect()
@@ -237,9 +230,9 @@ impl RedisStore {
             .await
     }
 
-    /// Runs `script` once per lease, whose keys are the lease's key (and its
-    /// fencing counter when `with_fence`) and whose arguments are the owner
-    /// token followed by what `args` adds.
+    /// Runs `script` over the leases' keys (and their fencing counters when
+    /// `with_fence`) with the owner tokens after the arguments `args` adds:
+    /// one flag per lease.
     async fn owned_many(
         &self,
         op: &'static str,
@@ -248,21 +241,121 @@ impl RedisStore {
         with_fence: bool,
         args: impl Fn(&mut Cmd),
     ) -> Vec<Result<bool, DedupError>> {
-        let calls = leases
-            .iter()
-            .map(|l| {
-                let mut cmd = if with_fence {
-                    evalsha(script, &[&l.key, &fence_key(&l.key)], (4, 64))
-                } else {
-                    evalsha(script, &[&l.key], (4, 64))
-                };
-                cmd.arg(&l.owner);
-                args(&mut cmd);
-                cmd
-            })
-            .collect();
         let keys: Vec<&str> = leases.iter().map(|l| l.key.as_str()).collect();
-        self.eval_many(op, script, calls, &keys, None).await
+        let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
+        self.eval_batch(op, script, &keys, &owners, with_fence, args)
+            .await
+            .into_iter()
+            .zip(&keys)
+            .map(|(reply, key)| {
+                ::redis::from_owned_redis_value::<bool>(reply?).map_err(|e| self.error(op, key, &e))
+            })
+            .collect()
+    }
+
+    /// Runs one of the batch scripts (`claim.lua`, `renew.lua`,
+    /// `complete.lua`, `release.lua`) over `keys`: the script's keys are
+    /// each key (followed by its fencing counter when `with_fence`), its
+    /// arguments what `args` adds followed by the owner token of each key.
+    /// Returns each key's own reply, in order; an error reply the script
+    /// gave one key (a value of another type) is that key's error alone.
+    ///
+    /// One call carries the whole batch, so Redis runs one script per batch
+    /// instead of one per key. In a Cluster a script's keys must share a
+    /// slot: the batch is split by hash tag (a handler's keys share its
+    /// namespace's tag, `Store::key_in`), and the calls go out together.
+    async fn eval_batch<O: AsRef<str>>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: &[&str],
+        owners: &[O],
+        with_fence: bool,
+        args: impl Fn(&mut Cmd),
+    ) -> Vec<Result<Value, DedupError>> {
+        let groups = batch_calls(keys, self.conn.cluster());
+        let mut calls = Vec::with_capacity(groups.len());
+        let mut labels = Vec::with_capacity(groups.len());
+        let mut fence = String::new();
+        for group in &groups {
+            let per_key = if with_fence { 2 } else { 1 };
+            // "EVALSHA", the SHA, the key count and what `args` adds (at
+            // most four numbers and the done marker), then per key its
+            // name, its counter's and its owner: one allocation per buffer.
+            let bytes = 100
+                + group
+                    .iter()
+                    .map(|&i| per_key * keys[i].len() + 6 + owners[i].as_ref().len())
+                    .sum::<usize>();
+            let mut cmd = Cmd::with_capacity(3 + 4 + group.len() * (per_key + 1), bytes);
+            cmd.arg("EVALSHA")
+                .arg(script.get_hash())
+                .arg(group.len() * per_key);
+            for &i in group {
+                cmd.arg(keys[i]);
+                if with_fence {
+                    fence.clear();
+                    fence.push_str(keys[i]);
+                    fence.push_str(FENCE_SUFFIX);
+                    cmd.arg(fence.as_str());
+                }
+            }
+            args(&mut cmd);
+            for &i in group {
+                cmd.arg(owners[i].as_ref());
+            }
+            calls.push(cmd);
+            labels.push(match group.len() {
+                1 => keys[group[0]].to_owned(),
+                n => format!("{} and {} more", keys[group[0]], n - 1),
+            });
+        }
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let replies = self
+            .eval_many::<Vec<Value>>(op, script, calls, &labels, None)
+            .await;
+        let mut out: Vec<Option<Result<Value, DedupError>>> = keys.iter().map(|_| None).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(values) if values.len() == group.len() => {
+                    for (&i, value) in group.iter().zip(values) {
+                        out[i] = Some(match value {
+                            Value::ServerError(err) => Err(self.error(op, keys[i], &err.into())),
+                            value => Ok(value),
+                        });
+                    }
+                }
+                Ok(values) => {
+                    for &i in group {
+                        out[i] = Some(Err(DedupError::Unavailable(format!(
+                            "{op} of key {} on {}: the script answered {} replies for {} keys",
+                            keys[i],
+                            self.shared.server,
+                            values.len(),
+                            group.len()
+                        ))));
+                    }
+                }
+                Err(err) => {
+                    // The whole call failed (the connection, the deadline):
+                    // every key of it, each under its own name.
+                    let why = match &err {
+                        DedupError::Unavailable(why) => why.clone(),
+                        other => other.to_string(),
+                    };
+                    for &i in group {
+                        out[i] = Some(Err(DedupError::Unavailable(why.clone())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(DedupError::Unavailable("the store answered nothing".into()))
+                })
+            })
+            .collect()
     }
 
     /// Sends `calls` (EVALSHAs of `script`, one per key of `keys`) as one
@@ -444,6 +537,54 @@ async fn send_on(
     Ok(replies.into_iter().map(reply).collect())
 }
 
+/// How many keys one batch script call takes at most: a script blocks
+/// Redis while it runs, so a very large batch goes as several calls (about
+/// 5 µs of the server's time per key).
+const KEYS_PER_CALL: usize = 128;
+
+/// The calls a batch of `keys` goes as: the indices of the keys of each
+/// call, in order. One call per [`KEYS_PER_CALL`] keys; in a Cluster
+/// (`cluster`) only keys with the same hash tag share a call, as a
+/// script's keys must share a slot.
+fn batch_calls(keys: &[&str], cluster: bool) -> Vec<Vec<usize>> {
+    if !cluster {
+        return (0..keys.len())
+            .step_by(KEYS_PER_CALL)
+            .map(|first| (first..keys.len().min(first + KEYS_PER_CALL)).collect())
+            .collect();
+    }
+    let mut calls: Vec<Vec<usize>> = Vec::new();
+    let mut tags: Vec<(&str, usize)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let tag = hash_tag(key);
+        match tags
+            .iter()
+            .rev()
+            .find(|(t, c)| *t == tag && calls[*c].len() < KEYS_PER_CALL)
+        {
+            Some(&(_, c)) => calls[c].push(i),
+            None => {
+                tags.push((tag, calls.len()));
+                calls.push(vec![i]);
+            }
+        }
+    }
+    calls
+}
+
+/// The part of `key` Redis Cluster hashes for its slot: what is between
+/// the first `{` and the first `}` after it when that is not empty, the
+/// whole key otherwise.
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
 /// An EVALSHA of `script` on `keys`, to which the caller adds the arguments.
 /// `more` is how many arguments and bytes of them the caller will add:
 /// with them counted the command is built in one allocation of each of
@@ -505,7 +646,7 @@ mod tests {
     use ::redis::IntoConnectionInfo;
 
     use super::super::conn::server_name;
-    use super::mask_credentials;
+    use super::{KEYS_PER_CALL, batch_calls, hash_tag, mask_credentials};
 
     #[test]
     fn server_name_is_canonical_and_has_no_credentials() {
@@ -519,6 +660,57 @@ mod tests {
             name("redis+unix:///run/redis.sock?db=2"),
             "redis+unix:///run/redis.sock?db=2"
         );
+    }
+
+    #[test]
+    fn a_batch_is_one_call_per_hash_tag_in_a_cluster_and_one_per_128_keys() {
+        let keys: Vec<String> = (0..300).map(|i| format!("w:orders:m-{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let calls = batch_calls(&refs, false);
+        assert_eq!(
+            calls.iter().map(Vec::len).collect::<Vec<_>>(),
+            [KEYS_PER_CALL, KEYS_PER_CALL, 300 - 2 * KEYS_PER_CALL]
+        );
+        assert_eq!(
+            calls.concat(),
+            (0..300).collect::<Vec<_>>(),
+            "every key once, in order"
+        );
+        assert!(batch_calls(&[], false).is_empty());
+        assert!(batch_calls(&[], true).is_empty());
+
+        let tagged = [
+            "w:{orders}:orders:a",
+            "w:{refunds}:refunds:a",
+            "w:{orders}:orders:b",
+            "w:{}:x",
+            "w:{}:x",
+            "w:{orders}:orders:c",
+        ];
+        assert_eq!(
+            batch_calls(&tagged, true),
+            [vec![0, 2, 5], vec![1], vec![3, 4]],
+            "keys share a call only with their own tag; an empty tag hashes the whole key"
+        );
+        let many: Vec<String> = (0..200)
+            .map(|i| format!("w:{{orders}}:orders:m-{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let calls = batch_calls(&many, true);
+        assert_eq!(
+            calls.iter().map(Vec::len).collect::<Vec<_>>(),
+            [KEYS_PER_CALL, 72]
+        );
+    }
+
+    #[test]
+    fn hash_tag_follows_the_cluster_rule() {
+        assert_eq!(hash_tag("w:{orders}:orders:m-1"), "orders");
+        assert_eq!(hash_tag("{a}{b}"), "a");
+        assert_eq!(hash_tag("w:{}:x"), "w:{}:x");
+        assert_eq!(hash_tag("w:{open"), "w:{open");
+        assert_eq!(hash_tag("w:}{x}"), "x");
+        assert_eq!(hash_tag("plain"), "plain");
     }
 
     #[test]
