@@ -409,7 +409,7 @@ mod tests {
             latency_rate: drain_rate / 2.0,
             achieved_rate: drain_rate / 2.0,
             broker_cpu_us: Some(5.0),
-            redis_cpu_us: None,
+            redis_cpu_us: Some(2.5),
             others_busy: 0.0,
             samples: 10,
             published: 10,
@@ -440,12 +440,12 @@ mod tests {
         ];
         let t = table(&rows);
         assert!(
-            t.contains("| 5 | line 5 | 25000 | 0.62x | 20.0 | 2.00x | 5.0 | 1.00 | 1.00x |"),
+            t.contains("| 5 | line 5 | 25000 | 0.62x | 20.0 | 2.00x | 5.0 | 2.5 | 1.00 | 1.00x |"),
             "{t}"
         );
         assert!(t.contains("| 3 | line 3 | 1000 | 0.025x |"), "{t}");
         assert!(
-            t.contains("| 7a | line 7a | | | | | | | | | | | | | | skipped: no module |"),
+            t.contains("| 7a | line 7a | | | | | | | | | | | | | | | skipped: no module |"),
             "{t}"
         );
         let busy = Measured {
@@ -463,7 +463,7 @@ mod tests {
         let t = table(&[row("2", Ok(m(2000.0, 5.0))), row("5n", Ok(no_output))]);
         assert!(
             t.contains(
-                "| 5n | line 5n | 1000 | 0.50x | 10.0 | 2.00x | 5.0 | - | - | - | - | - | 10 | 20 | 1.5 |  |"
+                "| 5n | line 5n | 1000 | 0.50x | 10.0 | 2.00x | 5.0 | 2.5 | - | - | - | - | - | 10 | 20 | 1.5 |  |"
             ),
             "{t}"
         );
