@@ -277,8 +277,8 @@ impl RedisStore {
         let mut calls = Vec::with_capacity(groups.len());
         let mut labels = Vec::with_capacity(groups.len());
         let mut fence = String::new();
+        let per_key = if with_fence { 2 } else { 1 };
         for group in &groups {
-            let per_key = if with_fence { 2 } else { 1 };
             // "EVALSHA", the SHA, the key count and what `args` adds (at
             // most four numbers and the done marker), then per key its
             // name, its counter's and its owner: one allocation per buffer.
@@ -338,7 +338,8 @@ impl RedisStore {
                 }
                 Err(err) => {
                     // The whole call failed (the connection, the deadline):
-                    // every key of it, each under its own name.
+                    // every key of it, with the call's error, which names
+                    // its first key and how many more it carried.
                     let why = match &err {
                         DedupError::Unavailable(why) => why.clone(),
                         other => other.to_string(),
@@ -358,8 +359,9 @@ impl RedisStore {
             .collect()
     }
 
-    /// Sends `calls` (EVALSHAs of `script`, one per key of `keys`) as one
-    /// pipeline and reads one reply per call, all within [`CALL_DEADLINE`].
+    /// Sends `calls` (EVALSHAs of `script`, one per entry of `keys`, which
+    /// names what the call is about in its errors) as one pipeline and
+    /// reads one reply per call, all within [`CALL_DEADLINE`].
     ///
     /// A call that finds the script missing (NOSCRIPT: Redis restarted or
     /// its script cache was flushed) did nothing, so the script is loaded
