@@ -21,8 +21,6 @@ use crate::warren::{Spec, Tuning, Warren};
 
 /// A drain with no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
-/// How often the bench asks warren for its ack counter while it drains.
-const POLL: Duration = Duration::from_millis(10);
 
 /// Settings for every line of one run.
 #[derive(Debug, Clone)]
@@ -711,6 +709,7 @@ impl Subject {
         let started = Instant::now();
         let mut shown = Every::new(Duration::from_secs(1));
         let mut stall = Stall::default();
+        let mut wait = crate::warren::POLL;
         match self {
             Subject::Own(c) => {
                 let drained =
@@ -729,7 +728,7 @@ impl Subject {
                 }
             }
             Subject::Warren(ws) => loop {
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(wait).await;
                 let (mut acked, mut other) = (0, 0);
                 for w in ws.iter_mut() {
                     let o = w.outcomes().await?;
@@ -738,8 +737,9 @@ impl Subject {
                 if acked >= n {
                     return Ok(());
                 }
+                let rate = acked as f64 / started.elapsed().as_secs_f64();
+                wait = crate::warren::next_poll(n - acked, rate);
                 if shown.due() {
-                    let rate = acked as f64 / started.elapsed().as_secs_f64();
                     let note = if other > 0 {
                         format!(", {other} NOT acked (retried, dead-lettered or duplicates)")
                     } else {

@@ -99,6 +99,13 @@ struct ComponentInner {
 
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
+
+    /// Where each trampoline's two entry points start in the text section
+    /// (wasm-call, array-call), by `TrampolineIndex`, looked up once here
+    /// rather than in `index` on every instantiation. (warren's patch:
+    /// upstream searches the function table twice per trampoline per
+    /// instance, about an eighth of a fresh instance's instantiation.)
+    trampoline_offsets: PrimaryMap<TrampolineIndex, (u32, u32)>,
 }
 
 impl fmt::Debug for Component {
@@ -471,6 +478,22 @@ impl Component {
             [ValType::I32],
         ));
 
+        // warren's patch: see `ComponentInner::trampoline_offsets`.
+        let trampoline_offsets = info
+            .component
+            .trampolines
+            .keys()
+            .map(|idx| {
+                let start = |abi| {
+                    index
+                        .func_loc(FuncKey::ComponentTrampoline(abi, idx))
+                        .expect("every trampoline is compiled for both ABIs")
+                        .start
+                };
+                (start(Abi::Wasm), start(Abi::Array))
+            })
+            .collect();
+
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 id: CompiledModuleId::new(),
@@ -482,6 +505,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
+                trampoline_offsets,
             }),
         })
     }
@@ -518,14 +542,24 @@ impl Component {
     }
 
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        let wasm_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
-            .unwrap()
-            .cast();
-        let array_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
-            .unwrap()
-            .cast();
+        // warren's patch: the offsets were found once, when the component
+        // was loaded (`ComponentInner::trampoline_offsets`); in debug builds
+        // they are checked against a fresh lookup.
+        let (wasm, array) = self.inner.trampoline_offsets[index];
+        let text = self.engine_code().text();
+        let at = |offset: u32| NonNull::from(&text[offset as usize..]).cast::<u8>();
+        let wasm_call = at(wasm).cast();
+        let array_call = at(array).cast();
+        debug_assert_eq!(
+            Some(wasm_call),
+            self.store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
+                .map(NonNull::cast)
+        );
+        debug_assert_eq!(
+            Some(array_call),
+            self.store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
+                .map(NonNull::cast)
+        );
         AllCallFuncPointers {
             wasm_call,
             array_call,
