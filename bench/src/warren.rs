@@ -195,7 +195,9 @@ pub fn next_poll(left: u64, rate: f64) -> Duration {
     if rate.is_nan() || rate <= 0.0 {
         return POLL;
     }
-    Duration::from_secs_f64(left as f64 / rate / 2.0).clamp(POLL, POLL_FAR)
+    // Capped before it becomes a Duration, which a huge figure would overflow.
+    let secs = (left as f64 / rate / 2.0).min(POLL_FAR.as_secs_f64());
+    Duration::from_secs_f64(secs).max(POLL)
 }
 
 /// `warren_messages_total` of one handler.
@@ -353,5 +355,7 @@ mod tests {
         // No rate yet (nothing acked): as often as near the end.
         assert_eq!(next_poll(30_000, 0.0), POLL);
         assert_eq!(next_poll(30_000, f64::NAN), POLL);
+        // A crawl: capped, not an overflow.
+        assert_eq!(next_poll(u64::MAX, f64::MIN_POSITIVE), POLL_FAR);
     }
 }
