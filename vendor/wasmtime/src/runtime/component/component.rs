@@ -100,12 +100,12 @@ struct ComponentInner {
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
 
-    /// Where each trampoline's two entry points start in the text section
+    /// Where each trampoline's two entry points are in the text section
     /// (wasm-call, array-call), by `TrampolineIndex`, looked up once here
     /// rather than in `index` on every instantiation. (warren's patch:
     /// upstream searches the function table twice per trampoline per
     /// instance, about an eighth of a fresh instance's instantiation.)
-    trampoline_offsets: PrimaryMap<TrampolineIndex, (u32, u32)>,
+    trampoline_locs: PrimaryMap<TrampolineIndex, (FunctionLoc, FunctionLoc)>,
 }
 
 impl fmt::Debug for Component {
@@ -478,19 +478,18 @@ impl Component {
             [ValType::I32],
         ));
 
-        // warren's patch: see `ComponentInner::trampoline_offsets`.
-        let trampoline_offsets = info
+        // warren's patch: see `ComponentInner::trampoline_locs`.
+        let trampoline_locs = info
             .component
             .trampolines
             .keys()
             .map(|idx| {
-                let start = |abi| {
-                    index
+                let loc = |abi| {
+                    *index
                         .func_loc(FuncKey::ComponentTrampoline(abi, idx))
                         .expect("every trampoline is compiled for both ABIs")
-                        .start
                 };
-                (start(Abi::Wasm), start(Abi::Array))
+                (loc(Abi::Wasm), loc(Abi::Array))
             })
             .collect();
 
@@ -505,7 +504,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
-                trampoline_offsets,
+                trampoline_locs,
             }),
         })
     }
@@ -542,14 +541,12 @@ impl Component {
     }
 
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        // warren's patch: the offsets were found once, when the component
-        // was loaded (`ComponentInner::trampoline_offsets`); in debug builds
+        // warren's patch: the locations were found once, when the component
+        // was loaded (`ComponentInner::trampoline_locs`); in debug builds
         // they are checked against a fresh lookup.
-        let (wasm, array) = self.inner.trampoline_offsets[index];
-        let text = self.engine_code().text();
-        let at = |offset: u32| NonNull::from(&text[offset as usize..]).cast::<u8>();
-        let wasm_call = at(wasm).cast();
-        let array_call = at(array).cast();
+        let (wasm, array) = &self.inner.trampoline_locs[index];
+        let wasm_call = self.func_loc_to_pointer(wasm).cast();
+        let array_call = self.func_loc_to_pointer(array).cast();
         debug_assert_eq!(
             Some(wasm_call),
             self.store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
