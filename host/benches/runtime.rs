@@ -9,7 +9,9 @@
 //! or paths to .wasm files;
 //! `WARREN_BENCH_ITERS` sets the number of messages (default 20000);
 //! `WARREN_BENCH_CACHE=DIR` caches the compiled modules there, so a rerun
-//! skips the minute Cranelift takes over each interpreted guest.
+//! skips the minute Cranelift takes over each interpreted guest;
+//! `WARREN_BENCH_MODES=per-message,instantiate,reuse` runs only the modes it
+//! names (a profile of one mode, say).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +54,22 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let modes: Vec<&str> = match std::env::var("WARREN_BENCH_MODES") {
+        Ok(names) => {
+            let all = ["per-message", "instantiate", "reuse"];
+            let picked: Vec<&str> = all
+                .into_iter()
+                .filter(|m| names.split(',').any(|n| n.trim() == *m))
+                .collect();
+            if let Some(bad) = names.split(',').map(str::trim).find(|n| !all.contains(n)) {
+                anyhow::bail!(
+                    "WARREN_BENCH_MODES: no mode {bad:?} (the modes: per-message, instantiate, reuse)"
+                );
+            }
+            picked
+        }
+        Err(_) => vec!["per-message", "instantiate", "reuse"],
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guests/build");
 
     // Guests run as futures: a one-thread runtime drives them.
@@ -99,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         let module = rt.compile(&bytes)?;
         let permit = rt.try_acquire().expect("a free permit");
         let warm = WarmInstances::default();
-        for mode in ["per-message", "instantiate", "reuse"] {
+        for &mode in &modes {
             // Every message is one future awaited on this thread, as a
             // batch's task awaits its guests on a worker: the time includes
             // the fiber switch in and out and the deadline's timer, and no
