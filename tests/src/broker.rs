@@ -20,6 +20,9 @@ pub struct Got {
     pub body: Vec<u8>,
     pub message_id: Option<String>,
     pub headers: BTreeMap<String, AMQPValue>,
+    /// The broker's redelivered flag: this reader (or another) had this
+    /// very message before and did not ack it.
+    pub redelivered: bool,
 }
 
 impl Got {
@@ -39,6 +42,7 @@ impl Got {
                         .collect()
                 })
                 .unwrap_or_default(),
+            redelivered: d.redelivered,
         }
     }
 
