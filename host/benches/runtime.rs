@@ -54,21 +54,20 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    const MODES: [&str; 3] = ["per-message", "instantiate", "reuse"];
     let modes: Vec<&str> = match std::env::var("WARREN_BENCH_MODES") {
         Ok(names) => {
-            let all = ["per-message", "instantiate", "reuse"];
-            let picked: Vec<&str> = all
-                .into_iter()
-                .filter(|m| names.split(',').any(|n| n.trim() == *m))
-                .collect();
-            if let Some(bad) = names.split(',').map(str::trim).find(|n| !all.contains(n)) {
+            let names: Vec<&str> = names.split(',').map(str::trim).collect();
+            if let Some(bad) = names.iter().find(|n| !MODES.contains(n)) {
                 anyhow::bail!(
-                    "WARREN_BENCH_MODES: no mode {bad:?} (the modes: per-message, instantiate, reuse)"
+                    "WARREN_BENCH_MODES: no mode {bad:?} (the modes: {})",
+                    MODES.join(", ")
                 );
             }
-            picked
+            // In the bench's own order, each once.
+            MODES.into_iter().filter(|m| names.contains(m)).collect()
         }
-        Err(_) => vec!["per-message", "instantiate", "reuse"],
+        Err(_) => MODES.to_vec(),
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guests/build");
 

@@ -88,18 +88,18 @@ async fn two_hosts_on_a_3_node_cluster_lose_nothing_when_a_node_is_killed() {
     // once a live node leads it: a leader change while this reader holds
     // unacked deliveries hands them to it again, and those copies would
     // count as duplicates warren never published.
-    let out_led = || {
-        let listed = cluster.nodes[0].ctl(&["list_queues", "name", "leader", "--no-table-headers"]);
-        listed.lines().any(|l| {
-            let mut cols = l.split_whitespace();
-            cols.next() == Some(f.out.as_str())
-                && cols.next().is_some_and(|leader| leader != killed.node.name)
-        })
-    };
     eventually(
         Duration::from_secs(60),
         "output queue led by a live node",
-        || async { out_led() },
+        || async {
+            let listed =
+                cluster.nodes[0].ctl(&["list_queues", "name", "leader", "--no-table-headers"]);
+            listed.lines().any(|l| {
+                let mut cols = l.split_whitespace();
+                cols.next() == Some(f.out.as_str())
+                    && cols.next().is_some_and(|leader| leader != killed.node.name)
+            })
+        },
     )
     .await;
 
