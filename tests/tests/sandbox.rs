@@ -452,3 +452,118 @@ async fn a_handler_with_the_most_memories_cannot_starve_another() {
     assert_eq!(spun.unwrap_err().kind(), "timeout");
     assert_eq!(acked.unwrap().outcome, Outcome::Ack);
 }
+
+/// The vendored wasmtime fills a table from an element segment whose offset
+/// is known only at instantiation (an imported global, as in every
+/// dynamically linked library, Python's among them) by making all the
+/// module's function references at once and storing their addresses, where
+/// the published one made a call out of wasm per element
+/// (vendor/README.md, patch 4). Every element must still be the function it
+/// names, imported or defined, the same reference `ref.func` gives, in
+/// every fresh instance; and a segment that does not fit still fails the
+/// instantiation, before writing anything.
+#[tokio::test]
+async fn tables_filled_at_a_dynamic_offset_hold_the_functions_they_name() {
+    use wasmtime::{Func, Global, GlobalType, Instance, Mutability, Store, Val, ValType};
+
+    let rt = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let engine = rt.engine();
+    let wat = r#"
+        (module
+          (import "env" "base" (global $base i32))
+          (import "env" "host" (func $host (result i32)))
+          (type $r (func (result i32)))
+          (table $t (export "t") 8 funcref)
+          (func $a (result i32) i32.const 11)
+          (func $b (result i32) i32.const 22)
+          (func $never (result i32) i32.const 33)
+          (elem (table $t) (global.get $base) func $a $host $b $a)
+          (elem declare func $never)
+          (func (export "call") (param i32) (result i32)
+            local.get 0
+            call_indirect (type $r))
+          (func (export "ref_a") (result funcref) ref.func $a)
+          (func (export "ref_b") (result funcref) ref.func $b)
+          (func (export "ref_never") (result funcref) ref.func $never))
+    "#;
+    let module = wasmtime::Module::new(engine, wat::parse_str(wat).unwrap()).unwrap();
+
+    async fn instantiate(
+        engine: &wasmtime::Engine,
+        module: &wasmtime::Module,
+        base: i32,
+    ) -> wasmtime::Result<(Store<()>, Instance)> {
+        let mut store = Store::new(engine, ());
+        store.set_epoch_deadline(1 << 20);
+        let host = Func::wrap(&mut store, || 44i32);
+        let base = Global::new(
+            &mut store,
+            GlobalType::new(ValType::I32, Mutability::Const),
+            Val::I32(base),
+        )?;
+        let instance = Instance::new_async(&mut store, module, &[base.into(), host.into()]).await?;
+        Ok((store, instance))
+    }
+
+    for round in 0..4 {
+        let base = 1 + round;
+        let (mut store, instance) = instantiate(engine, &module, base).await.unwrap();
+        let call = instance
+            .get_typed_func::<i32, i32>(&mut store, "call")
+            .unwrap();
+        let mut seen = Vec::new();
+        for i in 0..8 {
+            seen.push(call.call_async(&mut store, i).await.ok());
+        }
+        let mut want = vec![None; 8];
+        for (i, v) in [11, 44, 22, 11].into_iter().enumerate() {
+            want[base as usize + i] = Some(v);
+        }
+        assert_eq!(seen, want, "fresh instance {round}, elements at {base}");
+
+        // The table holds the very references `ref.func` makes.
+        let table = instance.get_table(&mut store, "t").unwrap();
+        for (name, at) in [("ref_a", base), ("ref_b", base + 2), ("ref_a", base + 3)] {
+            let by_ref = instance
+                .get_typed_func::<(), Option<Func>>(&mut store, name)
+                .unwrap()
+                .call_async(&mut store, ())
+                .await
+                .unwrap()
+                .unwrap();
+            let in_table = table.get(&mut store, at as u64).unwrap();
+            let in_table = *in_table.unwrap_func().unwrap();
+            let (a, b) = (by_ref.to_raw(&mut store), in_table.to_raw(&mut store));
+            assert_eq!(a, b, "{name} and element {at}");
+        }
+        // A function no segment holds still gets a working reference.
+        let never = instance
+            .get_typed_func::<(), Option<Func>>(&mut store, "ref_never")
+            .unwrap()
+            .call_async(&mut store, ())
+            .await
+            .unwrap()
+            .unwrap();
+        let never = never.typed::<(), i32>(&store).unwrap();
+        assert_eq!(never.call_async(&mut store, ()).await.unwrap(), 33);
+    }
+
+    // Four elements from 5 run past the table's 8: the instantiation fails
+    // with wasmtime's out-of-bounds trap, and the next one is unharmed.
+    let Err(err) = instantiate(engine, &module, 5).await else {
+        panic!("four elements at 5 fit a table of 8");
+    };
+    assert!(
+        format!("{err:?}").contains("out of bounds table access"),
+        "{err:?}"
+    );
+    let (mut store, instance) = instantiate(engine, &module, 0).await.unwrap();
+    let call = instance
+        .get_typed_func::<i32, i32>(&mut store, "call")
+        .unwrap();
+    assert_eq!(call.call_async(&mut store, 1).await.unwrap(), 44);
+}

@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
-    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, ModuleVersionStrategy,
     PoolingAllocationConfig,
 };
 
@@ -86,6 +86,17 @@ const WASM_STACK: usize = 512 << 10;
 /// abort the process. Pool stacks are address space reserved up front and
 /// committed only as touched.
 const ASYNC_STACK: usize = WASM_STACK + (3 << 19);
+
+/// The version compiled code is stamped with, in the module cache's keys and
+/// in every compiled artifact. The vendored wasmtime (vendor/README.md)
+/// compiles code that only its own runtime understands (a module's startup
+/// asks for all its function references at once), so its code must never
+/// meet the published 48.0.8's, which is what a cache directory shared by
+/// two warren builds would otherwise allow: an artifact made by the other
+/// build is now a cache miss, and a stale one a clean recompile, never a
+/// crash. Change the suffix whenever a vendored patch changes compiled code
+/// or what it expects of the runtime.
+const CODE_VERSION: &str = "48.0.8+warren.startup-func-refs";
 
 /// Permission to run one instance; see [`Runtime::acquire`].
 #[derive(Debug)]
@@ -186,6 +197,8 @@ impl Runtime {
             .max_wasm_stack(WASM_STACK)
             .epoch_interruption(true)
             .memory_init_cow(true)
+            .module_version(ModuleVersionStrategy::Custom(CODE_VERSION.into()))
+            .map_err(anyhow::Error::from)?
             .parallel_compilation(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg)
@@ -231,5 +244,12 @@ impl Runtime {
     /// A permit if one is free now.
     pub fn try_acquire(&self) -> Option<Permit> {
         self.permits.clone().try_acquire_owned().ok().map(Permit)
+    }
+
+    /// The engine every guest runs on, with warren's settings (pooling
+    /// allocator, epochs, the vendored wasmtime's code version): for tests
+    /// of what the engine itself does with a core module.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 }

@@ -158,6 +158,11 @@ struct ModuleInner {
     /// patch; see `Module::func_ref_template`).
     func_ref_templates: OnceLock<Box<[FuncRefTemplate]>>,
 
+    /// The escaping defined functions alone, with their entries of
+    /// `func_ref_templates` (warren's patch; see
+    /// `Module::escaped_func_refs`).
+    escaped_func_refs: OnceLock<Box<[(DefinedFuncIndex, FuncRefTemplate)]>>,
+
     /// Flag indicating whether this module can be serialized or not.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
     serializable: bool,
@@ -561,6 +566,7 @@ impl Module {
                 code,
                 memory_images: OnceLock::new(),
                 func_ref_templates: OnceLock::new(),
+                escaped_func_refs: OnceLock::new(),
                 module,
                 #[cfg(any(feature = "cranelift", feature = "winch"))]
                 serializable,
@@ -1203,6 +1209,33 @@ impl Module {
         (!template.is_none()).then_some(template)
     }
 
+    /// Every defined function that escapes (has a place for a `VMFuncRef`
+    /// in an instance's `VMContext`), with its entry of the table behind
+    /// [`Module::func_ref_template`] (none for the rare one without), built
+    /// once per module (warren's patch; for
+    /// `Instance::initialize_escaped_func_refs`, which makes all of them at
+    /// once and should touch only these).
+    #[inline]
+    pub(crate) fn escaped_func_refs(&self) -> &[(DefinedFuncIndex, FuncRefTemplate)] {
+        self.inner.escaped_func_refs.get_or_init(|| {
+            let module = self.inner.module.module();
+            module
+                .defined_func_indices()
+                .filter(|def| {
+                    !module.functions[module.func_index(*def)]
+                        .func_ref
+                        .is_reserved_value()
+                })
+                .map(|def| {
+                    let t = self
+                        .func_ref_template(def)
+                        .unwrap_or_else(FuncRefTemplate::none);
+                    (def, t)
+                })
+                .collect()
+        })
+    }
+
     /// Builds the table behind [`Module::func_ref_template`].
     #[cold]
     fn func_ref_templates(&self) -> Box<[FuncRefTemplate]> {
@@ -1305,7 +1338,7 @@ impl FuncRefTemplate {
         }
     }
 
-    fn is_none(&self) -> bool {
+    pub(crate) fn is_none(&self) -> bool {
         self.array_call == u32::MAX
     }
 }

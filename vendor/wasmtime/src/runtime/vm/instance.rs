@@ -915,6 +915,65 @@ impl Instance {
         }
     }
 
+    /// Makes the `VMFuncRef` of every defined function of this instance's
+    /// module that escapes (has a place for a reference in the
+    /// `VMContext`), in one pass, and returns how many it made.
+    ///
+    /// (warren's patch.) A module whose active element segments have
+    /// offsets known only at instantiation (`global.get` of an imported
+    /// global, as in every dynamically linked library) has its tables filled
+    /// by its startup function, which wasmtime 48 compiles to one `ref_func`
+    /// libcall per element: thousands of calls out of wasm per instance
+    /// for a dynamically linked Python component, half of its
+    /// instantiation. The vendored `wasmtime-internal-cranelift` compiles
+    /// such a startup function to ask for this once (`ref_func` with
+    /// `libcalls::INIT_ESCAPED_FUNC_REFS`) and then to store each element's
+    /// reference address (in the `VMContext`) directly. Every reference
+    /// made here is exactly what `get_func_ref` would make, and making one
+    /// twice writes the same values again, so a later `ref.func` or table
+    /// access is unaffected.
+    pub(crate) fn initialize_escaped_func_refs(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+    ) -> usize {
+        let Some(module) = self.runtime_module().cloned() else {
+            return 0;
+        };
+        #[cfg(not(feature = "debug"))]
+        let text = module.engine_code().text();
+        let vmctx: VmPtr<VMOpaqueContext> = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
+        let escaped = module.escaped_func_refs();
+        for &(def, t) in escaped {
+            // With the `debug` feature a store may run its own copy of the
+            // code, which only the registry path finds; a function without
+            // a template takes the ordinary path too, and so does every
+            // function in builds with debug assertions (the test suite's),
+            // where that path checks the template against wasmtime's own
+            // lookups.
+            #[cfg(not(feature = "debug"))]
+            if !t.is_none() && !cfg!(debug_assertions) {
+                let array = NonNull::from(&text[t.array_call as usize]);
+                let wasm = NonNull::from(&text[t.wasm_call as usize]);
+                // SAFETY: `vmctx_offset` is this function's `VMFuncRef` in
+                // this instance's `VMContext` (`func_ref_templates`), and
+                // both offsets are into the code this store runs.
+                unsafe {
+                    self.vmctx_plus_offset_raw::<VMFuncRef>(t.vmctx_offset)
+                        .write(VMFuncRef {
+                            array_call: VmPtr::from(array.cast()),
+                            wasm_call: Some(VmPtr::from(wasm.cast::<VMWasmCallFunction>())),
+                            vmctx,
+                            type_index: t.type_index,
+                        });
+                }
+                continue;
+            }
+            let _ = t;
+            self.as_mut().initialize_defined_funcref(registry, def);
+        }
+        escaped.len()
+    }
+
     fn get_start_func_ref(
         self: Pin<&mut Self>,
         registry: &ModuleRegistry,

@@ -390,9 +390,23 @@ unsafe fn memory_fill(
     }
 }
 
+/// (warren's patch.) The function index a module's startup function passes
+/// to `ref_func` to have every escaping function's `VMFuncRef` made at once
+/// (`Instance::initialize_escaped_func_refs`), before it fills tables from
+/// element segments with the references' addresses. Never a real index: a
+/// module has fewer than `u32::MAX - 1` functions (wasmparser's limit is a
+/// million), and `u32::MAX` is `FuncIndex`'s reserved value. The vendored
+/// `wasmtime-internal-cranelift` uses the same value (`func_environ.rs`).
+pub const INIT_ESCAPED_FUNC_REFS: u32 = u32::MAX - 1;
+
 // Implementation of `ref.func`.
 fn ref_func(store: &mut dyn VMStore, instance: InstanceId, func_index: u32) -> NonNull<u8> {
     let (instance, registry) = store.instance_and_module_registry_mut(instance);
+    if func_index == INIT_ESCAPED_FUNC_REFS {
+        instance.initialize_escaped_func_refs(registry);
+        // The startup function ignores the result; any non-null pointer.
+        return NonNull::dangling();
+    }
     instance
         .get_func_ref(registry, FuncIndex::from_u32(func_index))
         .expect("ref_func: funcref should always be available for given func index")
