@@ -138,6 +138,11 @@ pub struct Instance {
     #[cfg(feature = "wmemcheck")]
     pub(crate) wmemcheck_state: Option<Wmemcheck>,
 
+    /// Whether `initialize_escaped_func_refs` has made every escaping
+    /// function's `VMFuncRef` (warren's patch): after it, `get_func_ref`
+    /// returns a defined function's reference without making it again.
+    escaped_func_refs_made: bool,
+
     /// Self-pointer back to `Store<T>` and its functions. Not present for
     /// the brief time that `Store<T>` is itself being created. Also not
     /// present for some niche uses that are disconnected from stores (e.g.
@@ -208,6 +213,7 @@ impl Instance {
             passive_elements,
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
+            escaped_func_refs_made: false,
             store: None,
             vmctx: OwnedVMContext::new(),
         })?;
@@ -860,6 +866,38 @@ impl Instance {
         }
 
         match self.env_module().defined_func_index(index) {
+            // warren's patch: once the startup function has had every
+            // escaping function's reference made, the component's linking
+            // (each function one core instance exports to another) finds it
+            // made, rather than making it again.
+            Some(def) if self.escaped_func_refs_made => {
+                let func_ref = self.env_module().functions[index].func_ref;
+                if func_ref.is_reserved_value() {
+                    return self.initialize_defined_funcref(registry, def);
+                }
+                let offset = self.offsets().vmctx_func_ref(func_ref);
+                // SAFETY: the offset is this function's `VMFuncRef` in this
+                // instance's `VMContext`.
+                let made = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(offset) };
+                #[cfg(debug_assertions)]
+                {
+                    let fields = |f: NonNull<VMFuncRef>| {
+                        // SAFETY: a reference the one pass made, read only.
+                        let f = unsafe { f.as_ref() };
+                        (
+                            f.array_call.as_non_null().as_ptr() as usize,
+                            f.wasm_call.map(|w| w.as_non_null().as_ptr() as usize),
+                            f.type_index,
+                            f.vmctx.as_non_null().as_ptr() as usize,
+                        )
+                    };
+                    let before = fields(made);
+                    let again = self.initialize_defined_funcref(registry, def);
+                    debug_assert_eq!(again, Some(made));
+                    debug_assert_eq!(fields(made), before, "func ref {index:?}");
+                }
+                Some(made)
+            }
             Some(index) => self.initialize_defined_funcref(registry, index),
             None => {
                 debug_assert!(self.env_module().is_imported_function(index));
@@ -971,6 +1009,8 @@ impl Instance {
             let _ = t;
             self.as_mut().initialize_defined_funcref(registry, def);
         }
+        // SAFETY: a plain field, not part of the pinned `VMContext`.
+        unsafe { self.get_unchecked_mut() }.escaped_func_refs_made = true;
         escaped.len()
     }
 
