@@ -955,7 +955,7 @@ impl Instance {
 
     /// Makes the `VMFuncRef` of every defined function of this instance's
     /// module that escapes (has a place for a reference in the
-    /// `VMContext`), in one pass, and returns how many it made.
+    /// `VMContext`), in one pass.
     ///
     /// (warren's patch.) A module whose active element segments have
     /// offsets known only at instantiation (`global.get` of an imported
@@ -973,36 +973,30 @@ impl Instance {
     pub(crate) fn initialize_escaped_func_refs(
         mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
-    ) -> usize {
+    ) {
         let Some(module) = self.runtime_module().cloned() else {
-            return 0;
+            return;
         };
         #[cfg(not(feature = "debug"))]
         let text = module.engine_code().text();
-        let vmctx: VmPtr<VMOpaqueContext> = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
-        let escaped = module.escaped_func_refs();
-        for &(def, t) in escaped {
+        for &(def, t) in module.escaped_func_refs() {
             // With the `debug` feature a store may run its own copy of the
             // code, which only the registry path finds; a function without
             // a template takes the ordinary path too, and so does every
             // function in builds with debug assertions (the test suite's),
             // where that path checks the template against wasmtime's own
-            // lookups.
+            // lookups. Both end in `write_func_ref`.
             #[cfg(not(feature = "debug"))]
             if !t.is_none() && !cfg!(debug_assertions) {
                 let array = NonNull::from(&text[t.array_call as usize]);
                 let wasm = NonNull::from(&text[t.wasm_call as usize]);
                 // SAFETY: `vmctx_offset` is this function's `VMFuncRef` in
-                // this instance's `VMContext` (`func_ref_templates`), and
-                // both offsets are into the code this store runs.
+                // this instance's `VMContext` and `type_index` its type
+                // (`func_ref_templates`), and both offsets are into the
+                // code this store runs.
                 unsafe {
-                    self.vmctx_plus_offset_raw::<VMFuncRef>(t.vmctx_offset)
-                        .write(VMFuncRef {
-                            array_call: VmPtr::from(array.cast()),
-                            wasm_call: Some(VmPtr::from(wasm.cast::<VMWasmCallFunction>())),
-                            vmctx,
-                            type_index: t.type_index,
-                        });
+                    self.as_mut()
+                        .write_func_ref(t.vmctx_offset, array, wasm, t.type_index);
                 }
                 continue;
             }
@@ -1011,7 +1005,6 @@ impl Instance {
         }
         // SAFETY: a plain field, not part of the pinned `VMContext`.
         unsafe { self.get_unchecked_mut() }.escaped_func_refs_made = true;
-        escaped.len()
     }
 
     fn get_start_func_ref(
@@ -1128,6 +1121,27 @@ impl Instance {
             }
         };
 
+        // SAFETY: this function's own contract.
+        Some(unsafe { self.write_func_ref(vmctx_offset, array_code, wasm_code, type_index) })
+    }
+
+    /// Writes the `VMFuncRef` at `vmctx_offset` of this instance's
+    /// `VMContext`: the two entry points, this instance, and the type.
+    /// (warren's patch: the end of `initialize_and_return_funcref`, shared
+    /// with `initialize_escaped_func_refs`.)
+    ///
+    /// # Safety
+    ///
+    /// `vmctx_offset` must be the place of a function's `VMFuncRef` in
+    /// this instance's `VMContext`, and the code pointers and `type_index`
+    /// that function's.
+    unsafe fn write_func_ref(
+        self: Pin<&mut Self>,
+        vmctx_offset: u32,
+        array_code: NonNull<u8>,
+        wasm_code: NonNull<u8>,
+        type_index: VMSharedTypeIndex,
+    ) -> NonNull<VMFuncRef> {
         let array_call = VmPtr::from(array_code.cast());
 
         let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
@@ -1149,7 +1163,7 @@ impl Instance {
             });
         }
 
-        Some(func_ref_ptr)
+        func_ref_ptr
     }
 
     /// Get the passive elements segment at the given index.
