@@ -12,6 +12,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+use crate::process::{TOOL_LIMIT, output_within};
+
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A message read back from a queue.
@@ -338,13 +340,11 @@ impl Rabbit {
 }
 
 /// Runs `rabbitmqctl` (against the default node unless `-n` is given) and
-/// returns its stdout.
+/// returns its stdout; panics naming the command if it fails or hangs
+/// past [`TOOL_LIMIT`].
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl");
+    let out = output_within(Command::new("rabbitmqctl").arg("-q").args(args), TOOL_LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",

@@ -363,10 +363,9 @@ impl Drop for Running {
 /// not panic).
 fn wait_queues_of(queue: &str) -> Vec<String> {
     let prefix = format!("{queue}.retry.");
-    let Ok(out) = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name"])
-        .output()
-    else {
+    let mut cmd = std::process::Command::new("rabbitmqctl");
+    cmd.args(["-q", "list_queues", "name"]);
+    let Ok(out) = crate::process::output_within(&mut cmd, crate::process::TOOL_LIMIT) else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)

@@ -59,9 +59,9 @@ impl Plane {
 impl Drop for Plane {
     fn drop(&mut self) {
         for s in &self.streams {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_queue", s])
-                .output();
+            let mut cmd = Command::new("rabbitmqctl");
+            cmd.args(["-q", "delete_queue", s]);
+            let _ = crate::process::output_within(&mut cmd, crate::process::TOOL_LIMIT);
         }
         // No rabbitmqctl command deletes an exchange; the broker API over
         // AMQP does.

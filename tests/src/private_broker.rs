@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::free_port;
+use crate::process::{TOOL_LIMIT, free_port, output_within};
 
 /// One RabbitMQ node: its name, ports and data directory, and how to boot,
 /// command and kill it. [`PrivateBroker`] owns one in a temporary
@@ -96,10 +96,8 @@ impl Node {
         loop {
             let mut cmd = Command::new("rabbitmqctl");
             self.env(&mut cmd);
-            let out = cmd
-                .args(["-q", "-n", &self.name, "await_startup", "--timeout", "30"])
-                .output()
-                .unwrap();
+            cmd.args(["-q", "-n", &self.name, "await_startup", "--timeout", "30"]);
+            let out = output_within(&mut cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("{e}"));
             if out.status.success() {
                 return;
             }
@@ -125,16 +123,13 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `rabbitmqctl -n NODE ARGS...`, whatever it comes to.
+    /// `rabbitmqctl -n NODE ARGS...`, whatever it comes to; a hang past
+    /// [`TOOL_LIMIT`] panics, naming the command.
     pub fn try_ctl(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new("rabbitmqctl");
         self.env(&mut cmd);
-        cmd.arg("-q")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("run rabbitmqctl")
+        cmd.arg("-q").arg("-n").arg(&self.name).args(args);
+        output_within(&mut cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn url(&self) -> String {

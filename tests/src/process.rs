@@ -1,6 +1,7 @@
 //! A `warren run` process under test: its config in a temporary directory,
 //! its log in a file, signals and exit status.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +36,52 @@ pub fn admin_cli(port: u16, args: &[&str]) -> std::process::Output {
         .args(["--admin", &format!("http://127.0.0.1:{port}")])
         .output()
         .expect("run warren")
+}
+
+/// How long a tool the tests run (`rabbitmqctl` above all) may take before
+/// it counts as hung: generous, since a cluster operation on a loaded
+/// two-core machine can take a minute, but finite, so that a hung tool
+/// fails its test with the command named instead of stalling the suite.
+pub const TOOL_LIMIT: Duration = Duration::from_secs(180);
+
+/// `cmd.output()`, but a child still running after `limit` is killed, and
+/// `Err` says which command hung. Output read as it comes, so a chatty
+/// child never blocks on a full pipe.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process::Output, String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} did not finish within {limit:?}; killed"));
+            }
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// A free TCP port on loopback (bound then released).
@@ -262,5 +309,38 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_that_finishes_gives_its_output_and_one_that_hangs_is_killed_and_named() {
+        let out = output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(out.status.code(), Some(3));
+
+        let started = Instant::now();
+        let e =
+            output_within(Command::new("sleep").arg("30"), Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("\"sleep\"") && e.contains("killed"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let e = output_within(&mut Command::new("/nonexistent/tool"), TOOL_LIMIT).unwrap_err();
+        assert!(
+            e.contains("cannot run") && e.contains("/nonexistent/tool"),
+            "{e}"
+        );
     }
 }
