@@ -17,7 +17,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::broker::{AMQP_URL, Rabbit};
 use crate::guest;
-use crate::process::{Warren, config, eventually, free_port, unique};
+use crate::process::{TOOL_LIMIT, Warren, config, eventually, free_port, output_within, unique};
 use crate::tally::table;
 
 /// The Redis every test shares; a test's keys live under a prefix of its own.
@@ -365,7 +365,7 @@ fn wait_queues_of(queue: &str) -> Vec<String> {
     let prefix = format!("{queue}.retry.");
     let mut cmd = std::process::Command::new("rabbitmqctl");
     cmd.args(["-q", "list_queues", "name"]);
-    let Ok(out) = crate::process::output_within(&mut cmd, crate::process::TOOL_LIMIT) else {
+    let Ok(out) = output_within(&mut cmd, TOOL_LIMIT) else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::broker::AMQP_URL;
 use crate::fixture::{Fixture, Running};
-use crate::process::{Warren, unique};
+use crate::process::{TOOL_LIMIT, Warren, output_within, unique};
 use crate::warren_bin;
 
 /// A control exchange of the test's own, deleted (with its streams) on
@@ -61,7 +61,7 @@ impl Drop for Plane {
         for s in &self.streams {
             let mut cmd = Command::new("rabbitmqctl");
             cmd.args(["-q", "delete_queue", s]);
-            let _ = crate::process::output_within(&mut cmd, crate::process::TOOL_LIMIT);
+            let _ = output_within(&mut cmd, TOOL_LIMIT);
         }
         // No rabbitmqctl command deletes an exchange; the broker API over
         // AMQP does.

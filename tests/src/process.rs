@@ -55,15 +55,8 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process:
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().expect("piped")));
-    let stderr = read(Box::new(child.stderr.take().expect("piped")));
+    let stdout = read_all(child.stdout.take().expect("piped"));
+    let stderr = read_all(child.stderr.take().expect("piped"));
     let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
@@ -81,6 +74,15 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<std::process:
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
     })
 }
 
