@@ -1,5 +1,6 @@
 //! A `warren run` process under test: its config in a temporary directory,
-//! its log in a file, signals and exit status.
+//! its log in a file, signals and exit status; and any other tool a test
+//! runs, within a time limit (`output_within`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
