@@ -356,9 +356,11 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
     // The slots as the cluster computes them.
     let mut con = cluster.connection().await;
     let mut slots = Vec::new();
+    let counter = store.fence_counter(&key);
+    assert_eq!(counter, format!("{prefix}:{{orders}}::fence"));
     for k in [
         key.clone(),
-        format!("{key}:fence"),
+        counter.clone(),
         format!("{prefix}:kv/{{orders}}"),
         format!("{prefix}:kv/{{orders}}:total"),
     ] {
@@ -379,7 +381,7 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
         let store = store.clone();
         async move {
             store
-                .claim_many(&[k.as_str()], lease_ttl, window)
+                .claim_many(&[k.as_str()], lease_ttl)
                 .await
                 .pop()
                 .unwrap()
@@ -404,7 +406,7 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
     // The lease and its counter are lost, as on a replica that never had
     // them: the next claim's token is still larger.
     let _: () = con.del(&key).await.unwrap();
-    let _: () = con.del(format!("{key}:fence")).await.unwrap();
+    let _: () = con.del(&counter).await.unwrap();
     let Claim::Acquired(second) = claim(key.clone()).await else {
         panic!("a lost key is acquired again");
     };
@@ -465,9 +467,9 @@ async fn cluster_store_keeps_a_handlers_keys_in_one_slot_and_fencing_tokens_neve
 
     for k in [
         key.clone(),
-        format!("{key}:fence"),
+        counter.clone(),
         other.clone(),
-        format!("{other}:fence"),
+        store.fence_counter(&other),
         format!("{prefix}:kv/{{orders}}"),
         format!("{prefix}:kv/{{orders}}:total"),
     ] {

@@ -118,13 +118,6 @@ impl Conn {
         }
     }
 
-    /// Whether a lost write can come back as an older state (a replica
-    /// promoted before it had the write): fencing tokens are then floored
-    /// by the server's clock (claim.lua).
-    pub(super) fn replicated(&self) -> bool {
-        !matches!(self, Conn::Single(_))
-    }
-
     /// Whether keys must carry a hash tag so that every script's keys share
     /// a slot.
     pub(super) fn cluster(&self) -> bool {

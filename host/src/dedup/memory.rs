@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::kv::{self, Commit, KvWrites};
-use super::{Claim, DedupError, Lease, MAX_TTL_MS, fence_key, new_owner, ttl_millis};
+use super::{Claim, DedupError, Lease, MAX_TTL_MS, new_owner, ttl_millis};
 
 /// Sweep at most this often (in operations) while the maps are small.
 const MIN_SWEEP_INTERVAL: usize = 1024;
@@ -36,8 +36,10 @@ impl fmt::Debug for MemoryStore {
 struct State {
     /// Namespaced key to its current holder, as Redis would hold it.
     keys: HashMap<String, Entry>,
-    /// Fencing counter name (`{key}:fence`) to its counter.
-    fences: HashMap<String, Fence>,
+    /// The fencing counter every claim takes its token from, as the Redis
+    /// store's `<prefix>::fence`: it never expires, so a token is larger
+    /// than every one handed out before it in this process.
+    fence: u64,
     /// Key-value data by its full name ([`kv::data_key`]), ordered so a
     /// prefix is a range.
     kv: BTreeMap<String, KvEntry>,
@@ -60,11 +62,6 @@ enum Value {
     Done,
 }
 
-struct Fence {
-    count: u64,
-    expires: Instant,
-}
-
 impl MemoryStore {
     pub(super) fn new(prefix: &str) -> Self {
         Self {
@@ -84,12 +81,7 @@ impl MemoryStore {
         )
     }
 
-    pub(super) fn claim(
-        &self,
-        key: &str,
-        lease: Duration,
-        window: Duration,
-    ) -> Result<Claim, DedupError> {
+    pub(super) fn claim(&self, key: &str, lease: Duration) -> Result<Claim, DedupError> {
         let now = Instant::now();
         let lease = Duration::from_millis(ttl_millis(lease));
         let mut state = self.lock(now);
@@ -109,15 +101,11 @@ impl MemoryStore {
                 expires: now + lease,
             },
         );
-        // As in claim.lua: the counter outlives the lease by the window.
-        let fence_expiry = now + lease + Duration::from_millis(ttl_millis(window));
-        let fence = state.live_fence(&fence_key(key), now);
-        fence.count = fence.count.saturating_add(1);
-        fence.expires = fence.expires.max(fence_expiry);
+        state.fence = state.fence.saturating_add(1);
         Ok(Claim::Acquired(Lease {
             key: key.to_owned(),
             owner,
-            fencing_token: fence.count,
+            fencing_token: state.fence,
         }))
     }
 
@@ -127,14 +115,7 @@ impl MemoryStore {
         let Some(entry) = state.owned_entry(lease, now) else {
             return Ok(false);
         };
-        let old_expiry = entry.expires;
-        let new_expiry = now + Duration::from_millis(ttl_millis(ttl));
-        entry.expires = new_expiry;
-        // As in renew.lua: keep the counter's margin over the lease.
-        if let Some(fence) = state.fences.get_mut(&fence_key(&lease.key)) {
-            let margin = fence.expires.saturating_duration_since(old_expiry);
-            fence.expires = fence.expires.max(new_expiry + margin);
-        }
+        entry.expires = now + Duration::from_millis(ttl_millis(ttl));
         Ok(true)
     }
 
@@ -155,15 +136,12 @@ impl MemoryStore {
     ) -> Result<Commit, DedupError> {
         let now = Instant::now();
         let mut state = self.lock(now);
-        if let Some(lease) = lease {
-            let owned = state.owned_entry(lease, now).is_some();
-            let fenced = state
-                .fences
-                .get(&fence_key(&lease.key))
-                .is_some_and(|f| f.expires > now && f.count == lease.fencing_token);
-            if !owned || !fenced {
-                return Ok(Commit::Lost);
-            }
+        // A new owner token per claim: a key that still holds this one was
+        // claimed by no one since (as in kv_commit.lua).
+        if let Some(lease) = lease
+            && state.owned_entry(lease, now).is_none()
+        {
+            return Ok(Commit::Lost);
         }
         let prefix = kv::data_prefix(&self.prefix, &writes.namespace);
         let finals = match kv::replay(&writes.ops, |k| {
@@ -271,10 +249,6 @@ impl State {
             value: Value::Done,
             expires,
         };
-        // As in complete.lua: the counter lives at least as long as the marker.
-        if let Some(fence) = self.fences.get_mut(&fence_key(&lease.key)) {
-            fence.expires = fence.expires.max(expires);
-        }
         true
     }
 
@@ -290,39 +264,23 @@ impl State {
         self.kv.get(name)
     }
 
-    /// The counter named `name`, starting again from zero if it expired.
-    fn live_fence(&mut self, name: &str, now: Instant) -> &mut Fence {
-        if self
-            .fences
-            .get(name)
-            .is_some_and(|fence| fence.expires <= now)
-        {
-            self.fences.remove(name);
-        }
-        self.fences.entry(name.to_owned()).or_insert(Fence {
-            count: 0,
-            expires: now,
-        })
-    }
-
     /// Counts an operation and drops every expired entry once the operations
     /// since the last sweep reach half the maps' size: each sweep is paid for
     /// by as many operations as it visits entries, and expired entries never
     /// outnumber the live ones by more than that.
     fn tick(&mut self, now: Instant) {
         self.ops += 1;
-        let due = MIN_SWEEP_INTERVAL.max((self.keys.len() + self.fences.len() + self.kv.len()) / 2);
+        let due = MIN_SWEEP_INTERVAL.max((self.keys.len() + self.kv.len()) / 2);
         if self.ops >= due {
             self.ops = 0;
             self.keys.retain(|_, entry| entry.expires > now);
-            self.fences.retain(|_, fence| fence.expires > now);
             self.kv.retain(|_, e| e.expires.is_none_or(|t| t > now));
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.keys.len() + self.fences.len()
+        self.keys.len()
     }
 }
 
@@ -337,8 +295,8 @@ fn remaining(expires: Instant, now: Instant) -> Duration {
 mod tests {
     use super::*;
 
-    /// Expired keys and counters do not pile up: a sweep drops them without
-    /// any of them being touched again.
+    /// Expired keys do not pile up: a sweep drops them without any of them
+    /// being touched again.
     #[test]
     fn sweep_drops_expired_entries() {
         let store = MemoryStore::new("test-dedup-sweep");
@@ -346,21 +304,17 @@ mod tests {
         let filled = MIN_SWEEP_INTERVAL - 24;
         for i in 0..filled {
             let claim = store
-                .claim(
-                    &format!("k{i}"),
-                    Duration::from_millis(1),
-                    Duration::from_millis(1),
-                )
+                .claim(&format!("k{i}"), Duration::from_millis(1))
                 .expect("memory claim cannot fail");
             assert!(matches!(claim, Claim::Acquired(_)), "k{i}: {claim:?}");
         }
         let before = store.state.lock().expect("lock").len();
-        assert_eq!(before, 2 * filled, "a key and a counter per claim");
+        assert_eq!(before, filled, "one key per claim");
 
         std::thread::sleep(Duration::from_millis(10));
         // Enough operations on one other key to make a sweep due.
         let lease = match store
-            .claim("other", Duration::from_secs(60), Duration::from_secs(60))
+            .claim("other", Duration::from_secs(60))
             .expect("memory claim cannot fail")
         {
             Claim::Acquired(lease) => lease,
@@ -370,30 +324,31 @@ mod tests {
             assert!(store.renew(&lease, Duration::from_secs(60)).expect("renew"));
         }
         let after = store.state.lock().expect("lock").len();
-        assert_eq!(after, 2, "only the live key and its counter remain");
+        assert_eq!(after, 1, "only the live key remains");
     }
 
-    /// A counter that expired starts again, as a Redis key would.
+    /// The counter is the store's, not the key's: it does not start again
+    /// when a key expires, and every claim's token is larger than all
+    /// before it.
     #[test]
-    fn fence_restarts_after_expiry() {
+    fn fencing_tokens_grow_across_keys_and_expiry() {
         let store = MemoryStore::new("test-dedup-fence");
-        let window = Duration::from_millis(5);
-        let first = match store
-            .claim("k", Duration::from_millis(5), window)
-            .expect("claim")
-        {
+        let claim = |key: &str| match store.claim(key, Duration::from_millis(5)).expect("claim") {
             Claim::Acquired(lease) => lease,
             other => panic!("expected acquired, got {other:?}"),
         };
+        let first = claim("k");
         assert!(store.release(&first).expect("release"));
+        let other = claim("other");
         std::thread::sleep(Duration::from_millis(20));
-        let second = match store
-            .claim("k", Duration::from_millis(5), window)
-            .expect("claim")
-        {
-            Claim::Acquired(lease) => lease,
-            other => panic!("expected acquired, got {other:?}"),
-        };
-        assert_eq!(second.fencing_token, 1);
+        let second = claim("k");
+        assert_eq!(
+            [
+                first.fencing_token,
+                other.fencing_token,
+                second.fencing_token
+            ],
+            [1, 2, 3]
+        );
     }
 }

@@ -207,7 +207,7 @@ impl Store {
     /// `%` and `:` inside `handler` and `key` are escaped as `%25` and `%3A`:
     /// that keeps the mapping one-to-one (handler `a:b` with key `c` differs
     /// from handler `a` with key `b:c`) and means no message key can name
-    /// another key's fencing counter (`…:fence`). Ordinary names and ids
+    /// the fencing counter ([`Store::fence_counter`]). Ordinary names and ids
     /// (uuids, hex digests) appear unchanged.
     ///
     /// A message key longer than [`PLAIN_KEY_MAX`] bytes is stored as
@@ -253,19 +253,14 @@ impl Store {
     /// Tries to claim `key` (a namespaced key from [`Store::key`]) in one
     /// round trip.
     ///
-    /// If the key is absent, it now holds a fresh owner token for `lease` and
-    /// the fencing counter grows (and is kept at least `window` longer than
-    /// the lease): [`Claim::Acquired`]. If it holds the done marker:
+    /// If the key is absent, it now holds a fresh owner token for `lease`,
+    /// with a fencing token larger than any handed out before:
+    /// [`Claim::Acquired`]. If it holds the done marker:
     /// [`Claim::Done`]. Otherwise another owner holds it: [`Claim::Busy`]
     /// with the lease's remaining time. Durations are rounded up to whole
     /// milliseconds, at least 1.
-    pub async fn claim(
-        &self,
-        key: &str,
-        lease: Duration,
-        window: Duration,
-    ) -> Result<Claim, DedupError> {
-        one(self.claim_many(&[key], lease, window).await)
+    pub async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, DedupError> {
+        one(self.claim_many(&[key], lease).await)
     }
 
     /// [`Store::claim`] for every key of a batch, in one round trip to
@@ -275,11 +270,21 @@ impl Store {
         &self,
         keys: &[&str],
         lease: Duration,
-        window: Duration,
     ) -> Vec<Result<Claim, DedupError>> {
         match self {
-            Store::Redis(store) => store.claim_many(keys, lease, window).await,
-            Store::Memory(store) => keys.iter().map(|k| store.claim(k, lease, window)).collect(),
+            Store::Redis(store) => store.claim_many(keys, lease).await,
+            Store::Memory(store) => keys.iter().map(|k| store.claim(k, lease)).collect(),
+        }
+    }
+
+    /// The name of the fencing counter the claims of `key` (a namespaced
+    /// key) take their tokens from: one per store on one Redis server or
+    /// Sentinel and in the in-process store, one per hash tag on a Cluster
+    /// (`RedisStore::counter`). No key from [`Store::key_in`] has this name.
+    pub fn fence_counter(&self, key: &str) -> String {
+        match self {
+            Store::Redis(store) => store.counter(key),
+            Store::Memory(store) => format!("{}::fence", store.prefix()),
         }
     }
 
@@ -436,14 +441,6 @@ fn one<T>(results: Vec<Result<T, DedupError>>) -> Result<T, DedupError> {
         .into_iter()
         .next()
         .unwrap_or_else(|| Err(DedupError::Unavailable("the store answered nothing".into())))
-}
-
-/// What a namespaced key's fencing counter adds to its name.
-const FENCE_SUFFIX: &str = ":fence";
-
-/// The name of the fencing counter that belongs to a namespaced key.
-fn fence_key(key: &str) -> String {
-    [key, FENCE_SUFFIX].concat()
 }
 
 /// A new owner token: a uuid v4, which can never equal [`DONE`]. Its

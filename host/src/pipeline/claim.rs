@@ -97,9 +97,7 @@ impl Pipeline<'_> {
         let mut ask: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].is_some()).collect();
         while !ask.is_empty() {
             let names: Vec<&str> = ask.iter().filter_map(|&i| keys[i].as_deref()).collect();
-            let answers = store
-                .claim_many(&names, self.lease_ttl(), self.window())
-                .await;
+            let answers = store.claim_many(&names, self.lease_ttl()).await;
             let mut unanswered = Vec::new();
             let mut down = None;
             for (i, answer) in ask.into_iter().zip(answers) {

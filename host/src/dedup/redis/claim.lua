@@ -1,67 +1,69 @@
 -- Claim a batch of dedup keys in one call.
 --
--- KEYS     per key of the batch, in order: the namespaced key, then its
---          fencing counter ("<key>:fence")
+-- KEYS[1]  the fencing counter the batch's tokens come from: one per
+--          prefix on one server or Sentinel, one per hash tag on a Cluster
+--          (`RedisStore::counter`); it has no expiry
+-- KEYS[1+i] the namespaced key i of the batch
 -- ARGV[1]  the lease in milliseconds
--- ARGV[2]  the dedup window in milliseconds
--- ARGV[3]  the done marker
--- ARGV[4]  '1' where the store is replicated (Sentinel, Cluster): a token
---          is then at least the server's clock in microseconds, so a
---          failover to a replica that never saw the counter's last value
---          still hands out a larger token than any holder had
---          (docs/semantics.md, "Failover"); '0' (one server) counts from 1
--- ARGV[4+i] the owner token of key i (a uuid, never equal to the done marker)
+-- ARGV[2]  the done marker
+-- ARGV[2+i] the owner token of key i (a uuid, never equal to the done marker)
 --
 -- Returns one reply per key, in order: {1, fencing token} when acquired,
 -- {2, 0} when the key is done, {3, pttl} when another owner holds the lease
 -- (pttl is -1 if the key has no expiry, which only a foreign writer can
--- cause), or an error reply when the key or its counter holds a value of
--- another type: that key's alone, the others are claimed as if each had
--- its own call. The keys are claimed in order, so a key that appears twice
--- is acquired by the first and seen held by the second.
--- The counter outlives the lease by at least the window, so an owner that
--- is paused past its lease still sees its successor get a larger token.
--- Numbers go to Redis as the caller's text where they can, and as text made
--- once per batch otherwise: Lua writes a number argument with printf's
--- floating-point code, per call.
-local want = tonumber(ARGV[1]) + tonumber(ARGV[2])
-local want_text = string.format('%d', want)
+-- cause), or an error reply when the key holds a value of another type:
+-- that key's alone, the others are claimed as if each had its own call.
+-- The keys are claimed in order, so a key that appears twice is acquired
+-- by the first and seen held by the second.
+--
+-- The tokens of the keys acquired come from one INCRBY of the counter,
+-- in order, and are at least the server's clock in microseconds
+-- (docs/semantics.md, "Fencing token"): a counter that was lost (a
+-- restart without persistence, a failover to a replica that never saw its
+-- last value) still hands out a larger token than any holder had, since
+-- fewer than one claim per microsecond is ever made.
 local replies = {}
-for i = 1, #KEYS / 2 do
-  local key, fence = KEYS[2 * i - 1], KEYS[2 * i]
+local acquired = {}
+for i = 2, #KEYS do
+  local key = KEYS[i]
   local current = redis.pcall('GET', key)
   if type(current) == 'table' then
-    replies[i] = current
+    replies[i - 1] = current
   elseif current == false then
-    -- INCR first: it is the only call for this key that can fail (a wrong
-    -- type), and a failure must leave nothing behind, since scripts do not
-    -- roll back.
-    local counted = redis.pcall('INCR', fence)
-    if type(counted) == 'table' then
-      replies[i] = counted
-    else
-      local token = counted
-      if ARGV[4] == '1' then
-        local now = redis.call('TIME')
-        local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-        if token < floor then
-          token = floor
-          -- As text with every digit: a Lua number would be written as 1.7e+15.
-          redis.call('SET', fence, string.format('%.0f', token), 'KEEPTTL')
-        end
-      end
-      redis.call('SET', key, ARGV[4 + i], 'PX', ARGV[1])
-      -- A counter INCR created (1) has no expiry yet; any other may have
-      -- less left than the lease and the window.
-      if counted == 1 or redis.call('PTTL', fence) < want then
-        redis.call('PEXPIRE', fence, want_text)
-      end
-      replies[i] = {1, token}
-    end
-  elseif current == ARGV[3] then
-    replies[i] = {2, 0}
+    redis.call('SET', key, ARGV[1 + i], 'PX', ARGV[1])
+    acquired[#acquired + 1] = i - 1
+  elseif current == ARGV[2] then
+    replies[i - 1] = {2, 0}
   else
-    replies[i] = {3, redis.call('PTTL', key)}
+    replies[i - 1] = {3, redis.call('PTTL', key)}
   end
+end
+local n = #acquired
+if n == 0 then
+  return replies
+end
+local top = redis.pcall('INCRBY', KEYS[1], n)
+if type(top) == 'table' then
+  -- The counter cannot count (another type, or text that is not a
+  -- number): give the keys back, since scripts do not roll back, and
+  -- answer each with an error about the counter. Its code is not
+  -- WRONGTYPE: the store is broken for every key, not this one.
+  local why = {err = 'FENCE the fencing counter ' .. KEYS[1] .. ' cannot count: ' .. top.err}
+  for _, j in ipairs(acquired) do
+    redis.call('DEL', KEYS[j + 1])
+    replies[j] = why
+  end
+  return replies
+end
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local first = top - n + 1
+if first < floor then
+  first = floor
+  -- As text with every digit: a Lua number would be written as 1.7e+15.
+  redis.call('SET', KEYS[1], string.format('%.0f', floor + n - 1))
+end
+for k, j in ipairs(acquired) do
+  replies[j] = {1, first + k - 1}
 end
 return replies

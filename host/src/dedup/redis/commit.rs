@@ -10,7 +10,7 @@ use ::redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 use super::{RedisStore, Via, evalsha};
 use crate::dedup::kv::{self, Commit, KvOp, KvWrites};
 use crate::dedup::read_cache::expiry;
-use crate::dedup::{DONE, DedupError, Lease, MAX_TTL_MS, fence_key, ttl_millis};
+use crate::dedup::{DONE, DedupError, Lease, MAX_TTL_MS, ttl_millis};
 
 impl RedisStore {
     /// Commits each message's key-value writes, with its done-marker when
@@ -56,22 +56,17 @@ impl RedisStore {
             .zip(&data_keys)
             .map(|((lease, writes), data)| {
                 let index = kv::index_key(prefix, &writes.namespace);
-                let (key, fence) = match lease {
-                    Some(l) => (l.key.clone(), fence_key(&l.key)),
-                    None => (index.clone(), index.clone()),
+                let key = match lease {
+                    Some(l) => l.key.clone(),
+                    None => index.clone(),
                 };
-                let mut key_refs = vec![key.as_str(), fence.as_str(), index.as_str()];
+                let mut key_refs = vec![key.as_str(), index.as_str()];
                 key_refs.extend(data.iter().map(String::as_str));
                 let mut cmd = evalsha(&self.shared.kv_commit, &key_refs, ops_size(&writes.ops));
                 names.push(key);
                 match lease {
-                    Some(l) => cmd
-                        .arg(mode(true))
-                        .arg(&l.owner)
-                        .arg(window_ms)
-                        .arg(DONE)
-                        .arg(l.fencing_token),
-                    None => cmd.arg(mode(false)).arg("").arg(window_ms).arg(DONE).arg(0),
+                    Some(l) => cmd.arg(mode(true)).arg(&l.owner).arg(window_ms).arg(DONE),
+                    None => cmd.arg(mode(false)).arg("").arg(window_ms).arg(DONE),
                 };
                 for op in &writes.ops {
                     op_args(&mut cmd, op);

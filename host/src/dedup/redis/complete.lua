@@ -1,18 +1,17 @@
 -- Compare-and-set a batch of keys to the done marker for the dedup window.
 --
--- KEYS     per key of the batch, in order: the namespaced key, then its
---          fencing counter
+-- KEYS     the namespaced keys of the batch, in order
 -- ARGV[1]  the dedup window in milliseconds
 -- ARGV[2]  the done marker
 -- ARGV[2+i] the owner token of key i
 --
 -- Returns one reply per key, in order: 1 if marked done, 0 if the caller no
 -- longer owned the key (nothing is written then), or an error reply when
--- the key holds a value of another type (that key's alone).
-local window = tonumber(ARGV[1])
+-- the key holds a value of another type (that key's alone). The fencing
+-- counter is not touched: it has no expiry (claim.lua).
 local replies = {}
-for i = 1, #KEYS / 2 do
-  local key, fence = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS do
+  local key = KEYS[i]
   local current = redis.pcall('GET', key)
   if type(current) == 'table' then
     replies[i] = current
@@ -20,12 +19,6 @@ for i = 1, #KEYS / 2 do
     replies[i] = 0
   else
     redis.call('SET', key, ARGV[2], 'PX', ARGV[1])
-    -- The counter lives at least as long as the marker, so a claim made
-    -- after the marker expires still gets a larger token than any earlier
-    -- owner had.
-    if redis.call('PTTL', fence) < window then
-      redis.call('PEXPIRE', fence, ARGV[1])
-    end
     replies[i] = 1
   end
 end

@@ -3,9 +3,8 @@
 -- `kv::replay` is the same logic for the in-process store.
 --
 -- KEYS[1]  the dedup key (with a lease; else any key of the namespace)
--- KEYS[2]  its fencing counter (likewise)
--- KEYS[3]  the namespace's index (a sorted set of its keys)
--- KEYS[3+i] the data key of op i
+-- KEYS[2]  the namespace's index (a sorted set of its keys)
+-- KEYS[2+i] the data key of op i
 -- ARGV[1]  '1' with a lease, '0' without (dedup off or bypassed); 'c1' and
 --          'c0' the same, but only check: write nothing, whatever the
 --          outcome (the check before a run's outputs are published); a
@@ -16,8 +15,7 @@
 -- ARGV[2]  the owner token
 -- ARGV[3]  the dedup window in milliseconds
 -- ARGV[4]  the done marker
--- ARGV[5]  the fencing token the lease was granted
--- then each op, in order, from ARGV[6]: its kind ('s' set, 'd' delete,
+-- then each op, in order, from ARGV[5]: its kind ('s' set, 'd' delete,
 -- 'i' increment, 'c' compare-and-swap), the key as the handler named it
 -- (the index member), and what the kind takes:
 --   s: value, ttl ms or ''
@@ -39,20 +37,20 @@ local with_lease = string.find(ARGV[1], '1', 1, true) ~= nil
 local check_only = string.sub(ARGV[1], 1, 1) == 'c'
 local track = string.find(ARGV[1], 't', 1, true) ~= nil
 if with_lease then
+  -- The owner token is new with every claim, so a key that still holds
+  -- it was claimed by no one since: the fencing token this run was given
+  -- is still the key's latest.
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-    return {0, ''}
-  end
-  if redis.call('GET', KEYS[2]) ~= ARGV[5] then
     return {0, ''}
   end
 end
 local MAX = 9007199254740991
 local view = {}
 local order = {}
-local n = #KEYS - 3
-local o = 6
+local n = #KEYS - 2
+local o = 5
 for i = 1, n do
-  local k = KEYS[3 + i]
+  local k = KEYS[2 + i]
   local kind, member = ARGV[o], ARGV[o + 1]
   local a, b, c, d
   if kind == 's' then
@@ -117,7 +115,7 @@ for _, k in ipairs(order) do
   local e = view[k]
   if e.v == false then
     redis.call('DEL', k)
-    redis.call('ZREM', KEYS[3], e.member)
+    redis.call('ZREM', KEYS[2], e.member)
   else
     if e.ttl == 'keep' then
       redis.call('SET', k, e.v, 'KEEPTTL')
@@ -126,15 +124,11 @@ for _, k in ipairs(order) do
     else
       redis.call('SET', k, e.v, 'PX', e.ttl)
     end
-    redis.call('ZADD', KEYS[3], 0, e.member)
+    redis.call('ZADD', KEYS[2], 0, e.member)
   end
 end
 if with_lease then
-  local window = tonumber(ARGV[3])
-  redis.call('SET', KEYS[1], ARGV[4], 'PX', window)
-  if redis.call('PTTL', KEYS[2]) < window then
-    redis.call('PEXPIRE', KEYS[2], window)
-  end
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 end
 if track then
   local out = {1, ''}

@@ -23,7 +23,7 @@ use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, V
 use super::conn::{Conn, mask_credentials, reply, resp3_client};
 use super::kv;
 use super::read_cache::{CacheStats, ReadCache};
-use super::{Claim, DONE, DedupError, FENCE_SUFFIX, Lease, fence_key, new_owner, ttl_millis};
+use super::{Claim, DONE, DedupError, Lease, new_owner, ttl_millis};
 use crate::config::{RedisServers, TlsPem};
 
 mod commit;
@@ -171,20 +171,36 @@ impl RedisStore {
         )
     }
 
+    /// The fencing counter the claims of `key` take their tokens from
+    /// (`claim.lua`): `<prefix>::fence` on one server and Sentinel, one for
+    /// the whole store; `<prefix>:{<tag>}::fence` on a Cluster, one per hash
+    /// tag (a handler's key-value namespace), in the slot of the keys it
+    /// counts for, as a script's keys must share one. No key from
+    /// [`super::Store::key_in`] is named so: its handler part is never
+    /// empty (the config refuses an empty handler name). One counter for many keys costs Redis one key with no expiry in
+    /// all, where a counter per key was a second key per message for the
+    /// whole dedup window; a token is still larger than every token handed
+    /// out before it, for that key as for any other.
+    pub(super) fn counter(&self, key: &str) -> String {
+        let prefix = &self.shared.prefix;
+        if self.conn.cluster() {
+            format!("{prefix}:{{{}}}{COUNTER_SUFFIX}", hash_tag(key))
+        } else {
+            format!("{prefix}{COUNTER_SUFFIX}")
+        }
+    }
+
     /// Claims every key in one round trip: one result per key, in order.
     pub(super) async fn claim_many(
         &self,
         keys: &[&str],
         lease: Duration,
-        window: Duration,
     ) -> Vec<Result<Claim, DedupError>> {
         let lease_ms = ttl_millis(lease);
-        let window_ms = ttl_millis(window);
         let owners: Vec<String> = keys.iter().map(|_| new_owner()).collect();
-        let replicated = if self.conn.replicated() { "1" } else { "0" };
         let replies = self
             .eval_batch("claim", &self.shared.claim, keys, &owners, true, |cmd| {
-                cmd.arg(lease_ms).arg(window_ms).arg(DONE).arg(replicated);
+                cmd.arg(lease_ms).arg(DONE);
             })
             .await;
         replies
@@ -205,7 +221,7 @@ impl RedisStore {
         ttl: Duration,
     ) -> Vec<Result<bool, DedupError>> {
         let ttl_ms = ttl_millis(ttl);
-        self.owned_many("renew", &self.shared.renew, leases, true, |cmd| {
+        self.owned_many("renew", &self.shared.renew, leases, |cmd| {
             cmd.arg(ttl_ms);
         })
         .await
@@ -218,7 +234,7 @@ impl RedisStore {
         window: Duration,
     ) -> Vec<Result<bool, DedupError>> {
         let window_ms = ttl_millis(window);
-        self.owned_many("complete", &self.shared.complete, leases, true, |cmd| {
+        self.owned_many("complete", &self.shared.complete, leases, |cmd| {
             cmd.arg(window_ms).arg(DONE);
         })
         .await
@@ -226,24 +242,22 @@ impl RedisStore {
 
     /// Releases every lease in one round trip: one result per lease.
     pub(super) async fn release_many(&self, leases: &[&Lease]) -> Vec<Result<bool, DedupError>> {
-        self.owned_many("release", &self.shared.release, leases, false, |_| {})
+        self.owned_many("release", &self.shared.release, leases, |_| {})
             .await
     }
 
-    /// Runs `script` over the leases' keys (and their fencing counters when
-    /// `with_fence`) with the owner tokens after the arguments `args` adds:
-    /// one flag per lease.
+    /// Runs `script` over the leases' keys with the owner tokens after the
+    /// arguments `args` adds: one flag per lease.
     async fn owned_many(
         &self,
         op: &'static str,
         script: &Script,
         leases: &[&Lease],
-        with_fence: bool,
         args: impl Fn(&mut Cmd),
     ) -> Vec<Result<bool, DedupError>> {
         let keys: Vec<&str> = leases.iter().map(|l| l.key.as_str()).collect();
         let owners: Vec<&str> = leases.iter().map(|l| l.owner.as_str()).collect();
-        self.eval_batch(op, script, &keys, &owners, with_fence, args)
+        self.eval_batch(op, script, &keys, &owners, false, args)
             .await
             .into_iter()
             .zip(&keys)
@@ -255,8 +269,9 @@ impl RedisStore {
 
     /// Runs one of the batch scripts (`claim.lua`, `renew.lua`,
     /// `complete.lua`, `release.lua`) over `keys`: the script's keys are
-    /// each key (followed by its fencing counter when `with_fence`), its
-    /// arguments what `args` adds followed by the owner token of each key.
+    /// the call's fencing counter when `with_counter` (claims; see
+    /// [`RedisStore::counter`]) and then each key, its arguments what
+    /// `args` adds followed by the owner token of each key.
     /// Returns each key's own reply, in order; an error reply the script
     /// gave one key (a value of another type) is that key's error alone.
     ///
@@ -270,35 +285,33 @@ impl RedisStore {
         script: &Script,
         keys: &[&str],
         owners: &[O],
-        with_fence: bool,
+        with_counter: bool,
         args: impl Fn(&mut Cmd),
     ) -> Vec<Result<Value, DedupError>> {
         let groups = batch_calls(keys, self.conn.cluster());
         let mut calls = Vec::with_capacity(groups.len());
         let mut labels = Vec::with_capacity(groups.len());
-        let mut fence = String::new();
-        let per_key = if with_fence { 2 } else { 1 };
         for group in &groups {
-            // "EVALSHA", the SHA, the key count and what `args` adds (at
-            // most four numbers and the done marker), then per key its
-            // name, its counter's and its owner: one allocation per buffer.
+            let counter = with_counter.then(|| self.counter(keys[group[0]]));
+            let counter_len = counter.as_ref().map_or(0, String::len);
+            // "EVALSHA", the SHA, the key count, the counter and what
+            // `args` adds (at most two numbers and the done marker), then
+            // per key its name and its owner: one allocation per buffer.
             let bytes = 100
+                + counter_len
                 + group
                     .iter()
-                    .map(|&i| per_key * keys[i].len() + 6 + owners[i].as_ref().len())
+                    .map(|&i| keys[i].len() + 6 + owners[i].as_ref().len())
                     .sum::<usize>();
-            let mut cmd = Cmd::with_capacity(3 + 4 + group.len() * (per_key + 1), bytes);
+            let mut cmd = Cmd::with_capacity(3 + 1 + 2 + group.len() * 2, bytes);
             cmd.arg("EVALSHA")
                 .arg(script.get_hash())
-                .arg(group.len() * per_key);
+                .arg(group.len() + usize::from(counter.is_some()));
+            if let Some(counter) = &counter {
+                cmd.arg(counter.as_str());
+            }
             for &i in group {
                 cmd.arg(keys[i]);
-                if with_fence {
-                    fence.clear();
-                    fence.push_str(keys[i]);
-                    fence.push_str(FENCE_SUFFIX);
-                    cmd.arg(fence.as_str());
-                }
             }
             args(&mut cmd);
             for &i in group {
@@ -544,6 +557,10 @@ async fn send_on(
 /// 5 µs of the server's time per key).
 const KEYS_PER_CALL: usize = 128;
 
+/// What the fencing counter's name adds to the prefix (and hash tag):
+/// [`RedisStore::counter`].
+const COUNTER_SUFFIX: &str = "::fence";
+
 /// The calls a batch of `keys` goes as: the indices of the keys of each
 /// call, in order. One call per [`KEYS_PER_CALL`] keys; in a Cluster
 /// (`cluster`) only keys with the same hash tag share a call, as a
@@ -611,7 +628,7 @@ fn claim_outcome(
         1 => {
             let fencing_token = u64::try_from(value).map_err(|_| DedupError::Rejected {
                 key: key.to_owned(),
-                reason: format!("fencing counter {} is negative ({value})", fence_key(key)),
+                reason: format!("the claim answered a negative fencing token ({value})"),
             })?;
             Ok(Claim::Acquired(Lease {
                 key: key.to_owned(),

@@ -13,7 +13,7 @@ mod redis_only;
 
 use std::time::Duration;
 
-use super::{Claim, Commit, KvOp, KvWrites, Lease, Store, fence_key};
+use super::{Claim, Commit, KvOp, KvWrites, Lease, Store};
 
 /// A lease long enough never to expire during a test unless it means to.
 const LEASE: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ fn memory_store() -> Store {
 
 /// Claims `key`, which the test expects to be free.
 async fn acquire(store: &Store, key: &str, lease: Duration) -> Lease {
-    match store.claim(key, lease, WINDOW).await {
+    match store.claim(key, lease).await {
         Ok(Claim::Acquired(lease)) => lease,
         other => panic!("claim of {key}: expected acquired, got {other:?}"),
     }
@@ -73,7 +73,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
-    claim_acquires_with_fencing_token_one,
+    claim_acquires_with_a_fencing_token_from_one_counter,
     second_claim_is_busy_for_at_most_the_lease,
     completed_key_is_done_for_later_claims,
     release_lets_a_new_claim_acquire_with_a_larger_token,
@@ -152,7 +152,7 @@ async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
         "namespaces"
     );
     assert_eq!(
-        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
+        store.claim(&key, LEASE).await.expect("claim"),
         Claim::Done,
         "the same step marked the key done"
     );
@@ -182,7 +182,7 @@ async fn kv_commit_writes_with_the_done_marker_all_or_nothing(store: Store) {
         Some(b"1".to_vec())
     );
     assert!(matches!(
-        store.claim(&key2, LEASE, WINDOW).await,
+        store.claim(&key2, LEASE).await,
         Ok(Claim::Busy { .. })
     ));
     // An increment of text: refused whole, too.
@@ -295,18 +295,23 @@ async fn an_increment_after_a_set_keeps_the_ttl_that_set_gave(store: Store) {
     assert_eq!(store.kv_get("orders", "j").await.unwrap(), None, "expired");
 }
 
-async fn claim_acquires_with_fencing_token_one(store: Store) {
+async fn claim_acquires_with_a_fencing_token_from_one_counter(store: Store) {
     let key = store.key("orders", "m-1");
     let lease = acquire(&store, &key, LEASE).await;
     assert_eq!(lease.key, key);
-    assert_eq!(lease.fencing_token, 1);
+    assert!(lease.fencing_token > 0, "{lease:?}");
     assert!(
         uuid::Uuid::parse_str(&lease.owner).is_ok(),
         "owner {} is a uuid",
         lease.owner
     );
     let other = acquire(&store, &store.key("orders", "m-2"), LEASE).await;
-    assert_eq!(other.fencing_token, 1, "each key counts on its own");
+    assert!(
+        other.fencing_token > lease.fencing_token,
+        "one counter for every key: {} after {}",
+        other.fencing_token,
+        lease.fencing_token
+    );
     assert_ne!(
         other.owner, lease.owner,
         "owner tokens are unique per claim"
@@ -317,7 +322,7 @@ async fn second_claim_is_busy_for_at_most_the_lease(store: Store) {
     let key = store.key("orders", "m-1");
     let lease = Duration::from_secs(5);
     acquire(&store, &key, lease).await;
-    match store.claim(&key, lease, WINDOW).await {
+    match store.claim(&key, lease).await {
         Ok(Claim::Busy { retry_after }) => {
             assert!(retry_after <= lease, "retry_after {retry_after:?} > lease");
             assert!(
@@ -334,10 +339,7 @@ async fn completed_key_is_done_for_later_claims(store: Store) {
     let lease = acquire(&store, &key, LEASE).await;
     assert!(store.complete(&lease, WINDOW).await.expect("complete"));
     for _ in 0..2 {
-        assert_eq!(
-            store.claim(&key, LEASE, WINDOW).await.expect("claim"),
-            Claim::Done
-        );
+        assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
     }
     assert!(
         !store.renew(&lease, LEASE).await.expect("renew"),
@@ -347,10 +349,7 @@ async fn completed_key_is_done_for_later_claims(store: Store) {
         !store.release(&lease).await.expect("release"),
         "a done key is never released"
     );
-    assert_eq!(
-        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
-        Claim::Done
-    );
+    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
 }
 
 async fn release_lets_a_new_claim_acquire_with_a_larger_token(store: Store) {
@@ -373,7 +372,7 @@ async fn renew_extends_a_held_lease(store: Store) {
     assert!(store.renew(&lease, LEASE).await.expect("renew"));
     // Past the original lease, the renewed one still holds.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    match store.claim(&key, LEASE, WINDOW).await {
+    match store.claim(&key, LEASE).await {
         Ok(Claim::Busy { retry_after }) => {
             assert!(retry_after > LEASE / 2, "retry_after {retry_after:?}");
         }
@@ -409,19 +408,13 @@ async fn stale_owner_cannot_complete_or_release(store: Store) {
     assert!(!store.complete(&stale, WINDOW).await.expect("complete"));
     assert!(!store.release(&stale).await.expect("release"));
     assert!(
-        matches!(
-            store.claim(&key, LEASE, WINDOW).await,
-            Ok(Claim::Busy { .. })
-        ),
+        matches!(store.claim(&key, LEASE).await, Ok(Claim::Busy { .. })),
         "the current owner still holds the key"
     );
     assert!(store.renew(&current, LEASE).await.expect("renew"));
 
     assert!(store.complete(&current, WINDOW).await.expect("complete"));
-    assert_eq!(
-        store.claim(&key, LEASE, WINDOW).await.expect("claim"),
-        Claim::Done
-    );
+    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
 }
 
 async fn done_marker_expires_after_the_window(store: Store) {
@@ -429,10 +422,7 @@ async fn done_marker_expires_after_the_window(store: Store) {
     let window = Duration::from_millis(100);
     let first = acquire(&store, &key, LEASE).await;
     assert!(store.complete(&first, window).await.expect("complete"));
-    assert_eq!(
-        store.claim(&key, LEASE, window).await.expect("claim"),
-        Claim::Done
-    );
+    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let second = acquire(&store, &key, LEASE).await;
     assert!(
@@ -450,20 +440,26 @@ async fn handlers_do_not_collide(store: Store) {
     let lease_a = acquire(&store, &a, LEASE).await;
     let lease_b = acquire(&store, &b, LEASE).await;
     assert!(store.complete(&lease_a, WINDOW).await.expect("complete"));
-    assert_eq!(
-        store.claim(&a, LEASE, WINDOW).await.expect("claim"),
-        Claim::Done
-    );
+    assert_eq!(store.claim(&a, LEASE).await.expect("claim"), Claim::Done);
     assert!(
-        matches!(store.claim(&b, LEASE, WINDOW).await, Ok(Claim::Busy { .. })),
+        matches!(store.claim(&b, LEASE).await, Ok(Claim::Busy { .. })),
         "completing one handler's key leaves the other's alone"
     );
     assert!(store.release(&lease_b).await.expect("release"));
 
     // Separators inside names cannot make two pairs meet, and no message key
-    // can name another key's fencing counter.
+    // can name the fencing counter.
     assert_ne!(store.key("a:b", "c"), store.key("a", "b:c"));
-    assert_ne!(store.key("h", "x:fence"), fence_key(&store.key("h", "x")));
+    let counter = store.fence_counter(&store.key("h", "x"));
+    // (Handler names are never empty: the config refuses one.)
+    for (handler, key) in [
+        ("h", ":fence"),
+        ("h", "fence"),
+        ("h:", "fence"),
+        (":", "fence"),
+    ] {
+        assert_ne!(store.key(handler, key), counter, "{handler:?} {key:?}");
+    }
     assert_ne!(store.key("h", "%3A"), store.key("h", ":"));
 
     // A key past PLAIN_KEY_MAX is stored by its digest: bounded, the same
@@ -487,14 +483,19 @@ async fn handlers_do_not_collide(store: Store) {
     assert!(store.complete(&l, WINDOW).await.expect("complete"));
     assert_eq!(
         store
-            .claim(&store.key("h", &long), LEASE, WINDOW)
+            .claim(&store.key("h", &long), LEASE)
             .await
             .expect("claim"),
         Claim::Done
     );
+    // Tokens come from one counter, so each claim's is larger than the last,
+    // whatever its key.
     let x = acquire(&store, &store.key("h", "x"), LEASE).await;
     let x_fence = acquire(&store, &store.key("h", "x:fence"), LEASE).await;
-    assert_eq!((x.fencing_token, x_fence.fencing_token), (1, 1));
+    assert!(
+        x_fence.fencing_token > x.fencing_token,
+        "{x:?} then {x_fence:?}"
+    );
 }
 
 async fn concurrent_claims_yield_exactly_one_acquired(store: Store) {
@@ -502,7 +503,7 @@ async fn concurrent_claims_yield_exactly_one_acquired(store: Store) {
     let claims: Vec<_> = (0..200)
         .map(|_| {
             let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move { store.claim(&key, LEASE, WINDOW).await })
+            tokio::spawn(async move { store.claim(&key, LEASE).await })
         })
         .collect();
     let (mut acquired, mut busy) = (Vec::new(), 0);
@@ -515,7 +516,7 @@ async fn concurrent_claims_yield_exactly_one_acquired(store: Store) {
     }
     assert_eq!(acquired.len(), 1, "winners: {acquired:?}");
     assert_eq!(busy, 199);
-    assert_eq!(acquired[0].fencing_token, 1);
+    assert!(acquired[0].fencing_token > 0);
 }
 
 async fn zero_durations_round_up_to_one_millisecond(store: Store) {
@@ -564,15 +565,21 @@ async fn a_batch_claims_each_key_on_its_own(store: Store) {
     );
     let marked = acquire(&store, &done, LEASE).await;
     assert!(store.complete(&marked, WINDOW).await.expect("complete"));
-    acquire(&store, &held, LEASE).await;
+    let holder = acquire(&store, &held, LEASE).await;
 
     // The same key twice in one batch: the first claim wins, the second
     // sees it held, exactly as two messages claiming one after the other.
     let keys = [free.as_str(), done.as_str(), held.as_str(), free.as_str()];
-    let got = store.claim_many(&keys, LEASE, WINDOW).await;
+    let got = store.claim_many(&keys, LEASE).await;
     assert_eq!(got.len(), 4, "one result per key");
     match &got[0] {
-        Ok(Claim::Acquired(l)) => assert_eq!((l.key.as_str(), l.fencing_token), (free.as_str(), 1)),
+        Ok(Claim::Acquired(l)) => {
+            assert_eq!(l.key, free);
+            assert!(
+                l.fencing_token > holder.fencing_token,
+                "{l:?} after {holder:?}"
+            );
+        }
         other => panic!("free key: expected acquired, got {other:?}"),
     }
     assert_eq!(got[1].as_ref().expect("done key"), &Claim::Done);
@@ -632,7 +639,7 @@ async fn a_batch_completes_renews_and_releases_only_what_it_owns(store: Store) {
         .iter()
         .zip([Some(Claim::Done), Some(Claim::Done), None, None])
     {
-        let got = store.claim(k, LEASE, WINDOW).await.expect("claim");
+        let got = store.claim(k, LEASE).await.expect("claim");
         match want {
             Some(w) => assert_eq!(got, w, "{k}"),
             None if k == &keys[2] => assert!(matches!(got, Claim::Acquired(_)), "{k}: {got:?}"),
@@ -651,7 +658,7 @@ async fn a_batch_completes_renews_and_releases_only_what_it_owns(store: Store) {
 }
 
 async fn an_empty_batch_asks_nothing(store: Store) {
-    assert!(store.claim_many(&[], LEASE, WINDOW).await.is_empty());
+    assert!(store.claim_many(&[], LEASE).await.is_empty());
     assert!(store.complete_many(&[], WINDOW).await.is_empty());
     assert!(store.renew_many(&[], LEASE).await.is_empty());
     assert!(store.release_many(&[]).await.is_empty());

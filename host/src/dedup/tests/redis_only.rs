@@ -1,10 +1,10 @@
 //! Tests only the Redis store needs: an unreachable or stalled server, URL
-//! and error handling, script reloading and the fencing counter's lifetime.
+//! and error handling, script reloading and the fencing counter.
 
 use std::time::{Duration, Instant};
 
 use super::{LEASE, WINDOW, acquire, redis_store, redis_url, unique_prefix};
-use crate::dedup::{Claim, DedupError, Lease, Store, fence_key};
+use crate::dedup::{Claim, DedupError, Lease, Store};
 
 /// A raw connection for looking behind the store's back.
 pub(super) async fn raw_redis() -> ::redis::aio::MultiplexedConnection {
@@ -24,7 +24,7 @@ async fn redis_unreachable_is_unavailable_promptly() {
             Ok(store) => {
                 let key = store.key("orders", "m-1");
                 store
-                    .claim(&key, LEASE, WINDOW)
+                    .claim(&key, LEASE)
                     .await
                     .expect_err("claim on a dead redis")
             }
@@ -83,7 +83,7 @@ async fn redis_wrong_type_key_is_rejected_not_unavailable() {
         .query_async(&mut raw_redis().await)
         .await
         .expect("hset");
-    match store.claim(&key, LEASE, WINDOW).await {
+    match store.claim(&key, LEASE).await {
         Err(DedupError::Rejected { key: named, reason }) => {
             assert_eq!(named, key);
             assert!(reason.contains("WRONGTYPE"), "{reason}");
@@ -124,7 +124,7 @@ async fn redis_wrong_type_key_in_a_batch_rejects_only_that_key() {
         .await
         .expect("hset");
     let (a, b) = (store.key("orders", "a"), store.key("orders", "b"));
-    let got = store.claim_many(&[&a, &bad, &b], LEASE, WINDOW).await;
+    let got = store.claim_many(&[&a, &bad, &b], LEASE).await;
     assert!(matches!(got[0], Ok(Claim::Acquired(_))), "{:?}", got[0]);
     match &got[1] {
         Err(DedupError::Rejected { key, reason }) => {
@@ -149,7 +149,7 @@ async fn redis_batch_reloads_scripts_after_script_flush_and_runs_each_call_once(
         .await
         .expect("script flush");
     let leases: Vec<Lease> = store
-        .claim_many(&refs, LEASE, WINDOW)
+        .claim_many(&refs, LEASE)
         .await
         .into_iter()
         .map(|c| match c {
@@ -158,8 +158,21 @@ async fn redis_batch_reloads_scripts_after_script_flush_and_runs_each_call_once(
         })
         .collect();
     // Each key was claimed once: a call retried after NOSCRIPT had not run,
-    // so every fencing counter is at 1, not 2.
-    assert!(leases.iter().all(|l| l.fencing_token == 1), "{leases:?}");
+    // so the tokens are the counter's next eight, and it holds the last.
+    let first = leases[0].fencing_token;
+    assert!(
+        leases
+            .iter()
+            .zip(first..)
+            .all(|(l, t)| l.fencing_token == t),
+        "{leases:?}"
+    );
+    let counter: u64 = ::redis::cmd("GET")
+        .arg(store.fence_counter(&keys[0]))
+        .query_async(&mut raw_redis().await)
+        .await
+        .expect("get");
+    assert_eq!(counter, first + 7);
     let _: () = ::redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut raw_redis().await)
@@ -175,65 +188,97 @@ async fn redis_batch_reloads_scripts_after_script_flush_and_runs_each_call_once(
     );
 }
 
+/// A message costs Redis one key: its lease, then its done-marker. The
+/// fencing tokens come from one counter with no expiry, are at least the
+/// server's clock in microseconds, and do not go back when the counter is
+/// lost. A counter that cannot count fails the claims as the store's fault
+/// (not the keys'), naming it, and leaves their keys free.
 #[tokio::test]
-async fn redis_fence_counter_outlives_the_lease_by_the_window() {
+async fn redis_fencing_counter_is_one_key_floored_by_the_clock() {
     let store = redis_store().await;
     let mut raw = raw_redis().await;
     let key = store.key("orders", "m-1");
-    let pttl = |name: String| {
-        let mut raw = raw.clone();
-        async move {
-            let left: i64 = ::redis::cmd("PTTL")
-                .arg(&name)
-                .query_async(&mut raw)
-                .await
-                .expect("pttl");
-            Duration::from_millis(u64::try_from(left).expect("a key with a ttl"))
-        }
+    let counter = store.fence_counter(&key);
+    let micros = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_micros()
     };
-    let slack = Duration::from_secs(2);
 
-    let lease = acquire(&store, &key, Duration::from_secs(1)).await;
-    let left = pttl(fence_key(&key)).await;
+    let before = micros();
+    let lease = acquire(&store, &key, LEASE).await;
     assert!(
-        left > WINDOW && left <= WINDOW + Duration::from_secs(1),
-        "after claim: {left:?}"
+        u128::from(lease.fencing_token) >= before,
+        "token {} below the clock {before}",
+        lease.fencing_token
     );
+    assert!(store.renew(&lease, LEASE).await.expect("renew"));
+    assert!(store.complete(&lease, WINDOW).await.expect("complete"));
+    let exists: i64 = ::redis::cmd("EXISTS")
+        .arg(format!("{key}:fence"))
+        .query_async(&mut raw)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0, "no counter of the message's own");
+    let pttl: i64 = ::redis::cmd("PTTL")
+        .arg(&counter)
+        .query_async(&mut raw)
+        .await
+        .expect("pttl");
+    assert_eq!(pttl, -1, "the counter {counter} has no expiry");
+    let held: String = ::redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut raw)
+        .await
+        .expect("get");
+    assert_eq!(held, lease.fencing_token.to_string());
 
-    // Renewing keeps the margin, so the counter moves with the lease.
-    assert!(
-        store
-            .renew(&lease, Duration::from_secs(30))
-            .await
-            .expect("renew")
-    );
-    let left = pttl(fence_key(&key)).await;
-    let want = WINDOW + Duration::from_secs(30);
-    // The script keeps the margin it reads as two PTTLs (the key's and the
-    // counter's), whose expiry times the claim set a millisecond or so
-    // apart: the margin may come out a few milliseconds over the window.
-    let over = Duration::from_millis(10);
-    assert!(
-        left > want - slack && left <= want + over,
-        "after renew: {left:?}"
-    );
-
-    // Completing never shortens it.
-    assert!(
-        store
-            .complete(&lease, Duration::from_secs(5))
-            .await
-            .expect("complete")
-    );
-    let left = pttl(fence_key(&key)).await;
-    assert!(left > want - slack, "after complete: {left:?}");
-    assert!(
-        pttl(key.clone()).await <= Duration::from_secs(5),
-        "the marker lives the window"
-    );
-
+    // Lost, as after a restart without persistence: still no going back.
     let _: () = ::redis::cmd("DEL")
-        .arg(&key)
+        .arg(&counter)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    let other = acquire(&store, &store.key("orders", "m-2"), LEASE).await;
+    assert!(
+        other.fencing_token > lease.fencing_token,
+        "the token went back: {} after {}",
+        other.fencing_token,
+        lease.fencing_token
+    );
+
+    // A counter that is not a number fails every claim of the call, as
+    // the store's fault, and leaves the keys free for when it is fixed.
+    let _: () = ::redis::cmd("DEL")
+        .arg(&counter)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    let _: () = ::redis::cmd("HSET")
+        .arg(&counter)
+        .arg("field")
+        .arg("value")
+        .query_async(&mut raw)
+        .await
+        .expect("hset");
+    let free = store.key("orders", "m-3");
+    match store.claim(&free, LEASE).await {
+        Err(DedupError::Unavailable(why)) => {
+            assert!(why.contains(&counter), "{why}");
+            assert!(why.contains(&free), "{why}");
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let _: () = ::redis::cmd("DEL")
+        .arg(&counter)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    let fixed = acquire(&store, &free, LEASE).await;
+    assert!(fixed.fencing_token > other.fencing_token);
+    let _: () = ::redis::cmd("DEL")
+        .arg(&counter)
         .query_async(&mut raw)
         .await
         .expect("del");
@@ -320,7 +365,7 @@ async fn redis_stall_is_unavailable_promptly_then_recovers() {
     proxy.hang();
     let started = Instant::now();
     let err = store
-        .claim(&key, LEASE, WINDOW)
+        .claim(&key, LEASE)
         .await
         .expect_err("claim through a hung proxy");
     assert!(matches!(err, DedupError::Unavailable(_)), "{err:?}");
@@ -342,10 +387,7 @@ async fn redis_stall_is_unavailable_promptly_then_recovers() {
     .await
     .expect("the store reconnects within 5 s");
     assert!(
-        matches!(
-            store.claim(&key, LEASE, WINDOW).await,
-            Ok(Claim::Busy { .. })
-        ),
+        matches!(store.claim(&key, LEASE).await, Ok(Claim::Busy { .. })),
         "the lease taken before the stall is still held"
     );
 }
