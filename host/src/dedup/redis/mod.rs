@@ -175,12 +175,14 @@ impl RedisStore {
     /// (`claim.lua`): `<prefix>::fence` on one server and Sentinel, one for
     /// the whole store; `<prefix>:{<tag>}::fence` on a Cluster, one per hash
     /// tag (a handler's key-value namespace), in the slot of the keys it
-    /// counts for, as a script's keys must share one. No key from
-    /// [`super::Store::key_in`] is named so: its handler part is never
-    /// empty (the config refuses an empty handler name). One counter for many keys costs Redis one key with no expiry in
-    /// all, where a counter per key was a second key per message for the
-    /// whole dedup window; a token is still larger than every token handed
-    /// out before it, for that key as for any other.
+    /// counts for, as a script's keys must share one (the config refuses
+    /// an empty namespace or one with braces, so the tag is always there).
+    /// No key from [`super::Store::key_in`] is named so: its handler part
+    /// is never empty (the config refuses an empty handler name). One
+    /// counter for many keys costs Redis one key with no expiry in all,
+    /// where a counter per key was a second key per message for the whole
+    /// dedup window; a token is still larger than every token handed out
+    /// before it, for that key as for any other.
     pub(super) fn counter(&self, key: &str) -> String {
         let prefix = &self.shared.prefix;
         if self.conn.cluster() {
@@ -295,8 +297,8 @@ impl RedisStore {
             let counter = with_counter.then(|| self.counter(keys[group[0]]));
             let counter_len = counter.as_ref().map_or(0, String::len);
             // "EVALSHA", the SHA, the key count, the counter and what
-            // `args` adds (at most two numbers and the done marker), then
-            // per key its name and its owner: one allocation per buffer.
+            // `args` adds (at most a number and the done marker), then per
+            // key its name and its owner: one allocation per buffer.
             let bytes = 100
                 + counter_len
                 + group
