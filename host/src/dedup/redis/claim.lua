@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the fencing counter the batch's tokens come from: one per
 --          prefix on one server or Sentinel, one per hash tag on a Cluster
---          (`RedisStore::counter`); it has no expiry
+--          (`RedisStore::counter`)
 -- KEYS[1+i] the namespaced key i of the batch
 -- ARGV[1]  the lease in milliseconds
 -- ARGV[2]  the done marker
@@ -21,7 +21,10 @@
 -- (docs/semantics.md, "Fencing token"): a counter that was lost (a
 -- restart without persistence, a failover to a replica that never saw its
 -- last value) still hands out a larger token than any holder had, since
--- fewer than one claim per microsecond is ever made.
+-- fewer than one claim per microsecond is ever made. For the same reason
+-- the counter may expire: it lives a lease past the last call that moved
+-- it to the clock, so a prefix or namespace no longer used leaves nothing
+-- behind.
 local replies = {}
 local acquired = {}
 for i = 2, #KEYS do
@@ -61,7 +64,7 @@ local first = top - n + 1
 if first < floor then
   first = floor
   -- As text with every digit: a Lua number would be written as 1.7e+15.
-  redis.call('SET', KEYS[1], string.format('%.0f', floor + n - 1))
+  redis.call('SET', KEYS[1], string.format('%.0f', floor + n - 1), 'PX', ARGV[1])
 end
 for k, j in ipairs(acquired) do
   replies[j] = {1, first + k - 1}

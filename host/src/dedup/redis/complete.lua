@@ -8,7 +8,7 @@
 -- Returns one reply per key, in order: 1 if marked done, 0 if the caller no
 -- longer owned the key (nothing is written then), or an error reply when
 -- the key holds a value of another type (that key's alone). The fencing
--- counter is not touched: it has no expiry (claim.lua).
+-- counter is not touched (claim.lua).
 local replies = {}
 for i = 1, #KEYS do
   local key = KEYS[i]

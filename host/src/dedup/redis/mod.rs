@@ -179,10 +179,11 @@ impl RedisStore {
     /// an empty namespace or one with braces, so the tag is always there).
     /// No key from [`super::Store::key_in`] is named so: its handler part
     /// is never empty (the config refuses an empty handler name). One
-    /// counter for many keys costs Redis one key with no expiry in all,
-    /// where a counter per key was a second key per message for the whole
+    /// counter for many keys costs Redis one key in all, where a counter per key was a second key per message for the whole
     /// dedup window; a token is still larger than every token handed out
-    /// before it, for that key as for any other.
+    /// before it, for that key as for any other. The counter expires a
+    /// lease after the last claim that set it to the clock (claim.lua):
+    /// losing it costs nothing.
     pub(super) fn counter(&self, key: &str) -> String {
         let prefix = &self.shared.prefix;
         if self.conn.cluster() {
