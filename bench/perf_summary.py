@@ -57,8 +57,11 @@ RULES = [
      r"spawn_blocking|Spawner::spawn_task"),
     ("hand-off to the blocking pool: the thread parking and waking",
      "blocking-thread:"),
+    # `tracing::instrument::Instrumented` is the wrapper of an instrumented
+    # future (the whole of `Pipeline::run`): its frame is on every stack of
+    # the batch's task, and code inlined into its poll is the pipeline's.
     ("metrics and tracing",
-     r"prometheus_client|warren::metrics|tracing::|tracing_core|tracing_subscriber"),
+     r"prometheus_client|warren::metrics|tracing::(?!instrument::Instrumented)|tracing_core|tracing_subscriber"),
     ("tasks and timers (batch spawns, lease renewal, Redis call deadlines)",
      r"tokio::task::spawn|keep_renewed|tokio::time::"),
     ("the rest of the pipeline (Pipeline::run, consume_loop)",
