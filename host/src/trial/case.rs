@@ -460,13 +460,18 @@ fn expect_out(p: &Outbound) -> ExpectOut {
 pub fn compare(want: &Expect, o: &Outcomes<'_>) -> Vec<Mismatch> {
     let got = observed(o);
     let mut out = Vec::new();
-    differ(
-        &mut out,
-        "outcome",
-        want.outcome.clone(),
-        got.outcome.clone(),
-    );
     let got_reason = got.reason.clone().unwrap_or_default();
+    // A wrong outcome shows its reason too when the case asks for none,
+    // so an unexpected `instantiate` or `trap` says what went wrong.
+    let got_outcome = match &got.reason {
+        Some(r) if want.reason.is_none() && want.reason_starts_with.is_none() => {
+            format!("{} ({r})", got.outcome)
+        }
+        _ => got.outcome.clone(),
+    };
+    if want.outcome != got.outcome {
+        differ(&mut out, "outcome", want.outcome.clone(), got_outcome);
+    }
     if let Some(r) = &want.reason {
         differ(&mut out, "reason", r.clone(), got_reason.clone());
     }
@@ -744,6 +749,34 @@ mod tests {
         );
         let err = CaseFile::parse("[input]\nbodi = \"x\"\n", p).unwrap_err();
         assert!(err.to_string().contains("bodi"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_failure_outcome_shows_its_reason_unless_the_case_checks_it() {
+        let want = |reason: Option<&str>| Expect {
+            outcome: "ack".into(),
+            reason: reason.map(Into::into),
+            reason_starts_with: None,
+            delay_ms: None,
+            logs: None,
+            publish: vec![],
+            kv: BTreeMap::new(),
+        };
+        let written: Written = Ok(Default::default());
+        let got = Outcomes {
+            result: Err(("instantiate", "no memory slot free".into())),
+            logs: &[],
+            kv: &written,
+        };
+        let out = compare(&want(None), &got);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].what, "outcome");
+        assert_eq!(out[0].got, "instantiate (no memory slot free)");
+        // A case that names a reason gets the reason on a line of its own.
+        let out = compare(&want(Some("x")), &got);
+        assert_eq!(out[0].got, "instantiate");
+        assert_eq!(out[1].what, "reason");
+        assert_eq!(out[1].got, "no memory slot free");
     }
 
     #[test]
