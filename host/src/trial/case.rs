@@ -461,16 +461,16 @@ pub fn compare(want: &Expect, o: &Outcomes<'_>) -> Vec<Mismatch> {
     let got = observed(o);
     let mut out = Vec::new();
     let got_reason = got.reason.clone().unwrap_or_default();
-    // A wrong outcome shows its reason too when the case asks for none,
-    // so an unexpected `instantiate` or `trap` says what went wrong.
-    let got_outcome = match &got.reason {
-        Some(r) if want.reason.is_none() && want.reason_starts_with.is_none() => {
-            format!("{} ({r})", got.outcome)
-        }
-        _ => got.outcome.clone(),
-    };
     if want.outcome != got.outcome {
-        differ(&mut out, "outcome", want.outcome.clone(), got_outcome);
+        // A wrong outcome shows its reason too when the case checks none,
+        // so an unexpected `instantiate` or `trap` says what went wrong.
+        let shown = match &got.reason {
+            Some(r) if want.reason.is_none() && want.reason_starts_with.is_none() => {
+                format!("{} ({r})", got.outcome)
+            }
+            _ => got.outcome.clone(),
+        };
+        differ(&mut out, "outcome", want.outcome.clone(), shown);
     }
     if let Some(r) = &want.reason {
         differ(&mut out, "reason", r.clone(), got_reason.clone());
