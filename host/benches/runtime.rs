@@ -10,8 +10,11 @@
 //! `WARREN_BENCH_ITERS` sets the number of messages (default 20000);
 //! `WARREN_BENCH_CACHE=DIR` caches the compiled modules there, so a rerun
 //! skips the minute Cranelift takes over each interpreted guest;
-//! `WARREN_BENCH_MODES=per-message,instantiate,reuse` runs only the modes it
-//! names (a profile of one mode, say).
+//! `WARREN_BENCH_MODES=per-message,instantiate,reuse,after-large` runs only
+//! the modes it names (a profile of one mode, say). `after-large` is
+//! per-message again after one message with a 300,000-byte body has run in
+//! the same slot (its outcome, a memory cap say, does not matter): what a
+//! slot that once served a large message costs every message after it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    const MODES: [&str; 3] = ["per-message", "instantiate", "reuse"];
+    const MODES: [&str; 4] = ["per-message", "instantiate", "reuse", "after-large"];
     let modes: Vec<&str> = match std::env::var("WARREN_BENCH_MODES") {
         Ok(names) => {
             let names: Vec<&str> = names.split(',').map(str::trim).collect();
@@ -90,6 +93,15 @@ fn main() -> anyhow::Result<()> {
         metrics: None,
     });
     let msg = message();
+    let large = {
+        let body = format!(
+            "{{\"id\":\"bench-large\",\"pad\":\"{}\"}}",
+            "x".repeat(300_000)
+        );
+        let mut large = Message::synthetic(body.into_bytes(), "bench-large", "bench");
+        large.content_type = Some("application/json".into());
+        large
+    };
 
     println!("one message through the runtime, {iters} messages per guest and mode:");
     println!(
@@ -129,7 +141,7 @@ fn main() -> anyhow::Result<()> {
                         rt.run_warm(&module, &env, &msg, &permit, &warm, u32::MAX)
                             .await?
                     }
-                    "per-message" => rt.run(&module, &env, &msg, &permit).await?,
+                    "per-message" | "after-large" => rt.run(&module, &env, &msg, &permit).await?,
                     _ => return Ok(rt.smoke(&module, &env, None, &permit).await?),
                 };
                 anyhow::ensure!(
@@ -143,6 +155,9 @@ fn main() -> anyhow::Result<()> {
                 // Warm up: page in the code and the pool's slots.
                 for _ in 0..iters / 10 {
                     once().await?;
+                }
+                if mode == "after-large" {
+                    let _ = rt.run(&module, &env, &large, &permit).await;
                 }
                 let mut times = Vec::with_capacity(iters);
                 for i in 0..iters {

@@ -322,6 +322,42 @@ async fn a_fresh_instance_sees_no_page_an_earlier_one_wrote() {
     assert_eq!(seen, ["stale 0", "stale 96"]);
 }
 
+/// A page the slot reset rewrites by hand stays the slot's own copy, and
+/// the kernel cannot tell it from one the next instance writes, so without
+/// more every later reset rewrites it again: one message that dirtied many
+/// pages (a large body, say) would tax every later message in its slot for
+/// as long as the slot lives. The vendored wasmtime (vendor/README.md, part
+/// 5) decommits the slot instead when a reset rewrites well over what the
+/// first reset after the slot was clean did; the pages kept resident for
+/// the next instance then go back to what a small message leaves.
+#[tokio::test(flavor = "current_thread")]
+async fn one_message_that_dirties_many_pages_does_not_tax_every_later_reset() {
+    let (rt, module, env) = setup();
+    let metrics = rt
+        .engine()
+        .pooling_allocator_metrics()
+        .expect("warren runs on the pooling allocator");
+    for _ in 0..4 {
+        assert_still_serves(&rt, &module, &env).await;
+    }
+    let small = metrics.unused_memory_bytes_resident();
+    run(&rt, &module, &env, "scribble").await.unwrap();
+    let after_large = metrics.unused_memory_bytes_resident();
+    for _ in 0..4 {
+        assert_still_serves(&rt, &module, &env).await;
+    }
+    let later = metrics.unused_memory_bytes_resident();
+    if kernel_has_pagemap_scan() {
+        // "scribble" dirties 96 pages more than "ack" does.
+        assert!(
+            later < small + 48 * 4096,
+            "after one message that dirtied 96 more pages, {later} bytes are still \
+             rewritten by every reset (a small message alone: {small}; the large \
+             one's reset: {after_large})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn reused_instances_carry_state_until_max_uses_or_a_trap() {
     let (rt, module, env) = setup();

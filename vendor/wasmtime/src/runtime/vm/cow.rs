@@ -339,6 +339,11 @@ pub struct MemoryImageSlot {
     /// `self.accessible` and `self.static_size` is inaccessible.
     dirty: bool,
 
+    /// Bytes the first reset after this slot was last pristine (a clean
+    /// mapping of `image`) had to rewrite by hand: what one instance of the
+    /// module dirties. (warren's patch, part 5: see `reset_with_original_mapping`.)
+    reset_baseline: Option<usize>,
+
     /// The MPK protection key that this slot's stripe was colored with, if the
     /// pooling allocator is striping memory with protection keys.
     ///
@@ -380,6 +385,7 @@ impl MemoryImageSlot {
             accessible,
             image: None,
             dirty: false,
+            reset_baseline: None,
             pkey,
         }
     }
@@ -508,6 +514,7 @@ impl MemoryImageSlot {
                 }
             }
             self.image = maybe_image.cloned();
+            self.reset_baseline = None;
         }
 
         // Flag ourselves as `dirty` which means that the next operation on this
@@ -526,6 +533,7 @@ impl MemoryImageSlot {
             // protection key over the image's range, so restore it.
             self.reapply_pkey(image.linear_memory_offset, image.len, true)?;
             self.image = None;
+            self.reset_baseline = None;
         }
         Ok(())
     }
@@ -594,8 +602,9 @@ impl MemoryImageSlot {
             DecommitBehavior::RestoreOriginalMapping
         );
 
-        unsafe {
-            return match &self.image {
+        let mut decommit = decommit;
+        let bytes_resident = unsafe {
+            match &self.image {
                 // If there's a backing image then manually resetting a region
                 // is a bit trickier than without an image, so delegate to the
                 // helper function below.
@@ -605,7 +614,7 @@ impl MemoryImageSlot {
                     self.accessible,
                     keep_resident,
                     |region| manually_reset_region(self.base.as_mut_ptr().addr(), image, region),
-                    decommit,
+                    &mut decommit,
                 ),
 
                 // If there's no memory image for this slot then pages are always
@@ -616,10 +625,38 @@ impl MemoryImageSlot {
                     self.accessible,
                     keep_resident,
                     |region| region.fill(0),
-                    decommit,
+                    &mut decommit,
                 ),
-            };
-        }
+            }
+        };
+
+        // warren's patch, part 5. A page rewritten by hand stays the slot's
+        // own copy, and the kernel cannot tell such a copy from one the next
+        // instance writes: every later reset rewrites it again. So the pages
+        // rewritten by hand are the union of all that any instance since the
+        // slot was last pristine has written (up to `keep_resident`), and one
+        // message that used much more memory than the others (a large body)
+        // would make every later reset of this slot rewrite its pages, for
+        // as long as the slot lives. When a reset rewrites well over what
+        // the first one after the slot was pristine did, the whole slot is
+        // decommitted instead: back to a clean mapping of the image, at the
+        // price of the next instance faulting its pages in again.
+        let page = host_page_size();
+        return match self.reset_baseline {
+            Some(baseline) if bytes_resident > 2 * baseline + 32 * page => {
+                decommit(self.base.as_mut_ptr(), self.accessible.byte_count());
+                self.reset_baseline = None;
+                0
+            }
+            Some(baseline) => {
+                self.reset_baseline = Some(baseline.min(bytes_resident));
+                bytes_resident
+            }
+            None => {
+                self.reset_baseline = Some(bytes_resident);
+                bytes_resident
+            }
+        };
 
         /// Manually resets `region` back to its original contents as specified
         /// in `image`.
@@ -766,6 +803,7 @@ impl MemoryImageSlot {
         self.reapply_pkey(HostAlignedByteCount::ZERO, static_size, false)?;
 
         self.image = None;
+        self.reset_baseline = None;
         self.accessible = HostAlignedByteCount::ZERO;
 
         Ok(())
