@@ -358,6 +358,40 @@ async fn one_message_that_dirties_many_pages_does_not_tax_every_later_reset() {
     }
 }
 
+/// What a slot compares its resets with is learned at the first reset after
+/// it was clean, and that may follow a large message itself (one of a
+/// burst): every 1,024 resets a slot that rewrites more than 32 pages is
+/// decommitted and learns it again, so such a slot is back to what a small
+/// message leaves within that many messages.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slot_whose_first_message_was_large_learns_again() {
+    let (rt, module, env) = setup();
+    let metrics = rt
+        .engine()
+        .pooling_allocator_metrics()
+        .expect("warren runs on the pooling allocator");
+    run(&rt, &module, &env, "scribble").await.unwrap();
+    for _ in 0..8 {
+        assert_still_serves(&rt, &module, &env).await;
+    }
+    let stuck = metrics.unused_memory_bytes_resident();
+    for _ in 0..1024 {
+        assert_still_serves(&rt, &module, &env).await;
+    }
+    let later = metrics.unused_memory_bytes_resident();
+    if kernel_has_pagemap_scan() {
+        assert!(
+            stuck >= 96 * 4096,
+            "the large first message's pages are rewritten by every reset at first: {stuck} bytes"
+        );
+        assert!(
+            later < 48 * 4096,
+            "1,032 small messages after a large first one, {later} bytes are still rewritten \
+             by every reset"
+        );
+    }
+}
+
 #[tokio::test]
 async fn reused_instances_carry_state_until_max_uses_or_a_trap() {
     let (rt, module, env) = setup();

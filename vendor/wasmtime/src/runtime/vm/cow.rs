@@ -340,9 +340,10 @@ pub struct MemoryImageSlot {
     dirty: bool,
 
     /// Bytes the first reset after this slot was last pristine (a clean
-    /// mapping of `image`) had to rewrite by hand: what one instance of the
-    /// module dirties. (warren's patch, part 5: see `reset_with_original_mapping`.)
-    reset_baseline: Option<usize>,
+    /// mapping of `image`) had to rewrite by hand, what one instance of the
+    /// module dirties, and the resets since. (warren's patch, part 5: see
+    /// `reset_with_original_mapping`.)
+    reset_baseline: Option<(usize, u32)>,
 
     /// The MPK protection key that this slot's stripe was colored with, if the
     /// pooling allocator is striping memory with protection keys.
@@ -640,20 +641,27 @@ impl MemoryImageSlot {
         // as long as the slot lives. When a reset rewrites well over what
         // the first one after the slot was pristine did, the whole slot is
         // decommitted instead: back to a clean mapping of the image, at the
-        // price of the next instance faulting its pages in again.
+        // price of the next instance faulting its pages in again. That
+        // first figure may itself come from a large message (a burst of
+        // them), so every `RELEARN_EVERY` resets a slot that rewrites more
+        // than 32 pages is decommitted anyway and learns it again.
+        const RELEARN_EVERY: u32 = 1024;
         let page = host_page_size();
         return match self.reset_baseline {
-            Some(baseline) if bytes_resident > 2 * baseline + 32 * page => {
+            Some((baseline, resets))
+                if bytes_resident > 2 * baseline + 32 * page
+                    || (resets + 1 >= RELEARN_EVERY && bytes_resident > 32 * page) =>
+            {
                 decommit(self.base.as_mut_ptr(), self.accessible.byte_count());
                 self.reset_baseline = None;
                 0
             }
-            Some(baseline) => {
-                self.reset_baseline = Some(baseline.min(bytes_resident));
+            Some((baseline, resets)) => {
+                self.reset_baseline = Some((baseline.min(bytes_resident), resets + 1));
                 bytes_resident
             }
             None => {
-                self.reset_baseline = Some(bytes_resident);
+                self.reset_baseline = Some((bytes_resident, 0));
                 bytes_resident
             }
         };
