@@ -650,14 +650,14 @@ impl MemoryImageSlot {
         return match self.reset_baseline {
             Some((baseline, resets))
                 if bytes_resident > 2 * baseline + 32 * page
-                    || (resets + 1 >= RELEARN_EVERY && bytes_resident > 32 * page) =>
+                    || (resets.saturating_add(1) >= RELEARN_EVERY && bytes_resident > 32 * page) =>
             {
                 decommit(self.base.as_mut_ptr(), self.accessible.byte_count());
                 self.reset_baseline = None;
                 0
             }
             Some((baseline, resets)) => {
-                self.reset_baseline = Some((baseline.min(bytes_resident), resets + 1));
+                self.reset_baseline = Some((baseline.min(bytes_resident), resets.saturating_add(1)));
                 bytes_resident
             }
             None => {
