@@ -322,6 +322,26 @@ async fn a_fresh_instance_sees_no_page_an_earlier_one_wrote() {
     assert_eq!(seen, ["stale 0", "stale 96"]);
 }
 
+/// The page size the sandbox guest's `scribble` mode counts in (its
+/// `PAGE`): what it writes, not the host's page size, which the slot reset
+/// rounds to.
+const SCRIBBLE_PAGE: usize = 4096;
+
+/// Bytes the pool keeps resident in its unused slots: what the last reset
+/// of this runtime's only busy slot rewrote and kept for the next instance.
+fn resident_bytes(rt: &Runtime) -> usize {
+    rt.engine()
+        .pooling_allocator_metrics()
+        .expect("warren runs on the pooling allocator")
+        .unused_memory_bytes_resident()
+}
+
+async fn serve_small(rt: &Runtime, module: &Module, env: &Arc<HandlerEnv>, n: usize) {
+    for _ in 0..n {
+        assert_still_serves(rt, module, env).await;
+    }
+}
+
 /// A page the slot reset rewrites by hand stays the slot's own copy, and
 /// the kernel cannot tell it from one the next instance writes, so without
 /// more every later reset rewrites it again: one message that dirtied many
@@ -333,24 +353,16 @@ async fn a_fresh_instance_sees_no_page_an_earlier_one_wrote() {
 #[tokio::test(flavor = "current_thread")]
 async fn one_message_that_dirties_many_pages_does_not_tax_every_later_reset() {
     let (rt, module, env) = setup();
-    let metrics = rt
-        .engine()
-        .pooling_allocator_metrics()
-        .expect("warren runs on the pooling allocator");
-    for _ in 0..4 {
-        assert_still_serves(&rt, &module, &env).await;
-    }
-    let small = metrics.unused_memory_bytes_resident();
+    serve_small(&rt, &module, &env, 4).await;
+    let small = resident_bytes(&rt);
     run(&rt, &module, &env, "scribble").await.unwrap();
-    let after_large = metrics.unused_memory_bytes_resident();
-    for _ in 0..4 {
-        assert_still_serves(&rt, &module, &env).await;
-    }
-    let later = metrics.unused_memory_bytes_resident();
+    let after_large = resident_bytes(&rt);
+    serve_small(&rt, &module, &env, 4).await;
+    let later = resident_bytes(&rt);
     if kernel_has_pagemap_scan() {
-        // "scribble" dirties 96 pages more than "ack" does.
+        // "scribble" dirties 96 of its pages more than "ack" does.
         assert!(
-            later < small + 48 * 4096,
+            later < small + 48 * SCRIBBLE_PAGE,
             "after one message that dirtied 96 more pages, {later} bytes are still \
              rewritten by every reset (a small message alone: {small}; the large \
              one's reset: {after_large})"
@@ -366,26 +378,18 @@ async fn one_message_that_dirties_many_pages_does_not_tax_every_later_reset() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_slot_whose_first_message_was_large_learns_again() {
     let (rt, module, env) = setup();
-    let metrics = rt
-        .engine()
-        .pooling_allocator_metrics()
-        .expect("warren runs on the pooling allocator");
     run(&rt, &module, &env, "scribble").await.unwrap();
-    for _ in 0..8 {
-        assert_still_serves(&rt, &module, &env).await;
-    }
-    let stuck = metrics.unused_memory_bytes_resident();
-    for _ in 0..1024 {
-        assert_still_serves(&rt, &module, &env).await;
-    }
-    let later = metrics.unused_memory_bytes_resident();
+    serve_small(&rt, &module, &env, 8).await;
+    let stuck = resident_bytes(&rt);
+    serve_small(&rt, &module, &env, 1024).await;
+    let later = resident_bytes(&rt);
     if kernel_has_pagemap_scan() {
         assert!(
-            stuck >= 96 * 4096,
+            stuck >= 96 * SCRIBBLE_PAGE,
             "the large first message's pages are rewritten by every reset at first: {stuck} bytes"
         );
         assert!(
-            later < 48 * 4096,
+            later < 48 * SCRIBBLE_PAGE,
             "1,032 small messages after a large first one, {later} bytes are still rewritten \
              by every reset"
         );
